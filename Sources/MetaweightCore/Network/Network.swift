@@ -1,0 +1,168 @@
+/// A classification network: a `Sequential` stack plus its flat parameter and state buffers.
+///
+/// Inputs arrive in the user's layout ([N, D] or [N, C, H, W]); image inputs are transposed once
+/// to the internal channel-major layout. Every pass takes an explicit parameter pointer, so a
+/// virtual step θ̂ is just another buffer — no network copy.
+public final class Network: @unchecked Sendable {
+  /// The layers.
+  public let root: Sequential
+  /// Trainable parameters θ (one flat buffer).
+  public let params: FloatBuffer
+  /// Non-trainable state (batch-norm running statistics).
+  public let state: FloatBuffer
+  /// One entry per parameter block: dotted name, offset and shape.
+  public let parameterTable: [(name: String, offset: Int, shape: [Int])]
+  /// One entry per state block.
+  public let stateTable: [(name: String, offset: Int, shape: [Int])]
+  /// Number of output classes.
+  public var classes: Int { root.outputLayout.size }
+  /// Per-example input layout.
+  public var inputLayout: Layout { root.inputLayout }
+  /// Whether any layer depends on train/eval mode.
+  public var hasModeDependence: Bool { root.hasModeDependence }
+  /// A string identifying the architecture (layer kinds, layouts and parameter shapes).
+  public let signature: String
+
+  /// Builds the network around `layers` and initialises its parameters from `seed`.
+  /// - Throws: `MetaweightError.invalidArgument` if the output is not flat.
+  public init(_ root: Sequential, seed: UInt64) throws {
+    guard case .flat = root.outputLayout else {
+      throw MetaweightError.invalidArgument(
+        "network: expected the last layer to output class scores (flat), got \(root.outputLayout)")
+    }
+    self.root = root
+    var p = 0
+    var s = 0
+    root.assignOffsets(param: &p, state: &s)
+    params = FloatBuffer(count: p)
+    state = FloatBuffer(count: s)
+    var ptable: [(String, Int, [Int])] = []
+    var stable: [(String, Int, [Int])] = []
+    var sig = "in\(root.inputLayout)"
+    func walk(_ layer: Layer, _ path: String) {
+      var o = layer.paramOffset
+      for spec in layer.parameterSpecs {
+        ptable.append(("\(path)\(layer.kind).\(spec.name)", o, spec.shape))
+        o += spec.count
+      }
+      var so = layer.stateOffset
+      for spec in layer.stateSpecs {
+        stable.append(("\(path)\(layer.kind).\(spec.name)", so, spec.shape))
+        so += spec.count
+      }
+      if layer.children.isEmpty { sig += "|\(layer.kind)\(layer.inputLayout)->\(layer.outputLayout)" }
+      for (i, c) in layer.children.enumerated() { walk(c, "\(path)\(i).") }
+    }
+    for (i, c) in root.layers.enumerated() { walk(c, "\(i).") }
+    parameterTable = ptable.map { (name: $0.0, offset: $0.1, shape: $0.2) }
+    stateTable = stable.map { (name: $0.0, offset: $0.1, shape: $0.2) }
+    signature = sig
+    reset(seed: seed)
+  }
+
+  /// Re-initialises parameters and state from `seed`.
+  public func reset(seed: UInt64) {
+    var rng = RNG(seed: seed)
+    func walk(_ layer: Layer) {
+      var o = layer.paramOffset
+      for spec in layer.parameterSpecs {
+        spec.initializer.fill(params.pointer + o, count: spec.count, rng: &rng)
+        o += spec.count
+      }
+      var so = layer.stateOffset
+      for spec in layer.stateSpecs {
+        spec.initializer.fill(state.pointer + so, count: spec.count, rng: &rng)
+        so += spec.count
+      }
+      for c in layer.children { walk(c) }
+    }
+    walk(root)
+  }
+
+  /// Allocates activation storage for batches of up to `batch` examples.
+  public func makeTape(batch: Int) -> NetworkTape { NetworkTape(self, batch: batch) }
+
+  /// Forward pass: the logits [N, classes] land in `tape.logits`.
+  ///
+  /// - Parameters:
+  ///   - input: N examples in the user layout.
+  ///   - params: the parameter vector to use (defaults to `self.params`).
+  public func forward(
+    _ input: UnsafePointer<Float>, batch n: Int, tape: NetworkTape, mode: Mode, rng: RNGBox,
+    params: UnsafePointer<Float>? = nil
+  ) {
+    precondition(n <= tape.capacity, "forward: batch \(n) exceeds tape capacity \(tape.capacity)")
+    tape.batch = n
+    tape.mode = mode
+    tape.params = params ?? UnsafePointer(self.params.pointer)
+    var ctx = context(tape, mode: mode, rng: rng)
+    let x = tape.prepareInput(input, n: n)
+    root.forward(x, tape.logits.pointer, &ctx, tape.root)
+  }
+
+  /// Backward pass from dlogits [N, classes]; writes ∂/∂θ into `grads` (overwriting).
+  public func backward(tape: NetworkTape, dlogits: UnsafePointer<Float>, grads: UnsafeMutablePointer<Float>) {
+    var ctx = context(tape, mode: tape.mode, rng: RNGBox(RNG(seed: 0)))
+    ctx.grads = grads
+    root.backward(
+      tape.inputPointer, UnsafePointer(tape.logits.pointer), dlogits, nil, &ctx, tape.root)
+  }
+
+  /// Forward-mode JVP: the derivative of the logits recorded in `tape` along the parameter
+  /// direction `direction` (same layout as θ), written to `out` [N, classes].
+  public func jvp(tape: NetworkTape, direction: UnsafePointer<Float>, out: UnsafeMutablePointer<Float>) {
+    var ctx = context(tape, mode: tape.mode, rng: RNGBox(RNG(seed: 0)))
+    ctx.paramTangent = direction
+    root.tangent(
+      tape.inputPointer, UnsafePointer(tape.logits.pointer), nil, out, &ctx, tape.root)
+  }
+
+  private func context(_ tape: NetworkTape, mode: Mode, rng: RNGBox) -> PassContext {
+    PassContext(
+      batch: tape.batch, params: tape.params, state: state.pointer, mode: mode, rng: rng,
+      scratch: tape.scratch)
+  }
+}
+
+/// Activation storage for one pass of a network over a batch.
+public final class NetworkTape: @unchecked Sendable {
+  /// Maximum batch size.
+  public let capacity: Int
+  /// Batch size of the last forward pass.
+  public internal(set) var batch: Int = 0
+  /// Mode of the last forward pass.
+  public internal(set) var mode: Mode = .train
+  /// Parameters used by the last forward pass.
+  var params: UnsafePointer<Float>
+  let root: LayerTape
+  /// Logits [N, classes] of the last forward pass.
+  public let logits: FloatBuffer
+  let input: FloatBuffer
+  var inputPointer: UnsafePointer<Float>
+  let scratch = Scratch()
+  let layout: Layout
+
+  init(_ net: Network, batch: Int) {
+    capacity = batch
+    root = net.root.makeTape(batch: batch)
+    logits = FloatBuffer(count: batch * net.classes)
+    layout = net.inputLayout
+    input = FloatBuffer(count: batch * net.inputLayout.size)
+    params = UnsafePointer(net.params.pointer)
+    inputPointer = UnsafePointer(input.pointer)
+  }
+
+  func prepareInput(_ x: UnsafePointer<Float>, n: Int) -> UnsafePointer<Float> {
+    // The input is copied (and image batches transposed to channel-major) so later backward and
+    // tangent passes never depend on the caller's memory.
+    if case .image(let c, let h, let w) = layout {
+      Elementwise.nchwToCnhw(x, input.pointer, n: n, c: c, hw: h * w)
+    } else {
+      input.pointer.update(from: x, count: n * layout.size)
+    }
+    return inputPointer
+  }
+
+  /// Bytes of activation storage held.
+  public var bytes: Int { root.bytes + logits.count * 4 + input.count * 4 + scratch.bytes }
+}

@@ -1,0 +1,441 @@
+/*
+ * metaweight._core — the CPython extension over the metaweight C ABI (metaweight.h).
+ *
+ * Arrays cross by the buffer protocol (C-contiguous float32 features, int64 labels); the public
+ * Python package converts and validates user input before it gets here, and this layer checks
+ * again. Status codes become exceptions of the package's hierarchy. The GIL is released around
+ * every compute call.
+ */
+#define PY_SSIZE_T_CLEAN
+#include <Python.h>
+#include <string.h>
+
+#include "metaweight.h"
+
+static PyObject *MetaweightError, *InvalidArgumentError, *ShapeError, *LabelError, *NonFiniteError,
+    *DTypeError, *ClosedError, *StateError, *CheckpointError, *BusyError;
+
+static PyObject *raise_status(mw_status s) {
+  PyObject *type = MetaweightError;
+  switch (s) {
+    case MW_E_ARGUMENT: type = InvalidArgumentError; break;
+    case MW_E_SHAPE: type = ShapeError; break;
+    case MW_E_LABEL: type = LabelError; break;
+    case MW_E_NONFINITE: type = NonFiniteError; break;
+    case MW_E_HANDLE: type = ClosedError; break;
+    case MW_E_STATE: type = StateError; break;
+    case MW_E_IO: type = CheckpointError; break;
+    case MW_E_BUSY: type = BusyError; break;
+    default: break;
+  }
+  const char *msg = mw_last_error();
+  PyErr_SetString(type, (msg && msg[0]) ? msg : "metaweight: unknown error");
+  return NULL;
+}
+
+#define CHECK(call)                    \
+  do {                                 \
+    mw_status _s;                      \
+    Py_BEGIN_ALLOW_THREADS _s = (call); \
+    Py_END_ALLOW_THREADS if (_s != MW_OK) return raise_status(_s); \
+  } while (0)
+
+/* Gets a C-contiguous buffer of the given item format ('f' float32, 'q' int64). */
+static int get_buffer(PyObject *obj, Py_buffer *view, char fmt, int writable, const char *name) {
+  int flags = PyBUF_C_CONTIGUOUS | PyBUF_FORMAT | (writable ? PyBUF_WRITABLE : 0);
+  if (PyObject_GetBuffer(obj, view, flags) != 0) {
+    PyErr_Clear();
+    PyErr_Format(DTypeError, "%s: expected a C-contiguous%s %s array, got %.100s", name,
+                 writable ? " writable" : "", fmt == 'f' ? "float32" : "int64", Py_TYPE(obj)->tp_name);
+    return -1;
+  }
+  const char *f = view->format ? view->format : "B";
+  if (*f == '<' || *f == '=' || *f == '@') f++;
+  int ok;
+  if (fmt == 'f') ok = (f[0] == 'f' && f[1] == 0 && view->itemsize == 4);
+  else ok = ((f[0] == 'q' || f[0] == 'l') && f[1] == 0 && view->itemsize == 8);
+  if (!ok) {
+    PyErr_Format(DTypeError, "%s: expected %s items, got buffer format '%s' (itemsize %zd)", name,
+                 fmt == 'f' ? "float32" : "int64", view->format ? view->format : "B", view->itemsize);
+    PyBuffer_Release(view);
+    return -1;
+  }
+  return 0;
+}
+
+static int shape_of(Py_buffer *v, int64_t *shape, int32_t *rank) {
+  if (v->ndim < 1 || v->ndim > 8) {
+    PyErr_Format(ShapeError, "x: expected a 2-d (N, D) or 4-d (N, C, H, W) array, got %d-d", v->ndim);
+    return -1;
+  }
+  for (int i = 0; i < v->ndim; i++) shape[i] = (int64_t)v->shape[i];
+  *rank = v->ndim;
+  return 0;
+}
+
+static int handle_arg(PyObject *o, uint64_t *h) {
+  unsigned long long v = PyLong_AsUnsignedLongLong(o);
+  if (PyErr_Occurred()) return -1;
+  *h = (uint64_t)v;
+  return 0;
+}
+
+/* ---- library ---- */
+
+static PyObject *py_version(PyObject *self, PyObject *args) { return PyUnicode_FromString(mw_version()); }
+static PyObject *py_blas_core(PyObject *self, PyObject *args) { return PyUnicode_FromString(mw_blas_core()); }
+static PyObject *py_blas_config(PyObject *self, PyObject *args) { return PyUnicode_FromString(mw_blas_config()); }
+static PyObject *py_get_threads(PyObject *self, PyObject *args) { return PyLong_FromLong(mw_get_threads()); }
+static PyObject *py_set_threads(PyObject *self, PyObject *args) {
+  int n;
+  if (!PyArg_ParseTuple(args, "i", &n)) return NULL;
+  CHECK(mw_set_threads(n));
+  Py_RETURN_NONE;
+}
+
+/* ---- networks ---- */
+
+static PyObject *py_network_create(PyObject *self, PyObject *args) {
+  const char *spec;
+  PyObject *shape_obj;
+  unsigned long long seed;
+  if (!PyArg_ParseTuple(args, "sOK", &spec, &shape_obj, &seed)) return NULL;
+  PyObject *seq = PySequence_Fast(shape_obj, "input_shape: expected a tuple of ints");
+  if (!seq) return NULL;
+  Py_ssize_t rank = PySequence_Fast_GET_SIZE(seq);
+  int64_t shape[8] = {0};
+  if (rank < 1 || rank > 8) {
+    Py_DECREF(seq);
+    PyErr_Format(ShapeError, "input_shape: expected (D,) or (C, H, W), got %zd dimensions", rank);
+    return NULL;
+  }
+  for (Py_ssize_t i = 0; i < rank; i++) {
+    shape[i] = PyLong_AsLongLong(PySequence_Fast_GET_ITEM(seq, i));
+    if (PyErr_Occurred()) { Py_DECREF(seq); return NULL; }
+  }
+  Py_DECREF(seq);
+  mw_network h = 0;
+  CHECK(mw_network_create(spec, shape, (int32_t)rank, (uint64_t)seed, &h));
+  return PyLong_FromUnsignedLongLong(h);
+}
+
+static PyObject *py_network_free(PyObject *self, PyObject *args) {
+  PyObject *ho; uint64_t h;
+  if (!PyArg_ParseTuple(args, "O", &ho) || handle_arg(ho, &h)) return NULL;
+  CHECK(mw_network_free(h));
+  Py_RETURN_NONE;
+}
+
+static PyObject *py_network_info(PyObject *self, PyObject *args) {
+  PyObject *ho; uint64_t h;
+  if (!PyArg_ParseTuple(args, "O", &ho) || handle_arg(ho, &h)) return NULL;
+  int64_t a = 0, b = 0, c = 0, d = 0, e = 0;
+  CHECK(mw_network_info(h, &a, &b, &c, &d, &e));
+  return Py_BuildValue("(LLLLL)", (long long)a, (long long)b, (long long)c, (long long)d, (long long)e);
+}
+
+static PyObject *py_network_input_shape(PyObject *self, PyObject *args) {
+  PyObject *ho; uint64_t h;
+  if (!PyArg_ParseTuple(args, "O", &ho) || handle_arg(ho, &h)) return NULL;
+  int64_t s[3] = {0}; int32_t r = 0;
+  CHECK(mw_network_input_shape(h, s, &r));
+  if (r == 1) return Py_BuildValue("(L)", (long long)s[0]);
+  return Py_BuildValue("(LLL)", (long long)s[0], (long long)s[1], (long long)s[2]);
+}
+
+static PyObject *py_network_block(PyObject *self, PyObject *args) {
+  PyObject *ho; uint64_t h; int is_state; long long index;
+  if (!PyArg_ParseTuple(args, "OiL", &ho, &is_state, &index) || handle_arg(ho, &h)) return NULL;
+  char name[512]; int64_t offset = 0, shape[8] = {0}; int32_t rank = 0;
+  CHECK(mw_network_block(h, is_state, index, name, sizeof name, &offset, shape, &rank));
+  PyObject *t = PyTuple_New(rank);
+  if (!t) return NULL;
+  for (int i = 0; i < rank; i++) PyTuple_SET_ITEM(t, i, PyLong_FromLongLong(shape[i]));
+  return Py_BuildValue("(sLN)", name, (long long)offset, t);
+}
+
+static PyObject *py_network_get_flat(PyObject *self, PyObject *args) {
+  PyObject *ho, *out; uint64_t h; int is_state;
+  if (!PyArg_ParseTuple(args, "OiO", &ho, &is_state, &out) || handle_arg(ho, &h)) return NULL;
+  Py_buffer v;
+  if (get_buffer(out, &v, 'f', 1, "out")) return NULL;
+  mw_status s;
+  Py_BEGIN_ALLOW_THREADS s = mw_network_get_flat(h, is_state, (float *)v.buf, (int64_t)(v.len / 4));
+  Py_END_ALLOW_THREADS PyBuffer_Release(&v);
+  if (s != MW_OK) return raise_status(s);
+  Py_RETURN_NONE;
+}
+
+static PyObject *py_network_set_flat(PyObject *self, PyObject *args) {
+  PyObject *ho, *in; uint64_t h; int is_state;
+  if (!PyArg_ParseTuple(args, "OiO", &ho, &is_state, &in) || handle_arg(ho, &h)) return NULL;
+  Py_buffer v;
+  if (get_buffer(in, &v, 'f', 0, "values")) return NULL;
+  mw_status s;
+  Py_BEGIN_ALLOW_THREADS s = mw_network_set_flat(h, is_state, (const float *)v.buf, (int64_t)(v.len / 4));
+  Py_END_ALLOW_THREADS PyBuffer_Release(&v);
+  if (s != MW_OK) return raise_status(s);
+  Py_RETURN_NONE;
+}
+
+typedef mw_status (*string_getter)(uint64_t, char *, int64_t, int64_t *);
+
+static PyObject *get_string(PyObject *args, string_getter fn) {
+  PyObject *ho; uint64_t h;
+  if (!PyArg_ParseTuple(args, "O", &ho) || handle_arg(ho, &h)) return NULL;
+  int64_t len = 0;
+  CHECK(fn(h, NULL, 0, &len));
+  char *buf = PyMem_Malloc((size_t)len + 1);
+  if (!buf) return PyErr_NoMemory();
+  mw_status s = fn(h, buf, len + 1, &len);
+  if (s != MW_OK) { PyMem_Free(buf); return raise_status(s); }
+  PyObject *r = PyUnicode_FromStringAndSize(buf, (Py_ssize_t)len);
+  PyMem_Free(buf);
+  return r;
+}
+static PyObject *py_network_summary(PyObject *self, PyObject *args) { return get_string(args, mw_network_summary); }
+static PyObject *py_network_signature(PyObject *self, PyObject *args) { return get_string(args, mw_network_signature); }
+
+static PyObject *py_network_activation_bytes(PyObject *self, PyObject *args) {
+  PyObject *ho; uint64_t h; long long batch;
+  if (!PyArg_ParseTuple(args, "OL", &ho, &batch) || handle_arg(ho, &h)) return NULL;
+  int64_t bytes = 0;
+  CHECK(mw_network_activation_bytes(h, batch, &bytes));
+  return PyLong_FromLongLong(bytes);
+}
+
+/* ---- trainers ---- */
+
+static PyObject *py_trainer_create(PyObject *self, PyObject *args) {
+  PyObject *ho; uint64_t h; unsigned long long seed;
+  mw_optimizer_config o; memset(&o, 0, sizeof o);
+  int kind, nesterov, decoupled, skind; float gamma, min_lr; long long total, warmup;
+  PyObject *milestones;
+  if (!PyArg_ParseTuple(args, "O(iffififff)(iOfLfL)K", &ho, &kind, &o.lr, &o.momentum, &nesterov,
+                        &o.weight_decay, &decoupled, &o.beta1, &o.beta2, &o.eps, &skind, &milestones, &gamma,
+                        &total, &min_lr, &warmup, &seed) ||
+      handle_arg(ho, &h))
+    return NULL;
+  (void)kind;
+  o.kind = kind; o.nesterov = nesterov; o.decoupled = decoupled;
+  PyObject *seq = PySequence_Fast(milestones, "milestones: expected a sequence of ints");
+  if (!seq) return NULL;
+  Py_ssize_t nm = PySequence_Fast_GET_SIZE(seq);
+  int64_t *ms = PyMem_Malloc(sizeof(int64_t) * (size_t)(nm + 1));
+  if (!ms) { Py_DECREF(seq); return PyErr_NoMemory(); }
+  for (Py_ssize_t i = 0; i < nm; i++) {
+    ms[i] = PyLong_AsLongLong(PySequence_Fast_GET_ITEM(seq, i));
+    if (PyErr_Occurred()) { Py_DECREF(seq); PyMem_Free(ms); return NULL; }
+  }
+  Py_DECREF(seq);
+  mw_schedule_config sc = {skind, ms, (int32_t)nm, gamma, total, min_lr, warmup};
+  mw_trainer t = 0;
+  mw_status s;
+  Py_BEGIN_ALLOW_THREADS s = mw_trainer_create(h, &o, &sc, (uint64_t)seed, &t);
+  Py_END_ALLOW_THREADS PyMem_Free(ms);
+  if (s != MW_OK) return raise_status(s);
+  return PyLong_FromUnsignedLongLong(t);
+}
+
+static PyObject *py_trainer_free(PyObject *self, PyObject *args) {
+  PyObject *ho; uint64_t h;
+  if (!PyArg_ParseTuple(args, "O", &ho) || handle_arg(ho, &h)) return NULL;
+  CHECK(mw_trainer_free(h));
+  Py_RETURN_NONE;
+}
+
+static PyObject *py_trainer_set_augmentation(PyObject *self, PyObject *args) {
+  PyObject *ho; uint64_t h; int pad, flip;
+  if (!PyArg_ParseTuple(args, "Oii", &ho, &pad, &flip) || handle_arg(ho, &h)) return NULL;
+  CHECK(mw_trainer_set_augmentation(h, pad, flip));
+  Py_RETURN_NONE;
+}
+
+static PyObject *py_trainer_step(PyObject *self, PyObject *args) {
+  PyObject *ho, *xo, *yo, *wo; uint64_t h;
+  if (!PyArg_ParseTuple(args, "OOOO", &ho, &xo, &yo, &wo) || handle_arg(ho, &h)) return NULL;
+  Py_buffer x, y, w; int has_w = (wo != Py_None);
+  if (get_buffer(xo, &x, 'f', 0, "x")) return NULL;
+  if (get_buffer(yo, &y, 'q', 0, "y")) { PyBuffer_Release(&x); return NULL; }
+  if (has_w && get_buffer(wo, &w, 'f', 0, "sample_weights")) { PyBuffer_Release(&x); PyBuffer_Release(&y); return NULL; }
+  int64_t shape[8]; int32_t rank;
+  mw_step_result r; memset(&r, 0, sizeof r);
+  mw_status s = MW_OK;
+  if (shape_of(&x, shape, &rank)) s = -1;
+  else if (has_w && w.len / 4 != y.len / 8) {
+    PyErr_Format(ShapeError, "sample_weights: expected %zd weights (one per label), got %zd", y.len / 8, w.len / 4);
+    s = -1;
+  } else {
+    Py_BEGIN_ALLOW_THREADS s = mw_trainer_step(h, (const float *)x.buf, shape, rank, (const int64_t *)y.buf,
+                                               (int64_t)(y.len / 8), has_w ? (const float *)w.buf : NULL, &r);
+    Py_END_ALLOW_THREADS
+  }
+  PyBuffer_Release(&x); PyBuffer_Release(&y);
+  if (has_w) PyBuffer_Release(&w);
+  if (s == -1) return NULL;
+  if (s != MW_OK) return raise_status(s);
+  return Py_BuildValue("(dddLd)", r.loss, r.accuracy, r.lr, (long long)r.step, r.meta_loss);
+}
+
+static PyObject *py_trainer_predict(PyObject *self, PyObject *args) {
+  PyObject *ho, *xo, *oo; uint64_t h;
+  if (!PyArg_ParseTuple(args, "OOO", &ho, &xo, &oo) || handle_arg(ho, &h)) return NULL;
+  Py_buffer x, o;
+  if (get_buffer(xo, &x, 'f', 0, "x")) return NULL;
+  if (get_buffer(oo, &o, 'f', 1, "out")) { PyBuffer_Release(&x); return NULL; }
+  int64_t shape[8]; int32_t rank; mw_status s = MW_OK;
+  if (shape_of(&x, shape, &rank)) s = -1;
+  else {
+    Py_BEGIN_ALLOW_THREADS s = mw_trainer_predict(h, (const float *)x.buf, shape, rank, (float *)o.buf, (int64_t)(o.len / 4));
+    Py_END_ALLOW_THREADS
+  }
+  PyBuffer_Release(&x); PyBuffer_Release(&o);
+  if (s == -1) return NULL;
+  if (s != MW_OK) return raise_status(s);
+  Py_RETURN_NONE;
+}
+
+static PyObject *py_trainer_losses(PyObject *self, PyObject *args) {
+  PyObject *ho, *xo, *yo, *oo; uint64_t h;
+  if (!PyArg_ParseTuple(args, "OOOO", &ho, &xo, &yo, &oo) || handle_arg(ho, &h)) return NULL;
+  Py_buffer x, y, o;
+  if (get_buffer(xo, &x, 'f', 0, "x")) return NULL;
+  if (get_buffer(yo, &y, 'q', 0, "y")) { PyBuffer_Release(&x); return NULL; }
+  if (get_buffer(oo, &o, 'f', 1, "out")) { PyBuffer_Release(&x); PyBuffer_Release(&y); return NULL; }
+  int64_t shape[8]; int32_t rank; mw_status s = MW_OK;
+  if (shape_of(&x, shape, &rank)) s = -1;
+  else if (o.len / 4 != y.len / 8) {
+    PyErr_Format(ShapeError, "out: expected %zd floats, got %zd", y.len / 8, o.len / 4);
+    s = -1;
+  } else {
+    Py_BEGIN_ALLOW_THREADS s = mw_trainer_losses(h, (const float *)x.buf, shape, rank, (const int64_t *)y.buf,
+                                                 (int64_t)(y.len / 8), (float *)o.buf);
+    Py_END_ALLOW_THREADS
+  }
+  PyBuffer_Release(&x); PyBuffer_Release(&y); PyBuffer_Release(&o);
+  if (s == -1) return NULL;
+  if (s != MW_OK) return raise_status(s);
+  Py_RETURN_NONE;
+}
+
+static PyObject *py_trainer_permutation(PyObject *self, PyObject *args) {
+  PyObject *ho, *oo; uint64_t h;
+  if (!PyArg_ParseTuple(args, "OO", &ho, &oo) || handle_arg(ho, &h)) return NULL;
+  Py_buffer o;
+  if (get_buffer(oo, &o, 'q', 1, "out")) return NULL;
+  mw_status s;
+  Py_BEGIN_ALLOW_THREADS s = mw_trainer_permutation(h, (int64_t)(o.len / 8), (int64_t *)o.buf);
+  Py_END_ALLOW_THREADS PyBuffer_Release(&o);
+  if (s != MW_OK) return raise_status(s);
+  Py_RETURN_NONE;
+}
+
+static PyObject *py_trainer_state(PyObject *self, PyObject *args) {
+  PyObject *ho; uint64_t h;
+  if (!PyArg_ParseTuple(args, "O", &ho) || handle_arg(ho, &h)) return NULL;
+  int64_t steps = 0; double lr = 0;
+  CHECK(mw_trainer_state(h, &steps, &lr));
+  return Py_BuildValue("(Ld)", (long long)steps, lr);
+}
+
+static PyObject *py_trainer_network(PyObject *self, PyObject *args) {
+  PyObject *ho; uint64_t h;
+  if (!PyArg_ParseTuple(args, "O", &ho) || handle_arg(ho, &h)) return NULL;
+  mw_network n = 0;
+  CHECK(mw_trainer_network(h, &n));
+  return PyLong_FromUnsignedLongLong(n);
+}
+
+static PyObject *py_trainer_save(PyObject *self, PyObject *args) {
+  PyObject *ho; uint64_t h; PyObject *path;
+  if (!PyArg_ParseTuple(args, "OO&", &ho, PyUnicode_FSConverter, &path) || handle_arg(ho, &h)) return NULL;
+  mw_status s;
+  const char *p = PyBytes_AS_STRING(path);
+  Py_BEGIN_ALLOW_THREADS s = mw_trainer_save(h, p);
+  Py_END_ALLOW_THREADS Py_DECREF(path);
+  if (s != MW_OK) return raise_status(s);
+  Py_RETURN_NONE;
+}
+
+static PyObject *py_trainer_load(PyObject *self, PyObject *args) {
+  PyObject *ho; uint64_t h; PyObject *path;
+  if (!PyArg_ParseTuple(args, "OO&", &ho, PyUnicode_FSConverter, &path) || handle_arg(ho, &h)) return NULL;
+  mw_status s;
+  const char *p = PyBytes_AS_STRING(path);
+  Py_BEGIN_ALLOW_THREADS s = mw_trainer_load(h, p);
+  Py_END_ALLOW_THREADS Py_DECREF(path);
+  if (s != MW_OK) return raise_status(s);
+  Py_RETURN_NONE;
+}
+
+static PyMethodDef methods[] = {
+    {"version", py_version, METH_NOARGS, "Library version."},
+    {"blas_core", py_blas_core, METH_NOARGS, "OpenBLAS core in use."},
+    {"blas_config", py_blas_config, METH_NOARGS, "OpenBLAS configuration."},
+    {"get_threads", py_get_threads, METH_NOARGS, "Kernel thread count."},
+    {"set_threads", py_set_threads, METH_VARARGS, "Set kernel and BLAS thread count."},
+    {"network_create", py_network_create, METH_VARARGS, "network_create(spec, input_shape, seed) -> handle"},
+    {"network_free", py_network_free, METH_VARARGS, "Free a network handle."},
+    {"network_info", py_network_info, METH_VARARGS, "(n_params, n_state, n_classes, n_blocks, n_state_blocks)"},
+    {"network_input_shape", py_network_input_shape, METH_VARARGS, "Per-example input shape."},
+    {"network_block", py_network_block, METH_VARARGS, "(name, offset, shape) of a block."},
+    {"network_get_flat", py_network_get_flat, METH_VARARGS, "Copy parameters/state out."},
+    {"network_set_flat", py_network_set_flat, METH_VARARGS, "Copy parameters/state in."},
+    {"network_summary", py_network_summary, METH_VARARGS, "Layer summary."},
+    {"network_signature", py_network_signature, METH_VARARGS, "Architecture signature."},
+    {"network_activation_bytes", py_network_activation_bytes, METH_VARARGS, "Activation bytes for a batch."},
+    {"trainer_create", py_trainer_create, METH_VARARGS, "trainer_create(net, opt, sched, seed) -> handle"},
+    {"trainer_free", py_trainer_free, METH_VARARGS, "Free a trainer handle."},
+    {"trainer_set_augmentation", py_trainer_set_augmentation, METH_VARARGS, "Crop padding and flip."},
+    {"trainer_step", py_trainer_step, METH_VARARGS, "One training step -> (loss, acc, lr, step, meta_loss)."},
+    {"trainer_predict", py_trainer_predict, METH_VARARGS, "Eval-mode logits into out."},
+    {"trainer_losses", py_trainer_losses, METH_VARARGS, "Eval-mode per-example losses into out."},
+    {"trainer_permutation", py_trainer_permutation, METH_VARARGS, "Random permutation into out."},
+    {"trainer_state", py_trainer_state, METH_VARARGS, "(steps, next_lr)"},
+    {"trainer_network", py_trainer_network, METH_VARARGS, "New handle to the trainer's network."},
+    {"trainer_save", py_trainer_save, METH_VARARGS, "Atomic checkpoint save."},
+    {"trainer_load", py_trainer_load, METH_VARARGS, "Checkpoint load."},
+    {NULL, NULL, 0, NULL}};
+
+static struct PyModuleDef moduledef = {PyModuleDef_HEAD_INIT, "_core", "metaweight's Swift core.", -1, methods};
+
+static PyObject *new_error(PyObject *m, const char *name, PyObject *bases, const char *doc) {
+  char full[128];
+  snprintf(full, sizeof full, "metaweight.%s", name);
+  PyObject *e = PyErr_NewExceptionWithDoc(full, doc, bases, NULL);
+  if (e && PyModule_AddObjectRef(m, name, e) < 0) { Py_DECREF(e); return NULL; }
+  return e;
+}
+
+static PyObject *bases2(PyObject *a, PyObject *b) { return PyTuple_Pack(2, a, b); }
+
+PyMODINIT_FUNC PyInit__core(void) {
+  PyObject *m = PyModule_Create(&moduledef);
+  if (!m) return NULL;
+  MetaweightError = new_error(m, "MetaweightError", NULL, "Base class of every metaweight error.");
+  if (!MetaweightError) return NULL;
+  PyObject *b;
+  b = bases2(MetaweightError, PyExc_ValueError);
+  InvalidArgumentError = new_error(m, "InvalidArgumentError", b, "An argument is out of range or malformed.");
+  Py_XDECREF(b);
+  ShapeError = new_error(m, "ShapeError", InvalidArgumentError, "An array has the wrong rank or size, or is empty.");
+  LabelError = new_error(m, "LabelError", InvalidArgumentError, "A label is negative or not below the number of classes.");
+  b = bases2(MetaweightError, PyExc_FloatingPointError);
+  NonFiniteError = new_error(m, "NonFiniteError", b, "NaN or infinity in an input, loss, gradient or weight.");
+  Py_XDECREF(b);
+  b = bases2(MetaweightError, PyExc_TypeError);
+  DTypeError = new_error(m, "DTypeError", b, "An array has an unsupported dtype or layout.");
+  Py_XDECREF(b);
+  b = bases2(MetaweightError, PyExc_RuntimeError);
+  StateError = new_error(m, "StateError", b, "The call is not allowed in the object's current state.");
+  Py_XDECREF(b);
+  ClosedError = new_error(m, "ClosedError", StateError, "The object was closed or freed.");
+  BusyError = new_error(m, "BusyError", StateError, "The object is in use by another thread.");
+  b = bases2(MetaweightError, PyExc_OSError);
+  CheckpointError = new_error(m, "CheckpointError", b, "A checkpoint is missing, unreadable, corrupt or does not match.");
+  Py_XDECREF(b);
+  if (!InvalidArgumentError || !ShapeError || !LabelError || !NonFiniteError || !DTypeError || !StateError ||
+      !ClosedError || !BusyError || !CheckpointError)
+    return NULL;
+  return m;
+}

@@ -1,0 +1,1 @@
+/* The Python extension exports only PyInit__core. */
