@@ -368,6 +368,81 @@ static PyObject *py_trainer_load(PyObject *self, PyObject *args) {
   Py_RETURN_NONE;
 }
 
+/* ---- weighting methods ---- */
+
+static PyObject *py_trainer_set_method(PyObject *self, PyObject *args) {
+  PyObject *ho; uint64_t h; const char *spec; unsigned long long seed;
+  if (!PyArg_ParseTuple(args, "OsK", &ho, &spec, &seed) || handle_arg(ho, &h)) return NULL;
+  CHECK(mw_trainer_set_method(h, spec, (uint64_t)seed));
+  Py_RETURN_NONE;
+}
+
+static PyObject *py_trainer_method(PyObject *self, PyObject *args) { return get_string(args, mw_trainer_method); }
+
+static PyObject *py_trainer_step_method(PyObject *self, PyObject *args) {
+  PyObject *ho, *xo, *yo, *xmo, *ymo, *wo, *cwo; uint64_t h;
+  if (!PyArg_ParseTuple(args, "OOOOOOO", &ho, &xo, &yo, &xmo, &ymo, &wo, &cwo) || handle_arg(ho, &h)) return NULL;
+  Py_buffer x, y, xm, ym, w, cw;
+  int has_m = (xmo != Py_None), has_ym = (ymo != Py_None), has_w = (wo != Py_None), has_cw = (cwo != Py_None);
+  int got_x = 0, got_y = 0, got_xm = 0, got_ym = 0, got_w = 0, got_cw = 0;
+  mw_status s = -1;
+  int64_t shape[8], mshape[8] = {0}; int32_t rank = 0, mrank = 0;
+  mw_step_result r; memset(&r, 0, sizeof r);
+  if (has_m != has_ym) {
+    PyErr_SetString(InvalidArgumentError, "x_meta, y_meta: expected both or neither");
+    goto done;
+  }
+  if (get_buffer(xo, &x, 'f', 0, "x")) goto done;
+  got_x = 1;
+  if (get_buffer(yo, &y, 'q', 0, "y")) goto done;
+  got_y = 1;
+  if (has_m) {
+    if (get_buffer(xmo, &xm, 'f', 0, "x_meta")) goto done;
+    got_xm = 1;
+    if (get_buffer(ymo, &ym, 'q', 0, "y_meta")) goto done;
+    got_ym = 1;
+  }
+  if (has_w) { if (get_buffer(wo, &w, 'f', 1, "weights_out")) goto done; got_w = 1; }
+  if (has_cw) { if (get_buffer(cwo, &cw, 'f', 1, "class_weights_out")) goto done; got_cw = 1; }
+  if (shape_of(&x, shape, &rank)) goto done;
+  if (has_m && shape_of(&xm, mshape, &mrank)) goto done;
+  Py_BEGIN_ALLOW_THREADS s = mw_trainer_step_method(
+      h, (const float *)x.buf, shape, rank, (const int64_t *)y.buf, (int64_t)(y.len / 8),
+      has_m ? (const float *)xm.buf : NULL, has_m ? mshape : NULL, mrank,
+      has_m ? (const int64_t *)ym.buf : NULL, has_m ? (int64_t)(ym.len / 8) : 0, &r,
+      has_w ? (float *)w.buf : NULL, has_w ? (int64_t)(w.len / 4) : 0,
+      has_cw ? (float *)cw.buf : NULL, has_cw ? (int64_t)(cw.len / 4) : 0);
+  Py_END_ALLOW_THREADS
+done:
+  if (got_x) PyBuffer_Release(&x);
+  if (got_y) PyBuffer_Release(&y);
+  if (got_xm) PyBuffer_Release(&xm);
+  if (got_ym) PyBuffer_Release(&ym);
+  if (got_w) PyBuffer_Release(&w);
+  if (got_cw) PyBuffer_Release(&cw);
+  if (s == -1) return NULL;
+  if (s != MW_OK) return raise_status(s);
+  return Py_BuildValue("(dddLd)", r.loss, r.accuracy, r.lr, (long long)r.step, r.meta_loss);
+}
+
+static PyObject *py_trainer_weight_function(PyObject *self, PyObject *args) {
+  PyObject *ho, *lo, *oo; uint64_t h;
+  if (!PyArg_ParseTuple(args, "OOO", &ho, &lo, &oo) || handle_arg(ho, &h)) return NULL;
+  Py_buffer l, o;
+  if (get_buffer(lo, &l, 'f', 0, "losses")) return NULL;
+  if (get_buffer(oo, &o, 'f', 1, "out")) { PyBuffer_Release(&l); return NULL; }
+  mw_status s;
+  if (o.len != l.len) {
+    PyBuffer_Release(&l); PyBuffer_Release(&o);
+    PyErr_SetString(ShapeError, "out: expected as many floats as losses");
+    return NULL;
+  }
+  Py_BEGIN_ALLOW_THREADS s = mw_trainer_weight_function(h, (const float *)l.buf, (int64_t)(l.len / 4), (float *)o.buf);
+  Py_END_ALLOW_THREADS PyBuffer_Release(&l); PyBuffer_Release(&o);
+  if (s != MW_OK) return raise_status(s);
+  Py_RETURN_NONE;
+}
+
 static PyMethodDef methods[] = {
     {"version", py_version, METH_NOARGS, "Library version."},
     {"blas_core", py_blas_core, METH_NOARGS, "OpenBLAS core in use."},
@@ -395,6 +470,11 @@ static PyMethodDef methods[] = {
     {"trainer_network", py_trainer_network, METH_VARARGS, "New handle to the trainer's network."},
     {"trainer_save", py_trainer_save, METH_VARARGS, "Atomic checkpoint save."},
     {"trainer_load", py_trainer_load, METH_VARARGS, "Checkpoint load."},
+    {"trainer_set_method", py_trainer_set_method, METH_VARARGS, "trainer_set_method(h, spec, seed)"},
+    {"trainer_method", py_trainer_method, METH_VARARGS, "The current method's name."},
+    {"trainer_step_method", py_trainer_step_method, METH_VARARGS,
+     "trainer_step_method(h, x, y, x_meta, y_meta, weights_out, class_weights_out) -> (loss, acc, lr, step, meta_loss)"},
+    {"trainer_weight_function", py_trainer_weight_function, METH_VARARGS, "V(losses) into out."},
     {NULL, NULL, 0, NULL}};
 
 static struct PyModuleDef moduledef = {PyModuleDef_HEAD_INIT, "_core", "metaweight's Swift core.", -1, methods};

@@ -146,6 +146,40 @@ mw_status mw_trainer_network(mw_trainer tr, mw_network *out);
 mw_status mw_trainer_save(mw_trainer tr, const char *path);
 mw_status mw_trainer_load(mw_trainer tr, const char *path);
 
+/* ---- weighting methods ------------------------------------------------------------------ */
+
+/*
+ * Selects the trainer's weighting method from a spec "name(key=value, ...)"; resets the method's
+ * state (weight net, its optimizer). seed seeds V's initialisation and random baselines.
+ * Methods and options (defaults from ALGORITHMS.md):
+ *   erm                                   plain ERM (sample weights allowed in mw_trainer_step)
+ *   l2rw(virtual_momentum=0, virtual_lr=0)
+ *   mwnet(normalize=0, detach=1, hidden=100, wn_opt=adam, wn_lr=1e-3, wn_wd=1e-4, wn_momentum=0,
+ *         virtual_momentum=0, virtual_lr=0)
+ *   gdw(eta=auto: 100 for <= 10 classes else 1000, clip=0.2, clamp_min=1e-6, clamp_max=1e6,
+ *       prob_clamp=0.999, + the mwnet options but normalize/detach)
+ *   focal(gamma=2)  class_balanced(beta=0.9999, counts=AxBx...)  inverse_frequency(counts=...)
+ *   hard_mining(fraction=0.5)  random_gaussian  self_paced(threshold=ln C, growth=1.1, interval=100)
+ *   bootstrap_soft(beta=0.95)  bootstrap_hard(beta=0.8)
+ * virtual_lr <= 0 means the classifier's current learning rate; virtual_momentum=1 includes the
+ * optimizer's momentum and weight decay in the virtual step.
+ */
+mw_status mw_trainer_set_method(mw_trainer tr, const char *spec, uint64_t seed);
+/* The current method's name into buf (needed length in *length). */
+mw_status mw_trainer_method(mw_trainer tr, char *buf, int64_t capacity, int64_t *length);
+/*
+ * One step of the trainer's method. x_meta/y_meta: the meta batch, required by l2rw, mwnet and
+ * gdw (NULL otherwise). weights_out: NULL or N floats receiving the per-example weights (GDW: ω′
+ * at the label). class_weights_out: NULL or N×classes floats (GDW's ω′; other methods: NULL).
+ */
+mw_status mw_trainer_step_method(mw_trainer tr, const float *x, const int64_t *x_shape, int32_t x_rank,
+                                 const int64_t *labels, int64_t n_labels, const float *x_meta,
+                                 const int64_t *meta_shape, int32_t meta_rank, const int64_t *meta_labels,
+                                 int64_t n_meta_labels, mw_step_result *out, float *weights_out,
+                                 int64_t weights_count, float *class_weights_out, int64_t class_weights_count);
+/* MW-Net/GDW: V(loss) for n losses (the learned loss -> weight function). */
+mw_status mw_trainer_weight_function(mw_trainer tr, const float *losses, int64_t n, float *out);
+
 #ifdef __cplusplus
 }
 #endif

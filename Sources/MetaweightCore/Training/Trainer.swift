@@ -87,6 +87,8 @@ public final class Trainer: @unchecked Sendable {
   /// Labels of the last batch as Int32.
   public private(set) var labels32: [Int32] = []
   let augmented = Scratch()
+  /// The weighting method's state (nil = plain ERM).
+  public var weighting: WeightingState?
 
   /// Creates a trainer.
   /// - Throws: `MetaweightError.invalidArgument` for invalid settings.
@@ -233,6 +235,7 @@ public final class Trainer: @unchecked Sendable {
     ck.ints["optimizer.steps"] = [optimizer.steps]
     ck.ints["rng.dropout"] = dropoutRNG.rng.stateWords.map { Int64(bitPattern: $0) }
     ck.ints["rng.data"] = dataRNG.stateWords.map { Int64(bitPattern: $0) }
+    weighting?.save(into: &ck)
     return ck
   }
 
@@ -254,6 +257,11 @@ public final class Trainer: @unchecked Sendable {
     let steps = try ck.requireInts("optimizer.steps", count: 1)[0]
     let r1 = try ck.requireInts("rng.dropout", count: 4).map { UInt64(bitPattern: $0) }
     let r2 = try ck.requireInts("rng.data", count: 4).map { UInt64(bitPattern: $0) }
+    if let ws = weighting {
+      try ws.validate(ck)
+    } else if ck.ints["weighting.method"] != nil {
+      throw MetaweightError.io("checkpoint: the file holds a weighting method's state but the trainer uses ERM")
+    }
     network.params.pointer.update(from: p, count: p.count)
     network.state.pointer.update(from: s, count: s.count)
     optimizer.first.pointer.update(from: f, count: f.count)
@@ -261,5 +269,6 @@ public final class Trainer: @unchecked Sendable {
     optimizer.steps = steps
     dropoutRNG.rng = RNG(state: r1)
     dataRNG = RNG(state: r2)
+    try weighting?.restore(ck)
   }
 }

@@ -1,0 +1,101 @@
+import CMetaweight
+import MetaweightCore
+
+// MARK: - Weighting methods
+
+@_cdecl("mw_trainer_set_method")
+public func _mw_trainer_set_method(_ h: mw_trainer, _ spec: UnsafePointer<CChar>?, _ seed: UInt64) -> mw_status {
+  guarded {
+    let s = String(cString: try require(spec, "method"))
+    let cfg = try MethodSpec.parse(s)
+    try using(h, as: Trainer.self, "trainer") { tr in
+      tr.weighting = cfg.method == .erm ? nil : try WeightingState(config: cfg, network: tr.network, seed: seed)
+    }
+  }
+}
+
+@_cdecl("mw_trainer_method")
+public func _mw_trainer_method(_ h: mw_trainer, _ buf: UnsafeMutablePointer<CChar>?, _ cap: Int64, _ len: UnsafeMutablePointer<Int64>?) -> mw_status {
+  guarded {
+    try using(h, as: Trainer.self, "trainer") { tr in
+      let m = tr.weighting?.config.method ?? .erm
+      let name = MethodSpec.names.first { $0.value == m }?.key ?? "erm"
+      writeString(name, buf, cap, len)
+    }
+  }
+}
+
+@_cdecl("mw_trainer_step_method")
+public func _mw_trainer_step_method(
+  _ h: mw_trainer, _ x: UnsafePointer<Float>?, _ shape: UnsafePointer<Int64>?, _ rank: Int32,
+  _ y: UnsafePointer<Int64>?, _ ny: Int64, _ xm: UnsafePointer<Float>?, _ mshape: UnsafePointer<Int64>?,
+  _ mrank: Int32, _ ym: UnsafePointer<Int64>?, _ nym: Int64, _ out: UnsafeMutablePointer<mw_step_result>?,
+  _ wout: UnsafeMutablePointer<Float>?, _ wcount: Int64, _ cwout: UnsafeMutablePointer<Float>?, _ cwcount: Int64
+) -> mw_status {
+  guarded {
+    try using(h, as: Trainer.self, "trainer") { tr in
+      let net = tr.network
+      let n = try batchSize(x, shape, rank, net)
+      guard let xp = x else { return }
+      try checkFinite(xp, n * net.inputLayout.size, "x")
+      let labels = try checkLabels(y, ny, n: n, classes: net.classes)
+      let ws = tr.weighting
+      let method = ws?.config.method ?? .erm
+      var m = 0
+      var metaLabels: UnsafePointer<Int64>? = nil
+      if method.needsMeta {
+        guard xm != nil else {
+          throw ABIError(code: MW_E_ARGUMENT, message: "x_meta: the \(method) method needs a meta batch in every step, got None")
+        }
+        m = try batchSize(xm, mshape, mrank, net, "x_meta")
+        if let p = xm { try checkFinite(p, m * net.inputLayout.size, "x_meta") }
+        metaLabels = try checkLabels(ym, nym, n: m, classes: net.classes, "y_meta")
+      } else if xm != nil || ym != nil {
+        throw ABIError.argument("x_meta: the \(method) method takes no meta batch; pass None")
+      }
+      if let _ = wout, wcount != Int64(n) {
+        throw ABIError.shape("weights_out: expected \(n) floats, got \(wcount)")
+      }
+      if let _ = cwout {
+        guard method == .gdw else { throw ABIError.argument("class_weights_out: only GDW has class-level weights") }
+        guard cwcount == Int64(n * net.classes) else {
+          throw ABIError.shape("class_weights_out: expected \(n * net.classes) floats (N × classes), got \(cwcount)")
+        }
+      }
+      var r = MethodStepResult()
+      if let state = ws {
+        r = try tr.weightedStep(state, x: xp, n: n, labels: labels, xMeta: xm, m: m, labelsMeta: metaLabels)
+        if let o = wout { o.update(from: state.weights.pointer, count: n) }
+        if let o = cwout { o.update(from: state.classWeights.pointer, count: n * net.classes) }
+      } else {
+        let s = try tr.step(x: xp, n: n, labels: labels)
+        r.loss = s.loss
+        r.accuracy = s.accuracy
+        r.learningRate = s.learningRate
+        r.step = s.step
+        if let o = wout { o.update(repeating: 1, count: n) }
+      }
+      if let o = out {
+        o.pointee = mw_step_result(loss: r.loss, accuracy: r.accuracy, lr: r.learningRate, step: r.step, meta_loss: r.metaLoss)
+      }
+    }
+  }
+}
+
+@_cdecl("mw_trainer_weight_function")
+public func _mw_trainer_weight_function(
+  _ h: mw_trainer, _ losses: UnsafePointer<Float>?, _ n: Int64, _ out: UnsafeMutablePointer<Float>?
+) -> mw_status {
+  guarded {
+    let l = try require(losses, "losses")
+    let o = try require(out, "out")
+    guard n >= 0, n <= 1 << 28 else { throw ABIError.shape("losses: expected 0..2^28 values, got \(n)") }
+    try checkFinite(l, Int(n), "losses")
+    try using(h, as: Trainer.self, "trainer") { tr in
+      guard let wn = tr.weighting?.weightNet else {
+        throw ABIError(code: MW_E_STATE, message: "weight_function: only MW-Net and GDW have a weighting function")
+      }
+      wn.forward(l, n: Int(n), out: o)
+    }
+  }
+}

@@ -1,0 +1,504 @@
+#if canImport(Glibc)
+  import Glibc
+#endif
+
+/// Result of one weighted training step.
+public struct MethodStepResult: Sendable {
+  /// Mean unweighted cross-entropy of the train batch before the update.
+  public var loss: Double = 0
+  /// Train-batch accuracy before the update.
+  public var accuracy: Double = 0
+  /// Meta loss: L2RW at θ, MW-Net/GDW at the look-ahead θ̂ (0 for other methods).
+  public var metaLoss: Double = 0
+  /// Learning rate used.
+  public var learningRate: Double = 0
+  /// Updates taken after this one.
+  public var step: Int64 = 0
+  /// Creates a zero result.
+  public init() {}
+}
+
+/// The per-trainer state of a weighting method: its configuration, MW-Net/GDW's weighting network
+/// and optimizer, and the buffers of the meta step (kept between steps, so a step allocates nothing).
+public final class WeightingState: @unchecked Sendable {
+  /// The configuration.
+  public let config: WeightingConfig
+  /// V (MW-Net, GDW).
+  public let weightNet: WeightNet?
+  /// V's optimizer.
+  public let weightNetOptimizer: Optimizer?
+  /// Per-example weights of the last step (n).
+  public internal(set) var weights = FloatBuffer(count: 0)
+  /// GDW's class-level weights ω′ of the last step (n × C); empty for other methods.
+  public internal(set) var classWeights = FloatBuffer(count: 0)
+  /// Generator for the random-weights baseline.
+  var rng: RNG
+  var metaTape: NetworkTape?
+  let metaGrads: FloatBuffer  // v = ∇L_meta
+  let virtualGrads: FloatBuffer  // the virtual step's gradient
+  let thetaHat: FloatBuffer  // θ̂
+  var jvp = FloatBuffer(count: 0)  // ⟨v, ∂z_ic/∂θ⟩ (n × C)
+  var logitGrad = FloatBuffer(count: 0)  // n × C
+  var omega = FloatBuffer(count: 0)  // n × C
+  var g = FloatBuffer(count: 0)  // n × C
+  var tmpA = FloatBuffer(count: 0)  // n
+  var tmpB = FloatBuffer(count: 0)  // n
+  var metaLosses = FloatBuffer(count: 0)
+  var metaProbs = FloatBuffer(count: 0)
+  var metaCoef = FloatBuffer(count: 0)
+  var metaLabels: [Int32] = []
+  let classTable: [Float]
+
+  /// Creates the state for `network`.
+  /// - Throws: `MetaweightError.invalidArgument` for invalid options.
+  public init(config: WeightingConfig, network: Network, seed: UInt64) throws {
+    try config.validate(classes: network.classes)
+    if config.method == .gdw && !config.detachLoss {
+      throw MetaweightError.invalidArgument("detach_loss: GDW feeds V the detached loss (as its official code); got False")
+    }
+    self.config = config
+    var seeder = RNG(seed: seed ^ 0x5EED_0F5E_ED00)
+    if config.method.hasWeightNet {
+      weightNet = WeightNet(hidden: config.weightNetHidden, seed: seeder.next())
+      weightNetOptimizer = Optimizer(config: config.weightNetOptimizer, count: 3 * config.weightNetHidden + 1)
+    } else {
+      weightNet = nil
+      weightNetOptimizer = nil
+    }
+    rng = RNG(seed: seeder.next())
+    let p = config.method.needsMeta ? network.params.count : 0
+    let pv = config.method == .mwnet || config.method == .gdw ? p : 0
+    metaGrads = FloatBuffer(count: p)
+    virtualGrads = FloatBuffer(count: pv)
+    thetaHat = FloatBuffer(count: pv)
+    // Class weights for class-balanced / inverse-frequency, normalised to sum to C.
+    let c = network.classes
+    var table = [Float](repeating: 1, count: c)
+    if config.method == .classBalanced || config.method == .inverseFrequency {
+      for k in 0..<c {
+        let nk = Double(config.classCounts[k])
+        let beta = Double(config.classBalancedBeta)
+        table[k] = config.method == .classBalanced ? Float((1 - beta) / (1 - pow(beta, nk))) : Float(1 / nk)
+      }
+      let s = table.reduce(0, +)
+      table = table.map { $0 * Float(c) / s }
+    }
+    classTable = table
+  }
+
+  func reserve(n: Int, m: Int, classes c: Int, network: Network) {
+    if weights.count < n {
+      weights = FloatBuffer(count: n)
+      tmpA = FloatBuffer(count: n)
+      tmpB = FloatBuffer(count: n)
+    }
+    if config.method.needsMeta {
+      if logitGrad.count < max(n, m) * c { logitGrad = FloatBuffer(count: max(n, m) * c) }
+      if jvp.count < n * c {
+        jvp = FloatBuffer(count: n * c)
+        omega = FloatBuffer(count: n * c)
+        g = FloatBuffer(count: max(n * c, n))
+      }
+      if (metaTape?.capacity ?? 0) < m {
+        metaTape = network.makeTape(batch: m)
+        metaLosses = FloatBuffer(count: m)
+        metaProbs = FloatBuffer(count: m * c)
+        metaCoef = FloatBuffer(count: m)
+      }
+    }
+    if config.method == .gdw && classWeights.count < n * c { classWeights = FloatBuffer(count: n * c) }
+  }
+
+  /// Saves V, its optimizer and the random generator into `ck`.
+  public func save(into ck: inout Checkpoint) {
+    ck.ints["weighting.method"] = [Int64(config.method.rawValue)]
+    ck.ints["weighting.rng"] = rng.stateWords.map { Int64(bitPattern: $0) }
+    if let wn = weightNet, let opt = weightNetOptimizer {
+      ck.floats["weighting.net"] = wn.params.array
+      ck.floats["weighting.opt.first"] = opt.first.array
+      ck.floats["weighting.opt.second"] = opt.second.array
+      ck.ints["weighting.opt.steps"] = [opt.steps]
+    }
+  }
+
+  /// Checks that `ck` holds this method's state (throws naming the mismatch).
+  public func validate(_ ck: Checkpoint) throws {
+    let m = try ck.requireInts("weighting.method", count: 1)[0]
+    guard m == Int64(config.method.rawValue) else {
+      throw MetaweightError.io("checkpoint: weighting method mismatch (file has method \(m), trainer has \(config.method))")
+    }
+    _ = try ck.requireInts("weighting.rng", count: 4)
+    if let wn = weightNet, let opt = weightNetOptimizer {
+      _ = try ck.requireFloats("weighting.net", count: wn.params.count)
+      _ = try ck.requireFloats("weighting.opt.first", count: opt.first.count)
+      _ = try ck.requireFloats("weighting.opt.second", count: opt.second.count)
+      _ = try ck.requireInts("weighting.opt.steps", count: 1)
+    }
+  }
+
+  /// Restores from `ck` (validated first, so nothing changes on failure).
+  public func restore(_ ck: Checkpoint) throws {
+    try validate(ck)
+    rng = RNG(state: try ck.requireInts("weighting.rng", count: 4).map { UInt64(bitPattern: $0) })
+    if let wn = weightNet, let opt = weightNetOptimizer {
+      let p = try ck.requireFloats("weighting.net", count: wn.params.count)
+      wn.params.pointer.update(from: p, count: p.count)
+      let f = try ck.requireFloats("weighting.opt.first", count: opt.first.count)
+      opt.first.pointer.update(from: f, count: f.count)
+      let s = try ck.requireFloats("weighting.opt.second", count: opt.second.count)
+      opt.second.pointer.update(from: s, count: s.count)
+      opt.steps = try ck.requireInts("weighting.opt.steps", count: 1)[0]
+    }
+  }
+}
+
+extension Trainer {
+  /// The virtual step size α and the factor ∂d/∂g of the virtual direction (1 + μ for Nesterov).
+  func virtualStepSize(_ ws: WeightingState) -> (alpha: Float, factor: Float) {
+    let alpha = ws.config.virtualLR > 0 ? ws.config.virtualLR : currentLearningRate
+    let o = optimizer.config
+    let factor: Float = ws.config.virtualStepMomentum && o.kind == .sgd && o.nesterov ? 1 + o.momentum : 1
+    return (alpha, factor)
+  }
+
+  /// θ̂ = θ − α·d(g) with g = `ws.virtualGrads` (plain SGD, or the optimizer's momentum and
+  /// weight decay when configured).
+  func takeVirtualStep(_ ws: WeightingState, alpha: Float) {
+    let count = network.params.count
+    let theta = UnsafePointer(network.params.pointer)
+    if ws.config.virtualStepMomentum {
+      optimizer.peekDirection(params: theta, grads: ws.virtualGrads.pointer, out: ws.thetaHat.pointer, count: count)
+      Elementwise.step(theta, -alpha, UnsafePointer(ws.thetaHat.pointer), into: ws.thetaHat.pointer, count: count)
+    } else {
+      Elementwise.step(theta, -alpha, UnsafePointer(ws.virtualGrads.pointer), into: ws.thetaHat.pointer, count: count)
+    }
+  }
+
+  /// Mean cross-entropy of the meta batch at `params` (batch statistics, running statistics
+  /// untouched) and its gradient v = ∇L_meta into `ws.metaGrads`.
+  func metaPass(
+    _ ws: WeightingState, params: UnsafePointer<Float>, x: UnsafePointer<Float>, m: Int, labels: UnsafePointer<Int64>
+  ) -> Double {
+    guard let tape = ws.metaTape else { return 0 }
+    let c = network.classes
+    network.forward(x, batch: m, tape: tape, mode: .virtualTrain, rng: dropoutRNG, params: params)
+    if ws.metaLabels.count != m { ws.metaLabels = [Int32](repeating: 0, count: m) }
+    for i in 0..<m { ws.metaLabels[i] = Int32(truncatingIfNeeded: labels[i]) }
+    var loss: Double = 0
+    let dl = ws.logitGrad
+    ws.metaLabels.withUnsafeBufferPointer { lp in
+      CrossEntropy.forward(
+        logits: tape.logits.pointer, labels: lp.baseAddress!, n: m, c: c, losses: ws.metaLosses.pointer,
+        probs: ws.metaProbs.pointer)
+      for i in 0..<m {
+        loss += Double(ws.metaLosses[i])
+        ws.metaCoef[i] = 1 / Float(m)
+      }
+      CrossEntropy.backward(
+        probs: ws.metaProbs.pointer, labels: lp.baseAddress!, n: m, c: c, coefficients: ws.metaCoef.pointer,
+        dlogits: dl.pointer)
+    }
+    network.backward(tape: tape, dlogits: UnsafePointer(dl.pointer), grads: ws.metaGrads.pointer)
+    return loss / Double(m)
+  }
+
+  /// JVP of the train logits along v = `ws.metaGrads`, then qᵢ = Σ_c (p_ic − y_ic)·JVP_ic into `out`.
+  func projectedGradients(_ ws: WeightingState, n: Int, out: UnsafeMutablePointer<Float>) {
+    let c = network.classes
+    network.jvp(tape: tape, direction: ws.metaGrads.pointer, out: ws.jvp.pointer)
+    for i in 0..<n {
+      var s: Float = 0
+      let t = Int(labels32[i])
+      for k in 0..<c { s += (probs[i * c + k] - (k == t ? 1 : 0)) * ws.jvp[i * c + k] }
+      out[i] = s
+    }
+  }
+
+  /// One step of the configured weighting method (one optimizer update of θ; MW-Net and GDW also
+  /// update V once). `xMeta`/`labelsMeta` are required exactly when the method needs a meta batch.
+  /// - Throws: `MetaweightError.nonFinite` when a loss, weight or gradient is NaN/Inf (θ untouched);
+  ///   `MetaweightError.invalidState` when a meta batch is missing.
+  public func weightedStep(
+    _ ws: WeightingState, x: UnsafePointer<Float>, n: Int, labels: UnsafePointer<Int64>,
+    xMeta: UnsafePointer<Float>?, m: Int, labelsMeta: UnsafePointer<Int64>?
+  ) throws -> MethodStepResult {
+    let c = network.classes
+    let method = ws.config.method
+    if method.needsMeta {
+      guard xMeta != nil, labelsMeta != nil, m > 0 else {
+        throw MetaweightError.invalidState("\(method): every step needs a meta batch (x_meta, y_meta)")
+      }
+    }
+    reserve(batch: n)
+    ws.reserve(n: n, m: m, classes: c, network: network)
+    var result = MethodStepResult()
+    let w = ws.weights.pointer
+    switch method {
+    case .l2rw:
+      guard let xm = xMeta, let ym = labelsMeta else { break }
+      // 1. v = ∇L_meta(θ) (ε = 0, so θ̂ = θ).
+      result.metaLoss = metaPass(ws, params: UnsafePointer(network.params.pointer), x: xm, m: m, labels: ym)
+      // 2. Train forward at θ (updates running statistics once, as the real step's forward).
+      (result.loss, result.accuracy) = forwardTrainBatch(x: x, n: n, labels: labels)
+      try checkLoss(result.loss)
+      // 3. uᵢ = ⟨v, ∇lᵢ⟩ through one JVP; w = normalised max(u, 0).
+      projectedGradients(ws, n: n, out: ws.tmpA.pointer)
+      var sum: Double = 0
+      for i in 0..<n {
+        w[i] = max(ws.tmpA[i], 0)
+        sum += Double(w[i])
+      }
+      for i in 0..<n { w[i] = sum > 0 ? Float(Double(w[i]) / sum) : 0 }
+      try checkFiniteValues(UnsafePointer(w), n)
+      backwardWeighted(coefficients: w)
+    case .mwnet:
+      guard let xm = xMeta, let ym = labelsMeta, let wn = ws.weightNet, let wopt = ws.weightNetOptimizer else { break }
+      (result.loss, result.accuracy) = forwardTrainBatch(x: x, n: n, labels: labels)
+      try checkLoss(result.loss)
+      let l = UnsafePointer(losses.pointer)
+      let (alpha, factor) = virtualStepSize(ws)
+      // 1–2. vᵢ = V(lᵢ); θ̂ = θ − α Σ cᵢ ∇lᵢ.
+      wn.forward(l, n: n, out: w)
+      let coef = ws.tmpB.pointer
+      let sumV = mwnetCoefficients(ws, v: UnsafePointer(w), losses: l, n: n, out: coef)
+      backwardWeighted(coefficients: coef, into: ws.virtualGrads.pointer)
+      takeVirtualStep(ws, alpha: alpha)
+      // 3. Meta loss at θ̂, v = ∇L_meta(θ̂), qᵢ = ⟨v, ∇lᵢ⟩, dL/dcᵢ = −α qᵢ.
+      result.metaLoss = metaPass(ws, params: UnsafePointer(ws.thetaHat.pointer), x: xm, m: m, labels: ym)
+      projectedGradients(ws, n: n, out: ws.tmpA.pointer)
+      let q = ws.tmpA.pointer
+      for i in 0..<n { q[i] *= -alpha * factor }  // now dL/dcᵢ
+      mwnetChain(ws, v: UnsafePointer(w), dLdc: q, n: n, sumV: sumV)  // → dL/d(V-output) in place
+      if ws.config.detachLoss {
+        wn.backward(l, dv: q, n: n)
+      } else {
+        wn.backwardUndetached(l, dc: q, n: n)
+      }
+      try checkFiniteValues(UnsafePointer(wn.grads.pointer), wn.grads.count, what: "weight-net gradient")
+      wopt.update(params: wn.params.pointer, grads: wn.grads.pointer, count: wn.params.count, lr: ws.config.weightNetLR)
+      // 4. Recompute vᵢ with the new Θ and take the real step.
+      wn.forward(l, n: n, out: w)
+      try checkFiniteValues(UnsafePointer(w), n)
+      _ = mwnetCoefficients(ws, v: UnsafePointer(w), losses: l, n: n, out: coef)
+      backwardWeighted(coefficients: coef)
+    case .gdw:
+      guard let xm = xMeta, let ym = labelsMeta, let wn = ws.weightNet, let wopt = ws.weightNetOptimizer else { break }
+      (result.loss, result.accuracy) = forwardTrainBatch(x: x, n: n, labels: labels)
+      try checkLoss(result.loss)
+      result.metaLoss = try gdwStep(ws, wn: wn, wopt: wopt, xm: xm, m: m, ym: ym, n: n)
+    default:
+      (result.loss, result.accuracy) = forwardTrainBatch(x: x, n: n, labels: labels)
+      try checkLoss(result.loss)
+      baselineGradients(ws, n: n)
+    }
+    guard Elementwise.allFinite(grads.pointer, count: grads.count) else {
+      throw MetaweightError.nonFinite("step \(stepCount + 1): a gradient is NaN or infinite; parameters were not updated")
+    }
+    result.learningRate = Double(applyUpdate())
+    result.step = stepCount
+    return result
+  }
+
+  private func checkLoss(_ loss: Double) throws {
+    guard loss.isFinite else {
+      throw MetaweightError.nonFinite("step \(stepCount + 1): the training loss is \(loss); parameters were not updated")
+    }
+  }
+
+  private func checkFiniteValues(_ p: UnsafePointer<Float>, _ n: Int, what: String = "example weight") throws {
+    guard Elementwise.allFinite(p, count: n) else {
+      throw MetaweightError.nonFinite("step \(stepCount + 1): a \(what) is NaN or infinite; parameters were not updated")
+    }
+  }
+
+  /// MW-Net's step coefficients cᵢ from vᵢ: vᵢ/n (or vᵢ/Σv), plus the V′ term when the loss is
+  /// not detached (cᵢ = d(vᵢℓᵢ)/dℓᵢ / n). Returns Σv.
+  private func mwnetCoefficients(
+    _ ws: WeightingState, v: UnsafePointer<Float>, losses l: UnsafePointer<Float>, n: Int, out: UnsafeMutablePointer<Float>
+  ) -> Float {
+    var sumV: Float = 0
+    for i in 0..<n { sumV += v[i] }
+    let denom = ws.config.normalizeWeights ? max(sumV, 1e-12) : Float(n)
+    for i in 0..<n { out[i] = v[i] / denom }
+    if !ws.config.detachLoss, let wn = ws.weightNet {
+      let dv = ws.g.pointer  // scratch (≥ n)
+      wn.inputDerivative(l, n: n, out: dv)
+      if ws.config.normalizeWeights {
+        var lw: Float = 0
+        for i in 0..<n { lw += v[i] * l[i] }
+        lw /= denom
+        for i in 0..<n { out[i] += (dv[i] * l[i] - lw * dv[i]) / denom }
+      } else {
+        for i in 0..<n { out[i] += dv[i] * l[i] / denom }
+      }
+    }
+    return sumV
+  }
+
+  /// Turns dL/dcᵢ into the gradient with respect to V's outputs (in place): divide by n, or for
+  /// normalised weights cᵢ = vᵢ/S, dL/dvᵢ = (dL/dcᵢ − Σⱼ cⱼ dL/dcⱼ)/S.
+  private func mwnetChain(
+    _ ws: WeightingState, v: UnsafePointer<Float>, dLdc: UnsafeMutablePointer<Float>, n: Int, sumV: Float
+  ) {
+    if ws.config.normalizeWeights {
+      let s = max(sumV, 1e-12)
+      var mean: Float = 0
+      for i in 0..<n { mean += v[i] / s * dLdc[i] }
+      for i in 0..<n { dLdc[i] = (dLdc[i] - mean) / s }
+    } else {
+      for i in 0..<n { dLdc[i] /= Float(n) }
+    }
+  }
+
+  /// GDW: class-level weights, the virtual step on the manipulated logit gradient, V's update
+  /// through all C columns, the second-stage correction and the real step. Returns the meta loss.
+  private func gdwStep(
+    _ ws: WeightingState, wn: WeightNet, wopt: Optimizer, xm: UnsafePointer<Float>, m: Int,
+    ym: UnsafePointer<Int64>, n: Int
+  ) throws -> Double {
+    let c = network.classes
+    let cfg = ws.config
+    let pc = cfg.gdwProbClamp
+    let l = UnsafePointer(losses.pointer)
+    let v = ws.tmpB.pointer
+    let omega = ws.omega.pointer, gmat = ws.g.pointer, lg = ws.logitGrad.pointer
+    let pr = probs.pointer
+    let (alpha, factor) = virtualStepSize(ws)
+    let invN = 1 / Float(n)
+    let labels = labels32
+    // Zero-mean constraint (p detached, clamped): ω_it = Σ_{c≠t} ω_ic p_ic / (1 − p_it).
+    func constrain() {
+      for i in 0..<n {
+        let t = Int(labels[i])
+        var s: Float = 0
+        for k in 0..<c where k != t { s += omega[i * c + k] * min(pr[i * c + k], pc) }
+        omega[i * c + t] = s / (1 - min(pr[i * c + t], pc))
+      }
+    }
+    // G_ic = ω_ic (p_ic − y_ic)/n.
+    func logitGradient() {
+      for i in 0..<n {
+        let t = Int(labels[i])
+        for k in 0..<c { lg[i * c + k] = omega[i * c + k] * (min(pr[i * c + k], pc) - (k == t ? 1 : 0)) * invN }
+      }
+    }
+    // 1. ω_i = V(l_i)·1, constrained.
+    wn.forward(l, n: n, out: v)
+    for i in 0..<n { for k in 0..<c { omega[i * c + k] = v[i] } }
+    constrain()
+    // 2. Virtual step on G.
+    logitGradient()
+    backwardLogits(UnsafePointer(lg), into: ws.virtualGrads.pointer)
+    takeVirtualStep(ws, alpha: alpha)
+    // 3. Meta loss at θ̂ and g_ic = ∂L_meta/∂ω_ic = −α (p_ic − y_ic) JVP_ic / n.
+    let metaLoss = metaPass(ws, params: UnsafePointer(ws.thetaHat.pointer), x: xm, m: m, labels: ym)
+    network.jvp(tape: tape, direction: ws.metaGrads.pointer, out: ws.jvp.pointer)
+    var gnorm: Double = 0
+    for i in 0..<n {
+      let t = Int(labels[i])
+      for k in 0..<c {
+        let gv = -alpha * factor * (min(pr[i * c + k], pc) - (k == t ? 1 : 0)) * ws.jvp[i * c + k] * invN
+        gmat[i * c + k] = gv
+        gnorm += Double(abs(gv))
+      }
+    }
+    // V's gradient through the constraint: ∂L/∂vᵢ = Σ_{c≠t} (g_ic + g_it p_ic / (1 − p_it)).
+    let dv = ws.tmpA.pointer
+    for i in 0..<n {
+      let t = Int(labels[i])
+      let git = gmat[i * c + t] / (1 - min(pr[i * c + t], pc))
+      var s: Float = 0
+      for k in 0..<c where k != t { s += gmat[i * c + k] + git * min(pr[i * c + k], pc) }
+      dv[i] = s
+    }
+    wn.backward(l, dv: UnsafePointer(dv), n: n)
+    try checkFiniteValues(UnsafePointer(wn.grads.pointer), wn.grads.count, what: "weight-net gradient")
+    wopt.update(params: wn.params.pointer, grads: wn.grads.pointer, count: wn.params.count, lr: cfg.weightNetLR)
+    // 4. ω′ = clamp(ω − clamp(η g/‖g‖₁, ±clip), [min, max]), constrained again.
+    let eta = cfg.eta(classes: c)
+    let scale = gnorm > 0 ? Float(Double(eta) / gnorm) : 0
+    for idx in 0..<(n * c) {
+      let upd = min(max(scale * gmat[idx], -cfg.gdwClip), cfg.gdwClip)
+      omega[idx] = min(max(omega[idx] - upd, cfg.gdwMin), cfg.gdwMax)
+    }
+    constrain()
+    try checkFiniteValues(UnsafePointer(omega), n * c, what: "class-level weight")
+    ws.classWeights.pointer.update(from: omega, count: n * c)
+    for i in 0..<n { ws.weights[i] = omega[i * c + Int(labels[i])] }
+    // 5. Real step from G′_ic = ω′_ic (p_ic − y_ic)/n.
+    logitGradient()
+    backwardLogits(UnsafePointer(lg))
+    return metaLoss
+  }
+
+  /// The baselines: weights or logit gradients computed from the train batch alone.
+  private func baselineGradients(_ ws: WeightingState, n: Int) {
+    let c = network.classes
+    let cfg = ws.config
+    let w = ws.weights.pointer
+    let invN = 1 / Float(n)
+    switch cfg.method {
+    case .focal, .bootstrapSoft, .bootstrapHard:
+      // These change the loss itself: write dL/dz directly (mean over the batch).
+      let lg = dlogits.pointer
+      for i in 0..<n {
+        let t = Int(labels32[i])
+        let p = probs.pointer + i * c
+        w[i] = 1
+        switch cfg.method {
+        case .focal:
+          // FL = −(1−p_t)^γ log p_t;  dFL/dz_k = (y_k − p_k)[γ(1−p_t)^{γ−1} p_t log p_t − (1−p_t)^γ].
+          let ptv = max(p[t], 1e-12)
+          let gam = cfg.focalGamma
+          let one = max(1 - ptv, 0)
+          let a = (gam > 0 ? gam * powf(one, gam - 1) * ptv * logf(ptv) : 0) - powf(one, gam)
+          for k in 0..<c { lg[i * c + k] = ((k == t ? 1 : 0) - p[k]) * a * invN }
+        case .bootstrapSoft:
+          // L = −Σ_k (β y_k + (1−β) q_k) log q_k = β CE + (1−β) H(q);
+          // dL/dz_k = β (q_k − y_k) − (1−β) q_k (log q_k + H).
+          var h: Float = 0
+          for k in 0..<c where p[k] > 0 { h -= p[k] * logf(p[k]) }
+          let b = cfg.bootstrapBeta
+          for k in 0..<c {
+            let lq = p[k] > 0 ? logf(p[k]) : 0
+            lg[i * c + k] = (b * (p[k] - (k == t ? 1 : 0)) - (1 - b) * p[k] * (lq + h)) * invN
+          }
+        default:
+          // Hard: target β y + (1−β) onehot(argmax q) (the argmax is not differentiated).
+          var best = 0
+          for k in 1..<max(c, 1) where p[k] > p[best] { best = k }
+          let b = cfg.bootstrapBeta
+          for k in 0..<c {
+            let target = b * (k == t ? 1 : 0) + (1 - b) * (k == best ? 1 : 0)
+            lg[i * c + k] = (p[k] - target) * invN
+          }
+        }
+      }
+      backwardLogits(UnsafePointer(lg))
+      return
+    case .classBalanced, .inverseFrequency:
+      for i in 0..<n { w[i] = ws.classTable[Int(labels32[i])] }
+    case .hardMining:
+      let k = max(1, Int((cfg.hardFraction * Float(n)).rounded(.up)))
+      let order = (0..<n).sorted { losses[$0] > losses[$1] || (losses[$0] == losses[$1] && $0 < $1) }
+      for i in 0..<n { w[i] = 0 }
+      for j in 0..<min(k, n) { w[order[j]] = Float(n) / Float(k) }
+    case .randomGaussian:
+      var sum: Float = 0
+      for i in 0..<n {
+        w[i] = max(ws.rng.normal(), 0)
+        sum += w[i]
+      }
+      for i in 0..<n { w[i] = sum > 0 ? w[i] / sum * Float(n) : 0 }
+    case .selfPaced:
+      let growths = Float(stepCount / cfg.selfPacedInterval)
+      let base = cfg.selfPacedThreshold > 0 ? cfg.selfPacedThreshold : logf(Float(c))
+      let lambda = base * powf(cfg.selfPacedGrowth, growths)
+      for i in 0..<n { w[i] = losses[i] < lambda ? 1 : 0 }
+    default:
+      for i in 0..<n { w[i] = 1 }
+    }
+    for i in 0..<n { coefficients[i] = w[i] * invN }
+    backwardWeighted(coefficients: coefficients.pointer)
+  }
+}
