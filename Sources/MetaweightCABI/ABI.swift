@@ -165,6 +165,9 @@ public func _mw_network_activation_bytes(_ h: mw_network, _ batch: Int64, _ byte
     let b = try require(bytes, "bytes")
     guard batch > 0, batch <= 1 << 20 else { throw ABIError.argument("batch: expected 1..2^20, got \(batch)") }
     try using(h, as: Network.self, "network") { net in
+      guard Int(batch) <= maxActivationFloats / max(net.activationFloatsPerExample, 1) else {
+        throw ABIError.argument("batch: \(batch) examples would need more than 16 GiB of activations")
+      }
       b.pointee = Int64(net.makeTape(batch: Int(batch)).bytes)
     }
   }

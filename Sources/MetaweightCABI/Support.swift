@@ -124,6 +124,9 @@ func require<P>(_ p: P?, _ name: String) throws -> P {
 
 /// Maximum elements of any one array passed in (guards size arithmetic against overflow).
 let maxElements = 1 << 34
+/// Maximum activation floats one batch may need (16 GiB), so a huge batch is an error, not an
+/// allocation failure that would end the process.
+let maxActivationFloats = 1 << 32
 
 /// Validates a batch x of shape `shape[0..<rank]` against the network's per-example layout and
 /// returns N.
@@ -146,6 +149,11 @@ func batchSize(_ x: UnsafePointer<Float>?, _ shape: UnsafePointer<Int64>?, _ ran
   }
   guard dims[0] <= maxElements / max(net.inputLayout.size, 1) else {
     throw ABIError.shape("\(name): batch of \(dims[0]) examples is too large")
+  }
+  guard dims[0] <= maxActivationFloats / max(net.activationFloatsPerExample, 1) else {
+    throw ABIError.shape(
+      "\(name): a batch of \(dims[0]) examples needs \(dims[0] * net.activationFloatsPerExample * 4 / (1 << 20)) MiB "
+        + "of activations, over the limit of \(maxActivationFloats * 4 / (1 << 20)) MiB; use smaller batches")
   }
   return dims[0]
 }

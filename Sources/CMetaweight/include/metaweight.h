@@ -133,7 +133,7 @@ mw_status mw_trainer_step(mw_trainer tr, const float *x, const int64_t *x_shape,
 /* Eval-mode logits [N, classes] into out (count = N·classes). */
 mw_status mw_trainer_predict(mw_trainer tr, const float *x, const int64_t *x_shape, int32_t x_rank,
                              float *out, int64_t count);
-/* Per-example losses and probabilities in train (1) or eval (0) mode without updating anything. */
+/* Eval-mode per-example cross-entropy losses (N floats) without updating anything. */
 mw_status mw_trainer_losses(mw_trainer tr, const float *x, const int64_t *x_shape, int32_t x_rank,
                             const int64_t *labels, int64_t n_labels, float *losses_out);
 /* A random permutation of 0..n-1 from the trainer's data generator (epoch shuffling). */

@@ -22,6 +22,10 @@ public final class Network: @unchecked Sendable {
   public var hasModeDependence: Bool { root.hasModeDependence }
   /// A string identifying the architecture (layer kinds, layouts and parameter shapes).
   public let signature: String
+  /// Activation floats one example needs in a training tape (every layer's output).
+  public let activationFloatsPerExample: Int
+  /// Largest parameter count a network may have (guards allocation from user specs).
+  public static let maxParameters = 1 << 31
 
   /// Builds the network around `layers` and initialises its parameters from `seed`.
   /// - Throws: `MetaweightError.invalidArgument` if the output is not flat.
@@ -31,9 +35,17 @@ public final class Network: @unchecked Sendable {
         "network: expected the last layer to output class scores (flat), got \(root.outputLayout)")
     }
     self.root = root
+    guard root.parameterCount <= Network.maxParameters else {
+      throw MetaweightError.invalidArgument(
+        "network: \(root.parameterCount) parameters exceed the limit of \(Network.maxParameters)")
+    }
     var p = 0
     var s = 0
     root.assignOffsets(param: &p, state: &s)
+    func floats(_ l: Layer) -> Int {
+      l.children.isEmpty ? l.outputLayout.size : l.children.reduce(l.outputLayout.size) { $0 + floats($1) }
+    }
+    activationFloatsPerExample = floats(root)
     params = FloatBuffer(count: p)
     state = FloatBuffer(count: s)
     var ptable: [(String, Int, [Int])] = []

@@ -154,7 +154,9 @@ public struct Checkpoint: Sendable {
   /// - Throws: `MetaweightError.io` with the system error.
   public func write(to path: String) throws {
     let data = encoded()
-    let tmp = path + ".tmp.\(getpid())"
+    // Unique per process and thread: concurrent saves to one path (different trainers on
+    // different threads) must not write into, or rename away, each other's temporary file.
+    let tmp = path + ".tmp.\(getpid()).\(UInt(bitPattern: Int(bitPattern: pthread_self())))"
     let fd = open(tmp, O_WRONLY | O_CREAT | O_TRUNC, 0o644)
     guard fd >= 0 else { throw MetaweightError.io("save: cannot create '\(tmp)': \(String(cString: strerror(errno)))") }
     var written = 0

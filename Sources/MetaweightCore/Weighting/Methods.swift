@@ -268,11 +268,16 @@ extension Trainer {
       projectedGradients(ws, n: n, out: ws.tmpA.pointer)
       let q = ws.tmpA.pointer
       for i in 0..<n { q[i] *= -alpha * factor }  // now dL/dcᵢ
-      mwnetChain(ws, v: UnsafePointer(w), dLdc: q, n: n, sumV: sumV)  // → dL/d(V-output) in place
       if ws.config.detachLoss {
+        mwnetChain(ws, v: UnsafePointer(w), dLdc: q, n: n, sumV: sumV)  // → dL/d(V-output) in place
         wn.backward(l, dv: q, n: n)
-      } else {
+      } else if !ws.config.normalizeWeights {
+        mwnetChain(ws, v: UnsafePointer(w), dLdc: q, n: n, sumV: sumV)  // cᵢ = (vᵢ + ℓᵢv′ᵢ)/n
         wn.backwardUndetached(l, dc: q, n: n)
+      } else {
+        // cᵢ = (vᵢ + ℓᵢv′ᵢ)/S − A v′ᵢ/S² also depends on every vⱼ and v′ᵢ through S and A.
+        let dp = mwnetChainNormalizedUndetached(ws, v: UnsafePointer(w), losses: l, dLdc: q, n: n, sumV: sumV)
+        wn.backward(l, dv: q, dvPrime: dp, n: n)
       }
       try checkFiniteValues(UnsafePointer(wn.grads.pointer), wn.grads.count, what: "weight-net gradient")
       wopt.update(params: wn.params.pointer, grads: wn.grads.pointer, count: wn.params.count, lr: ws.config.weightNetLR)
@@ -348,6 +353,33 @@ extension Trainer {
     } else {
       for i in 0..<n { dLdc[i] /= Float(n) }
     }
+  }
+
+  /// For normalised weights with the loss not detached, cᵢ = (vᵢ + ℓᵢv′ᵢ)/S − A v′ᵢ/S² with
+  /// S = Σv, A = Σ vⱼℓⱼ, v′ = dV/dℓ. Turns dL/dcᵢ = qᵢ into dL/dvₖ (in place) and returns dL/dv′ₖ
+  /// (in `ws.omega`): with Q₁ = Σ qᵢ(vᵢ + ℓᵢv′ᵢ), Q₂ = Σ qᵢv′ᵢ,
+  ///     dL/dvₖ = (qₖ − Q₁/S − (ℓₖ − 2A/S) Q₂/S)/S,   dL/dv′ₖ = qₖ (ℓₖ − A/S)/S.
+  private func mwnetChainNormalizedUndetached(
+    _ ws: WeightingState, v: UnsafePointer<Float>, losses l: UnsafePointer<Float>, dLdc q: UnsafeMutablePointer<Float>,
+    n: Int, sumV: Float
+  ) -> UnsafePointer<Float> {
+    guard let wn = ws.weightNet else { return UnsafePointer(ws.omega.pointer) }
+    let s = max(sumV, 1e-12)
+    let dv = ws.g.pointer  // v′ (scratch, ≥ n)
+    let dp = ws.omega.pointer  // dL/dv′ (scratch, ≥ n)
+    wn.inputDerivative(l, n: n, out: dv)
+    var a: Float = 0, q1: Float = 0, q2: Float = 0
+    for i in 0..<n {
+      a += v[i] * l[i]
+      q1 += q[i] * (v[i] + l[i] * dv[i])
+      q2 += q[i] * dv[i]
+    }
+    let lw = a / s
+    for k in 0..<n {
+      dp[k] = q[k] * (l[k] - lw) / s
+      q[k] = (q[k] - q1 / s - (l[k] - 2 * lw) * q2 / s) / s
+    }
+    return UnsafePointer(dp)
   }
 
   /// GDW: class-level weights, the virtual step on the manipulated logit gradient, V's update

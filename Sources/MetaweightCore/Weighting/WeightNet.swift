@@ -88,7 +88,17 @@ extension WeightNet {
   ///     ∂V′/∂W1ⱼ = q W2ⱼ mⱼ + q′ D W2ⱼ mⱼ ℓ,   ∂V′/∂b1ⱼ = q′ D W2ⱼ mⱼ,
   ///     ∂V′/∂W2ⱼ = q W1ⱼ mⱼ + q′ D relu(aⱼ),  ∂V′/∂b2 = q′ D.
   public func backwardUndetached(_ losses: UnsafePointer<Float>, dc: UnsafePointer<Float>, n: Int) {
-    backward(losses, dv: dc, n: n)  // the V(ℓ) part
+    let s = [Float](unsafeUninitializedCapacity: n) { b, c in
+      for i in 0..<n { b[i] = dc[i] * losses[i] }  // coefficient of V′(ℓᵢ) in Σ dc·c
+      c = n
+    }
+    s.withUnsafeBufferPointer { backward(losses, dv: dc, dvPrime: $0.baseAddress!, n: n) }
+  }
+
+  /// Θ-gradient of Σᵢ (dvᵢ·V(ℓᵢ) + dpᵢ·V′(ℓᵢ)) into `grads` (overwriting), V′ = dV/dℓ; the
+  /// derivatives of V′ are those listed at `backwardUndetached`.
+  public func backward(_ losses: UnsafePointer<Float>, dv: UnsafePointer<Float>, dvPrime dp: UnsafePointer<Float>, n: Int) {
+    backward(losses, dv: dv, n: n)  // the V(ℓ) part
     let p = params.pointer
     let g = grads.pointer
     let h = hidden
@@ -106,7 +116,7 @@ extension WeightNet {
       let v = 1 / (1 + expf(-o))
       let q = v * (1 - v)
       let q1 = q * (1 - 2 * v)
-      let s = dc[i] * l  // coefficient of V′(ℓ) in Σ dc·c
+      let s = dp[i]  // coefficient of V′(ℓᵢ)
       g[3 * h] += s * q1 * d
       for j in 0..<h {
         let a = p[j] * l + p[h + j]

@@ -1,0 +1,24 @@
+#!/usr/bin/env bash
+# Installs everything metaweight needs on a fresh Debian machine with the Swift toolchain, then
+# builds and installs the package (`pip install .`). Idempotent: re-running skips what is there.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+
+if ! dpkg -s libopenblas-dev >/dev/null 2>&1; then
+  echo "== installing libopenblas-dev (apt)"
+  export DEBIAN_FRONTEND=noninteractive
+  apt-get update -qq
+  apt-get install -y -qq libopenblas-dev >/dev/null
+fi
+if ! command -v swift >/dev/null 2>&1 && [ -x /opt/swift/usr/bin/swift ]; then
+  export PATH="/opt/swift/usr/bin:$PATH"
+fi
+
+echo "== installing Python dependencies (pip)"
+python3 -m pip install -q --disable-pip-version-check numpy scikit-learn tqdm matplotlib pytest hypothesis \
+  nbformat nbclient ipykernel 2>&1 | grep -v "Running pip as the 'root' user" || true
+
+echo "== building and installing metaweight (pip install .)"
+python3 -m pip install -q --disable-pip-version-check --no-build-isolation . 2>&1 \
+  | grep -v "Running pip as the 'root' user" || true
+python3 -c "import metaweight, sys; print('metaweight', metaweight.__version__, 'BLAS core', metaweight.blas_core())"
