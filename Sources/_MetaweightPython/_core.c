@@ -443,6 +443,284 @@ static PyObject *py_trainer_weight_function(PyObject *self, PyObject *args) {
   Py_RETURN_NONE;
 }
 
+/* ---- LAW: searches and strategies ---- */
+
+/* A C-contiguous buffer with items of format `fmt` ('d' float64, 'B' uint8/bool) and size `itemsize`. */
+static int law_buffer(PyObject *obj, Py_buffer *view, char fmt, Py_ssize_t itemsize, int writable, const char *name,
+                      const char *what) {
+  int flags = PyBUF_C_CONTIGUOUS | PyBUF_FORMAT | (writable ? PyBUF_WRITABLE : 0);
+  if (PyObject_GetBuffer(obj, view, flags) != 0) {
+    PyErr_Clear();
+    PyErr_Format(DTypeError, "%s: expected a C-contiguous%s %s array, got %.100s", name, writable ? " writable" : "",
+                 what, Py_TYPE(obj)->tp_name);
+    return -1;
+  }
+  const char *f = view->format ? view->format : "B";
+  if (*f == '<' || *f == '=' || *f == '@' || *f == '|') f++;
+  int ok = view->itemsize == itemsize && f[1] == 0 && (f[0] == fmt || (fmt == 'B' && f[0] == '?'));
+  if (!ok) {
+    PyErr_Format(DTypeError, "%s: expected %s items, got buffer format '%s' (itemsize %zd)", name, what,
+                 view->format ? view->format : "B", view->itemsize);
+    PyBuffer_Release(view);
+    return -1;
+  }
+  return 0;
+}
+
+static PyObject *py_law_create(PyObject *self, PyObject *args) {
+  const char *config, *spec;
+  PyObject *shape_obj;
+  unsigned long long seed;
+  if (!PyArg_ParseTuple(args, "ssOK", &config, &spec, &shape_obj, &seed)) return NULL;
+  PyObject *seq = PySequence_Fast(shape_obj, "input_shape: expected a tuple of ints");
+  if (!seq) return NULL;
+  Py_ssize_t rank = PySequence_Fast_GET_SIZE(seq);
+  int64_t shape[8] = {0};
+  if (rank < 1 || rank > 8) {
+    Py_DECREF(seq);
+    PyErr_Format(ShapeError, "input_shape: expected (D,) or (C, H, W), got %zd dimensions", rank);
+    return NULL;
+  }
+  for (Py_ssize_t i = 0; i < rank; i++) {
+    shape[i] = PyLong_AsLongLong(PySequence_Fast_GET_ITEM(seq, i));
+    if (PyErr_Occurred()) { Py_DECREF(seq); return NULL; }
+  }
+  Py_DECREF(seq);
+  mw_law h = 0;
+  CHECK(mw_law_create(config, spec, shape, (int32_t)rank, (uint64_t)seed, &h));
+  return PyLong_FromUnsignedLongLong(h);
+}
+
+static PyObject *py_law_free(PyObject *self, PyObject *args) {
+  PyObject *ho; uint64_t h;
+  if (!PyArg_ParseTuple(args, "O", &ho) || handle_arg(ho, &h)) return NULL;
+  CHECK(mw_law_free(h));
+  Py_RETURN_NONE;
+}
+
+static PyObject *py_law_info(PyObject *self, PyObject *args) {
+  PyObject *ho; uint64_t h;
+  if (!PyArg_ParseTuple(args, "O", &ho) || handle_arg(ho, &h)) return NULL;
+  int64_t a = 0, b = 0, c = 0, d = 0, e = 0, f = 0, g = 0;
+  CHECK(mw_law_info(h, &a, &b, &c, &d, &e, &f, &g));
+  return Py_BuildValue("(LLLLLLL)", (long long)a, (long long)b, (long long)c, (long long)d, (long long)e,
+                       (long long)f, (long long)g);
+}
+
+static PyObject *py_law_config(PyObject *self, PyObject *args) { return get_string(args, mw_law_config); }
+
+static PyObject *py_law_set_data(PyObject *self, PyObject *args) {
+  PyObject *ho, *xo, *yo, *co, *xvo, *yvo; uint64_t h;
+  if (!PyArg_ParseTuple(args, "OOOOOO", &ho, &xo, &yo, &co, &xvo, &yvo) || handle_arg(ho, &h)) return NULL;
+  Py_buffer x, y, c, xv, yv;
+  int got_x = 0, got_y = 0, got_c = 0, got_xv = 0, got_yv = 0, has_c = (co != Py_None);
+  mw_status s = -1;
+  int64_t shape[8], vshape[8]; int32_t rank = 0, vrank = 0;
+  if (get_buffer(xo, &x, 'f', 0, "x")) goto done;
+  got_x = 1;
+  if (get_buffer(yo, &y, 'q', 0, "y")) goto done;
+  got_y = 1;
+  if (has_c) { if (law_buffer(co, &c, 'B', 1, 0, "corrupted", "bool/uint8")) goto done; got_c = 1; }
+  if (get_buffer(xvo, &xv, 'f', 0, "x_val")) goto done;
+  got_xv = 1;
+  if (get_buffer(yvo, &yv, 'q', 0, "y_val")) goto done;
+  got_yv = 1;
+  if (shape_of(&x, shape, &rank) || shape_of(&xv, vshape, &vrank)) goto done;
+  Py_BEGIN_ALLOW_THREADS s = mw_law_set_data(
+      h, (const float *)x.buf, shape, rank, (const int64_t *)y.buf, (int64_t)(y.len / 8),
+      has_c ? (const uint8_t *)c.buf : NULL, has_c ? (int64_t)c.len : 0, (const float *)xv.buf, vshape, vrank,
+      (const int64_t *)yv.buf, (int64_t)(yv.len / 8));
+  Py_END_ALLOW_THREADS
+done:
+  if (got_x) PyBuffer_Release(&x);
+  if (got_y) PyBuffer_Release(&y);
+  if (got_c) PyBuffer_Release(&c);
+  if (got_xv) PyBuffer_Release(&xv);
+  if (got_yv) PyBuffer_Release(&yv);
+  if (s == -1) return NULL;
+  if (s != MW_OK) return raise_status(s);
+  Py_RETURN_NONE;
+}
+
+static PyObject *py_law_run_stage(PyObject *self, PyObject *args) {
+  PyObject *ho; uint64_t h;
+  if (!PyArg_ParseTuple(args, "O", &ho) || handle_arg(ho, &h)) return NULL;
+  mw_law_stage_log l; memset(&l, 0, sizeof l);
+  CHECK(mw_law_run_stage(h, &l));
+  return Py_BuildValue(
+      "{s:L,s:i,s:O,s:O,s:i,s:d,s:d,s:d,s:d,s:d,s:d,s:d,s:d,s:d,s:L,s:L,s:d,s:d}", "round", (long long)l.round, "stage",
+      (int)l.stage, "round_done", l.round_done ? Py_True : Py_False, "warmup", l.warmup ? Py_True : Py_False,
+      "parallel", (int)l.parallel, "reward", l.reward, "target_acc", l.target_acc, "reference_acc", l.reference_acc,
+      "loss_gap", l.loss_gap, "weight_corrupted", l.weight_corrupted, "weight_clean", l.weight_clean, "noise_sigma",
+      l.noise_sigma, "critic_loss", l.critic_loss, "actor_q", l.actor_q, "fdu_updates", (long long)l.fdu_updates,
+      "buffer_size", (long long)l.buffer_size, "seconds", l.seconds, "fdu_seconds", l.fdu_seconds);
+}
+
+static PyObject *py_law_episode_log(PyObject *self, PyObject *args) {
+  PyObject *ho, *oo; uint64_t h; int slot;
+  if (!PyArg_ParseTuple(args, "OiO", &ho, &slot, &oo) || handle_arg(ho, &h)) return NULL;
+  Py_buffer o;
+  if (law_buffer(oo, &o, 'd', 8, 1, "out", "float64")) return NULL;
+  int64_t ep = 0, rd = 0, done = 0;
+  mw_status s;
+  Py_BEGIN_ALLOW_THREADS s = mw_law_episode_log(h, (int32_t)slot, &ep, &rd, &done, (double *)o.buf, (int64_t)(o.len / 8));
+  Py_END_ALLOW_THREADS PyBuffer_Release(&o);
+  if (s != MW_OK) return raise_status(s);
+  return Py_BuildValue("(LLL)", (long long)ep, (long long)rd, (long long)done);
+}
+
+typedef mw_status (*law_float_getter)(uint64_t, int32_t, float *, int64_t);
+
+static PyObject *law_get_floats(PyObject *args, law_float_getter fn) {
+  PyObject *ho, *oo; uint64_t h; int slot;
+  if (!PyArg_ParseTuple(args, "OiO", &ho, &slot, &oo) || handle_arg(ho, &h)) return NULL;
+  Py_buffer o;
+  if (get_buffer(oo, &o, 'f', 1, "out")) return NULL;
+  mw_status s;
+  Py_BEGIN_ALLOW_THREADS s = fn(h, (int32_t)slot, (float *)o.buf, (int64_t)(o.len / 4));
+  Py_END_ALLOW_THREADS PyBuffer_Release(&o);
+  if (s != MW_OK) return raise_status(s);
+  Py_RETURN_NONE;
+}
+static PyObject *py_law_episode_actions(PyObject *self, PyObject *args) { return law_get_floats(args, mw_law_episode_actions); }
+static PyObject *py_law_episode_weights(PyObject *self, PyObject *args) { return law_get_floats(args, mw_law_episode_weights); }
+
+typedef mw_status (*law_path_fn)(uint64_t, const char *);
+
+static PyObject *law_with_path(PyObject *args, law_path_fn fn) {
+  PyObject *ho; uint64_t h; PyObject *path;
+  if (!PyArg_ParseTuple(args, "OO&", &ho, PyUnicode_FSConverter, &path)) return NULL;
+  if (handle_arg(ho, &h)) { Py_DECREF(path); return NULL; }
+  mw_status s;
+  const char *p = PyBytes_AS_STRING(path);
+  Py_BEGIN_ALLOW_THREADS s = fn(h, p);
+  Py_END_ALLOW_THREADS Py_DECREF(path);
+  if (s != MW_OK) return raise_status(s);
+  Py_RETURN_NONE;
+}
+static PyObject *py_law_save_strategy(PyObject *self, PyObject *args) { return law_with_path(args, mw_law_save_strategy); }
+static PyObject *py_law_load_strategy(PyObject *self, PyObject *args) { return law_with_path(args, mw_law_load_strategy); }
+static PyObject *py_strategy_save(PyObject *self, PyObject *args) { return law_with_path(args, mw_strategy_save); }
+
+static PyObject *py_law_strategy(PyObject *self, PyObject *args) {
+  PyObject *ho; uint64_t h;
+  if (!PyArg_ParseTuple(args, "O", &ho) || handle_arg(ho, &h)) return NULL;
+  mw_strategy st = 0;
+  CHECK(mw_law_strategy(h, &st));
+  return PyLong_FromUnsignedLongLong(st);
+}
+
+static PyObject *py_strategy_load(PyObject *self, PyObject *args) {
+  PyObject *path;
+  if (!PyArg_ParseTuple(args, "O&", PyUnicode_FSConverter, &path)) return NULL;
+  mw_strategy st = 0;
+  mw_status s;
+  const char *p = PyBytes_AS_STRING(path);
+  Py_BEGIN_ALLOW_THREADS s = mw_strategy_load(p, &st);
+  Py_END_ALLOW_THREADS Py_DECREF(path);
+  if (s != MW_OK) return raise_status(s);
+  return PyLong_FromUnsignedLongLong(st);
+}
+
+static PyObject *py_strategy_free(PyObject *self, PyObject *args) {
+  PyObject *ho; uint64_t h;
+  if (!PyArg_ParseTuple(args, "O", &ho) || handle_arg(ho, &h)) return NULL;
+  CHECK(mw_strategy_free(h));
+  Py_RETURN_NONE;
+}
+
+static PyObject *py_strategy_info(PyObject *self, PyObject *args) {
+  PyObject *ho; uint64_t h;
+  if (!PyArg_ParseTuple(args, "O", &ho) || handle_arg(ho, &h)) return NULL;
+  int64_t a = 0, b = 0, c = 0, d = 0; int32_t e = 0, f = 0;
+  CHECK(mw_strategy_info(h, &a, &b, &c, &d, &e, &f));
+  return Py_BuildValue("(LLLLii)", (long long)a, (long long)b, (long long)c, (long long)d, (int)e, (int)f);
+}
+
+static PyObject *py_strategy_config(PyObject *self, PyObject *args) { return get_string(args, mw_strategy_config); }
+
+static PyObject *py_strategy_action(PyObject *self, PyObject *args) {
+  PyObject *ho, *oo; uint64_t h; int stage; float loss, acc;
+  if (!PyArg_ParseTuple(args, "OiffO", &ho, &stage, &loss, &acc, &oo) || handle_arg(ho, &h)) return NULL;
+  Py_buffer o;
+  if (get_buffer(oo, &o, 'f', 1, "out")) return NULL;
+  mw_status s;
+  Py_BEGIN_ALLOW_THREADS s = mw_strategy_action(h, (int32_t)stage, loss, acc, (float *)o.buf, (int64_t)(o.len / 4));
+  Py_END_ALLOW_THREADS PyBuffer_Release(&o);
+  if (s != MW_OK) return raise_status(s);
+  Py_RETURN_NONE;
+}
+
+static PyObject *py_strategy_weights(PyObject *self, PyObject *args) {
+  PyObject *ho, *lo, *yo, *oo; uint64_t h; int stage; float loss, acc;
+  if (!PyArg_ParseTuple(args, "OiffOOO", &ho, &stage, &loss, &acc, &lo, &yo, &oo) || handle_arg(ho, &h)) return NULL;
+  Py_buffer l, y, o;
+  if (get_buffer(lo, &l, 'f', 0, "logits")) return NULL;
+  if (get_buffer(yo, &y, 'q', 0, "labels")) { PyBuffer_Release(&l); return NULL; }
+  if (get_buffer(oo, &o, 'f', 1, "out")) { PyBuffer_Release(&l); PyBuffer_Release(&y); return NULL; }
+  mw_status s = MW_OK;
+  int64_t n = (int64_t)(y.len / 8);
+  if (l.ndim != 2) {
+    PyErr_Format(ShapeError, "logits: expected a 2-d array (N, classes), got %d-d", l.ndim);
+    s = -1;
+  } else if ((int64_t)l.shape[0] != n || (int64_t)(o.len / 4) != n) {
+    PyErr_Format(ShapeError, "labels, out: expected %zd entries (one per row of logits), got %lld and %zd",
+                 l.shape[0], (long long)n, o.len / 4);
+    s = -1;
+  } else {
+    Py_BEGIN_ALLOW_THREADS s = mw_strategy_weights(h, (int32_t)stage, loss, acc, (const float *)l.buf, n,
+                                                   (int64_t)l.shape[1], (const int64_t *)y.buf, (float *)o.buf);
+    Py_END_ALLOW_THREADS
+  }
+  PyBuffer_Release(&l); PyBuffer_Release(&y); PyBuffer_Release(&o);
+  if (s == -1) return NULL;
+  if (s != MW_OK) return raise_status(s);
+  Py_RETURN_NONE;
+}
+
+static PyObject *py_trainer_set_strategy(PyObject *self, PyObject *args) {
+  PyObject *ho, *so, *xvo, *yvo; uint64_t h, sh; long long total;
+  if (!PyArg_ParseTuple(args, "OOLOO", &ho, &so, &total, &xvo, &yvo) || handle_arg(ho, &h) || handle_arg(so, &sh))
+    return NULL;
+  int has_v = (xvo != Py_None);
+  if (has_v != (yvo != Py_None)) {
+    PyErr_SetString(InvalidArgumentError, "x_val, y_val: expected both or neither");
+    return NULL;
+  }
+  Py_buffer xv, yv;
+  int64_t vshape[8] = {0}; int32_t vrank = 0;
+  mw_status s;
+  if (!has_v) {
+    Py_BEGIN_ALLOW_THREADS s = mw_trainer_set_strategy(h, sh, (int64_t)total, NULL, NULL, 0, NULL, 0);
+    Py_END_ALLOW_THREADS
+    if (s != MW_OK) return raise_status(s);
+    Py_RETURN_NONE;
+  }
+  if (get_buffer(xvo, &xv, 'f', 0, "x_val")) return NULL;
+  if (get_buffer(yvo, &yv, 'q', 0, "y_val")) { PyBuffer_Release(&xv); return NULL; }
+  if (shape_of(&xv, vshape, &vrank)) { PyBuffer_Release(&xv); PyBuffer_Release(&yv); return NULL; }
+  Py_BEGIN_ALLOW_THREADS s = mw_trainer_set_strategy(h, sh, (int64_t)total, (const float *)xv.buf, vshape, vrank,
+                                                     (const int64_t *)yv.buf, (int64_t)(yv.len / 8));
+  Py_END_ALLOW_THREADS PyBuffer_Release(&xv); PyBuffer_Release(&yv);
+  if (s != MW_OK) return raise_status(s);
+  Py_RETURN_NONE;
+}
+
+static PyObject *py_trainer_strategy_state(PyObject *self, PyObject *args) {
+  PyObject *ho, *oo; uint64_t h;
+  if (!PyArg_ParseTuple(args, "OO", &ho, &oo) || handle_arg(ho, &h)) return NULL;
+  int has_o = (oo != Py_None);
+  Py_buffer o;
+  if (has_o && get_buffer(oo, &o, 'f', 1, "weights_out")) return NULL;
+  int32_t stage = -1; double loss = 0, acc = 0; int64_t nw = 0;
+  mw_status s;
+  Py_BEGIN_ALLOW_THREADS s = mw_trainer_strategy_state(h, &stage, &loss, &acc, has_o ? (float *)o.buf : NULL,
+                                                       has_o ? (int64_t)(o.len / 4) : 0, &nw);
+  Py_END_ALLOW_THREADS if (has_o) PyBuffer_Release(&o);
+  if (s != MW_OK) return raise_status(s);
+  return Py_BuildValue("(iddL)", (int)stage, loss, acc, (long long)nw);
+}
+
 static PyMethodDef methods[] = {
     {"version", py_version, METH_NOARGS, "Library version."},
     {"blas_core", py_blas_core, METH_NOARGS, "OpenBLAS core in use."},
@@ -475,6 +753,33 @@ static PyMethodDef methods[] = {
     {"trainer_step_method", py_trainer_step_method, METH_VARARGS,
      "trainer_step_method(h, x, y, x_meta, y_meta, weights_out, class_weights_out) -> (loss, acc, lr, step, meta_loss)"},
     {"trainer_weight_function", py_trainer_weight_function, METH_VARARGS, "V(losses) into out."},
+    {"law_create", py_law_create, METH_VARARGS, "law_create(config_spec, network_spec, input_shape, seed) -> handle"},
+    {"law_free", py_law_free, METH_VARARGS, "Free a LAW search."},
+    {"law_info", py_law_info, METH_VARARGS,
+     "(stages, parallel, classes, action_dim, rounds_done, next_stage, buffer_size)"},
+    {"law_config", py_law_config, METH_VARARGS, "The search's configuration spec."},
+    {"law_set_data", py_law_set_data, METH_VARARGS, "law_set_data(h, x, y, corrupted|None, x_val, y_val)"},
+    {"law_run_stage", py_law_run_stage, METH_VARARGS, "Run one stage of all parallel episodes + FDU -> dict."},
+    {"law_episode_log", py_law_episode_log, METH_VARARGS,
+     "law_episode_log(h, slot, out float64[stages*11]) -> (episode, round, stages_done)"},
+    {"law_episode_actions", py_law_episode_actions, METH_VARARGS, "Actions [stages x action_dim] into out."},
+    {"law_episode_weights", py_law_episode_weights, METH_VARARGS, "Per-example weights [stages x N] into out."},
+    {"law_save_strategy", py_law_save_strategy, METH_VARARGS, "Save the current strategy (atomic)."},
+    {"law_load_strategy", py_law_load_strategy, METH_VARARGS, "Load a strategy file into the search's actor."},
+    {"law_strategy", py_law_strategy, METH_VARARGS, "Snapshot of the current strategy -> strategy handle."},
+    {"strategy_load", py_strategy_load, METH_VARARGS, "strategy_load(path) -> handle"},
+    {"strategy_save", py_strategy_save, METH_VARARGS, "strategy_save(h, path)"},
+    {"strategy_free", py_strategy_free, METH_VARARGS, "Free a strategy handle."},
+    {"strategy_info", py_strategy_info, METH_VARARGS,
+     "(stages, classes, action_dim, warmup_stages, label_encoding, density)"},
+    {"strategy_config", py_strategy_config, METH_VARARGS, "The search configuration it came from."},
+    {"strategy_action", py_strategy_action, METH_VARARGS, "strategy_action(h, stage, loss, acc, out)"},
+    {"strategy_weights", py_strategy_weights, METH_VARARGS,
+     "strategy_weights(h, stage, loss, acc, logits, labels, out)"},
+    {"trainer_set_strategy", py_trainer_set_strategy, METH_VARARGS,
+     "trainer_set_strategy(tr, strategy|0, total_steps, x_val|None, y_val|None)"},
+    {"trainer_strategy_state", py_trainer_strategy_state, METH_VARARGS,
+     "trainer_strategy_state(tr, weights_out|None) -> (stage, loss_smooth, acc_smooth, n_weights)"},
     {NULL, NULL, 0, NULL}};
 
 static struct PyModuleDef moduledef = {PyModuleDef_HEAD_INIT, "_core", "metaweight's Swift core.", -1, methods};

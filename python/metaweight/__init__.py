@@ -1,9 +1,178 @@
-"""metaweight: meta-reweighting for noisy and imbalanced classification, with a Swift core."""
+"""metaweight: meta-reweighting for noisy and imbalanced classification, with a Swift core.
+
+The public API::
+
+    import metaweight as mw
+
+    net = mw.mlp(64, hidden=(256, 256), num_classes=10, seed=0)     # or mw.build([...], input_shape)
+    trainer = mw.Trainer(net, mw.SGD(lr=0.1), mw.MultiStep([15]), seed=0)
+    history = trainer.fit(x_train, y_train, epochs=20, x_val=x_test, y_val=y_test)
+    trainer.evaluate(x_test, y_test)                                  # {'loss': ..., 'accuracy': ...}
+
+Modules: :mod:`metaweight.models` (networks, layers, presets), :mod:`metaweight.optim`
+(optimizers, schedules), :mod:`metaweight.trainer` (training), :mod:`metaweight.metrics`,
+:mod:`metaweight.errors` (the exception hierarchy).
+"""
 
 from ._blas import configure_openblas as _configure_openblas
 
 _configure_openblas()  # must run before the native library (and OpenBLAS) loads
 
-from . import _core  # noqa: E402
+from . import _core
 
-__version__ = _core.version()
+__version__: str = _core.version()
+
+from . import conditions, data, law, metrics
+from . import _methods as methods
+from ._methods import (
+    ERM,
+    GDW,
+    L2RW,
+    Bootstrap,
+    ClassBalanced,
+    ClassBalancedSampling,
+    FineTune,
+    Focal,
+    HardMining,
+    InverseFrequency,
+    Method,
+    MWNet,
+    RandomWeights,
+    SelfPaced,
+)
+from ._validate import as_int as _as_int
+from .errors import (
+    BusyError,
+    CheckpointError,
+    ClosedError,
+    DTypeError,
+    InvalidArgumentError,
+    LabelError,
+    MetaweightError,
+    NonFiniteError,
+    ShapeError,
+    StateError,
+)
+from .metrics import accuracy, confusion_matrix, per_class_accuracy
+from .models import (
+    AvgPool2d,
+    BatchNorm,
+    Conv2d,
+    Dropout,
+    Flatten,
+    GlobalAvgPool,
+    Layer,
+    Linear,
+    MaxPool2d,
+    Network,
+    ReLU,
+    Residual,
+    Sequential,
+    ShortcutA,
+    build,
+    lenet5,
+    mlp,
+    resnet32,
+    wide_resnet,
+)
+from .optim import SGD, Adam, Constant, Cosine, MultiStep, Optimizer, Schedule
+from .trainer import Augment, EpochRecord, History, StepResult, Trainer
+
+
+def set_threads(n: int) -> None:
+    """Sets the number of threads of metaweight's kernels and of OpenBLAS (process-wide).
+
+    Args:
+        n: thread count, 1 to 1024.
+
+    Raises:
+        InvalidArgumentError: ``n`` out of range or not an integer.
+    """
+    _core.set_threads(_as_int(n, "n", minimum=1, maximum=1024))
+
+
+def get_threads() -> int:
+    """The number of threads metaweight's kernels and OpenBLAS use."""
+    return int(_core.get_threads())
+
+
+def blas_core() -> str:
+    """The OpenBLAS kernel set in use (e.g. ``"SkylakeX"``, ``"Haswell"``)."""
+    return str(_core.blas_core())
+
+
+def blas_config() -> str:
+    """OpenBLAS's configuration string (version, build options)."""
+    return str(_core.blas_config())
+
+
+__all__ = [
+    "ERM",
+    "GDW",
+    "L2RW",
+    "Bootstrap",
+    "ClassBalanced",
+    "ClassBalancedSampling",
+    "FineTune",
+    "Focal",
+    "HardMining",
+    "InverseFrequency",
+    "MWNet",
+    "RandomWeights",
+    "SelfPaced",
+    "conditions",
+    "data",
+    "law",
+    "methods",
+    "SGD",
+    "Adam",
+    "Augment",
+    "AvgPool2d",
+    "BatchNorm",
+    "BusyError",
+    "CheckpointError",
+    "ClosedError",
+    "Constant",
+    "Conv2d",
+    "Cosine",
+    "DTypeError",
+    "Dropout",
+    "EpochRecord",
+    "Flatten",
+    "GlobalAvgPool",
+    "History",
+    "InvalidArgumentError",
+    "LabelError",
+    "Layer",
+    "Linear",
+    "MaxPool2d",
+    "MetaweightError",
+    "Method",
+    "MultiStep",
+    "Network",
+    "NonFiniteError",
+    "Optimizer",
+    "ReLU",
+    "Residual",
+    "Schedule",
+    "Sequential",
+    "ShapeError",
+    "ShortcutA",
+    "StateError",
+    "StepResult",
+    "Trainer",
+    "__version__",
+    "accuracy",
+    "blas_config",
+    "blas_core",
+    "build",
+    "confusion_matrix",
+    "get_threads",
+    "lenet5",
+    "metrics",
+    "mlp",
+    "per_class_accuracy",
+    "resnet32",
+    "set_threads",
+    "wide_resnet",
+]

@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import os
 
-__all__ = ["configure_openblas", "chosen_coretype"]
+__all__ = ["chosen_coretype", "configure_openblas"]
 
 _CHOSEN: str | None = None
 

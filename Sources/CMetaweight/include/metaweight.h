@@ -180,6 +180,120 @@ mw_status mw_trainer_step_method(mw_trainer tr, const float *x, const int64_t *x
 /* MW-Net/GDW: V(loss) for n losses (the learned loss -> weight function). */
 mw_status mw_trainer_weight_function(mw_trainer tr, const float *losses, int64_t n, float *out);
 
+/* ---- LAW: learning to auto weight (Li et al. 2020) -------------------------------------- */
+
+typedef uint64_t mw_law;      /* a LAW search: shared strategy model, replay buffer, episodes */
+typedef uint64_t mw_strategy; /* a learned LAW strategy (actor + stage embedding + settings)  */
+
+/* Columns of mw_law_episode_log's [stages x MW_LAW_LOG_COLUMNS] table (NaN = stage not run):
+ * reward, target_acc, reference_acc (validation accuracy at the stage end), loss_gap (mean
+ * train-batch loss target - reference), weight_corrupted, weight_clean, weight_mean (mean K over
+ * the stage; NaN without a corrupted mask), target_loss, reference_loss, state_loss, state_acc
+ * (the state's smoothed loss / accuracy at the stage start). */
+#define MW_LAW_LOG_COLUMNS 11
+
+typedef struct {
+  int64_t round;           /* episode round; its episodes are round*parallel .. +parallel-1 */
+  int32_t stage;           /* stage just run (0-based) */
+  int32_t round_done;      /* 1 when this stage ended the round */
+  int32_t warmup;          /* 1 for a warm-up stage (K = 1, no transition, no FDU) */
+  int32_t parallel;        /* N_a */
+  double reward;           /* means over the N_a episodes: */
+  double target_acc;
+  double reference_acc;
+  double loss_gap;
+  double weight_corrupted; /* NaN without a corrupted mask */
+  double weight_clean;
+  double noise_sigma;      /* exploration noise sigma used (0 in warm-up) */
+  double critic_loss;      /* mean critic loss over the FDU's last epoch (NaN: no update) */
+  double actor_q;          /* mean Q(s, mu(s)) over the FDU's last epoch (NaN: no update) */
+  int64_t fdu_updates;     /* FDU minibatch updates = fdu_epochs * ceil(buffer / fdu_batch) */
+  int64_t buffer_size;     /* transitions in the replay buffer */
+  double seconds;          /* wall time of the call */
+  double fdu_seconds;      /* of which the FDU took */
+} mw_law_stage_log;
+
+/*
+ * Creates a search. config_spec: "key=value, ..." (empty = defaults); keys and defaults:
+ *   stages=20 warmup_stages=2 parallel=2 epochs=10 batch_size=128 optimizer=sgd lr=0.1
+ *   momentum=0.9 weight_decay=2e-5 lr_milestones=0.5x0.65x0.8 (fractions of the run, or none)
+ *   lr_decay=0.1 crop_padding=0 flip=0 label_encoding=onehot|scalar density=cosine|dot
+ *   action_scale=1 state_ema=0.5 normalize_weights=0 embedding_dim=8 embedding_std=0.1
+ *   actor_hidden=64 critic_hidden=64 actor_lr=1e-5 critic_lr=1e-4 actor_l2=0.1 gamma=0.9
+ *   tau=0.01 noise=0.3 noise_decay=0.95 noise_correlation=0.5 buffer_size=10000 fdu_epochs=5
+ *   fdu_batch=64 reward_k=1 reward_scale=10
+ * (Sources/MetaweightCore/LAW/README.md explains each.) network_spec / input_shape: the
+ * classifier, as mw_network_create.
+ */
+mw_status mw_law_create(const char *config_spec, const char *network_spec, const int64_t *input_shape,
+                        int32_t input_rank, uint64_t seed, mw_law *out);
+mw_status mw_law_free(mw_law law);
+/* Sizes and progress: stages, N_a, classes, action size (F + 1), rounds completed, next stage,
+ * transitions in the buffer. Any pointer may be NULL. */
+mw_status mw_law_info(mw_law law, int64_t *stages, int64_t *parallel, int64_t *classes,
+                      int64_t *action_dim, int64_t *rounds_done, int64_t *next_stage, int64_t *buffer_size);
+/* The configuration in effect as a spec string (needed length in *length). */
+mw_status mw_law_config(mw_law law, char *buf, int64_t capacity, int64_t *length);
+/*
+ * Training data (x [N, ...], y N labels, corrupted NULL or N bytes 0/1 used only for the logs)
+ * and validation data (the DNR reward's accuracy), copied in. Discards a round in progress.
+ */
+mw_status mw_law_set_data(mw_law law, const float *x, const int64_t *x_shape, int32_t x_rank,
+                          const int64_t *y, int64_t n_y, const uint8_t *corrupted, int64_t n_corrupted,
+                          const float *x_val, const int64_t *val_shape, int32_t val_rank,
+                          const int64_t *y_val, int64_t n_val);
+/*
+ * Runs one stage of all N_a parallel episodes of the current round (one thread each; while
+ * N_a > 1 the process-wide kernel/BLAS thread count is 1, restored afterwards), stores their
+ * transitions and runs the FDU. A new
+ * round starts automatically after the last stage. A diverging classifier fails the call with
+ * MW_E_NONFINITE and abandons the round.
+ */
+mw_status mw_law_run_stage(mw_law law, mw_law_stage_log *out);
+/* Episode `slot` (0..N_a-1) of the current or last completed round: its global index and round,
+ * and its [stages x MW_LAW_LOG_COLUMNS] log (count must equal stages*MW_LAW_LOG_COLUMNS). */
+mw_status mw_law_episode_log(mw_law law, int32_t slot, int64_t *episode, int64_t *round, int64_t *stages_done,
+                             double *out, int64_t count);
+/* Its actions [stages x action_dim] (zeros in warm-up stages). */
+mw_status mw_law_episode_actions(mw_law law, int32_t slot, float *out, int64_t count);
+/* Mean weight K of every training example in every stage [stages x N] (NaN: not drawn). */
+mw_status mw_law_episode_weights(mw_law law, int32_t slot, float *out, int64_t count);
+/* Saves the current strategy (deterministic actor + embedding + settings): atomic, checksummed. */
+mw_status mw_law_save_strategy(mw_law law, const char *path);
+/* Loads a strategy file into the search's actor (and target actor); sizes must match. */
+mw_status mw_law_load_strategy(mw_law law, const char *path);
+/* A snapshot of the current strategy as a new strategy handle. */
+mw_status mw_law_strategy(mw_law law, mw_strategy *out);
+
+mw_status mw_strategy_load(const char *path, mw_strategy *out);
+mw_status mw_strategy_save(mw_strategy s, const char *path);
+mw_status mw_strategy_free(mw_strategy s);
+/* stages, classes, action_dim, warmup_stages, label_encoding (0 one-hot, 1 scalar), density (0
+ * cosine, 1 dot); any pointer may be NULL. */
+mw_status mw_strategy_info(mw_strategy s, int64_t *stages, int64_t *classes, int64_t *action_dim,
+                           int64_t *warmup_stages, int32_t *label_encoding, int32_t *density);
+/* The search configuration it was learned with (needed length in *length). */
+mw_status mw_strategy_config(mw_strategy s, char *buf, int64_t capacity, int64_t *length);
+/* theta_T = mu(s_T) for the state (stage, smoothed ln C-normalised loss, smoothed accuracy). */
+mw_status mw_strategy_action(mw_strategy s, int32_t stage, float loss_smooth, float acc_smooth, float *out,
+                             int64_t count);
+/* Weights K (1 in warm-up stages) of a batch from its logits [n x classes] and labels. */
+mw_status mw_strategy_weights(mw_strategy s, int32_t stage, float loss_smooth, float acc_smooth,
+                              const float *logits, int64_t n, int64_t classes, const int64_t *labels,
+                              float *out);
+/*
+ * Makes mw_trainer_step (without sample_weights) weight every batch with the strategy: the run
+ * of total_steps steps is split into the strategy's stages; the state uses the validation set
+ * (x_val/y_val, copied; NULL: the mean training-batch accuracy instead). s = 0 removes it.
+ */
+mw_status mw_trainer_set_strategy(mw_trainer tr, mw_strategy s, int64_t total_steps, const float *x_val,
+                                  const int64_t *val_shape, int32_t val_rank, const int64_t *y_val,
+                                  int64_t n_val);
+/* The strategy's current stage (-1 before the first step), state, and the weights of the last
+ * step (weights_out: NULL or count floats; *n_weights receives how many there are). */
+mw_status mw_trainer_strategy_state(mw_trainer tr, int32_t *stage, double *loss_smooth, double *acc_smooth,
+                                    float *weights_out, int64_t count, int64_t *n_weights);
+
 #ifdef __cplusplus
 }
 #endif

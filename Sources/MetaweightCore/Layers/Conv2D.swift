@@ -1,12 +1,20 @@
 /// 2-D convolution on channel-major batches.
 /// x [Cin, N, H, W] → y [Cout, N, OH, OW];  W [Cout, Cin, k, k], b [Cout].
 ///
-///     forward   y  = W · col(x) (+ b)                   one GEMM per batch chunk
-///     backward  dW = dy · col(x)ᵀ,  dx = col2im(Wᵀ · dy),  db = Σ dy
-///     tangent   ty = W · col(tx) + tW · col(x) (+ tb)
+///     forward   y  = W · col(x) (+ b)                        one GEMM per chunk of examples
+///     backward  dW = Σ_chunks (col(x) · dyᵀ)ᵀ,  db = Σ dy
+///               dx = W̃ · col′(dy)    stride 1, p ≤ k−1 and col′(dy) not much larger than
+///                                    Wᵀ·dy: dy convolved with the flipped kernel
+///                                    W̃[ci, (co, a, b)] = W[co, ci, k−1−a, k−1−b], padding k−1−p
+///               dx = col2im(Wᵀ · dy)  otherwise
+///     tangent   ty = [W | tW] · [col(tx); col(x)] (+ tb)      one GEMM for both terms
 ///
-/// `col(x)` is the im2col matrix [Cin·k·k, n·OH·OW] of a chunk of n examples; chunks bound the
-/// scratch memory, and 1×1 stride-1 convolutions use x directly.
+/// `col(x)` is the im2col matrix [Cin·k·k, n·OH·OW] of a chunk of n examples. Chunks are sized so
+/// a column matrix stays near `columnBudget` floats (cache-resident) and run in parallel on
+/// `Parallel`'s threads, each with its own column buffer and a single-threaded GEMM. The chunks
+/// depend only on the layer and the batch size, and dW sums the per-chunk products in chunk
+/// order, so which thread ran which chunk never changes a result.
+/// 1×1 stride-1 convolutions without padding use x directly.
 public final class Conv2D: LeafLayer, Layer {
   /// Input channels.
   public let inChannels: Int
@@ -72,48 +80,109 @@ public final class Conv2D: LeafLayer, Layer {
 
   private var kdim: Int { inChannels * kernel * kernel }
   private var isPointwise: Bool { kernel == 1 && stride == 1 && padding == 0 }
-
-  /// Examples per im2col chunk so the column matrix stays near 8 M floats.
-  private func chunk(_ n: Int) -> Int {
-    let perExample = kdim * outHeight * outWidth
-    return max(1, min(n, 8_388_608 / max(perExample, 1)))
+  /// Whether dx is computed as a convolution of dy: stride 1, padding ≤ k − 1, and col′(dy)
+  /// [Cout·k², N·H·W] at most twice the size of Wᵀ·dy [Cin·k², N·OH·OW] (which col2im must
+  /// then scatter) — true for "same" convolutions, false for LeNet's unpadded ones.
+  private var transposedIsConvolution: Bool {
+    stride == 1 && padding <= kernel - 1
+      && outChannels * height * width <= 2 * inChannels * outHeight * outWidth
   }
 
-  /// col[(ci,ki,kj), (b,oh,ow)] = x[ci, n0+b, oh·s−p+ki, ow·s−p+kj] for b in 0..<nc.
-  private func im2col(
-    _ x: UnsafePointer<Float>, _ col: UnsafeMutablePointer<Float>, n: Int, n0: Int, nc: Int
+  /// Target size of one chunk's column matrix, in floats (2 MiB: a few examples, in L2/L3 cache).
+  static let columnBudget = 524_288
+
+  /// Examples per chunk when one example needs `perExample` column floats: within the column
+  /// budget and, when OpenBLAS has small-matrix kernels and one example's forward product
+  /// (Cout·Cin·k²·OH·OW multiply-adds) fits them, few enough that a chunk's products do too.
+  private func chunkExamples(_ n: Int, perExample: Int) -> Int {
+    var nc = Conv2D.columnBudget / max(perExample, 1)
+    let product = outChannels * kdim * outHeight * outWidth
+    if let limit = BLAS.smallKernelLimit, product > 0, product <= limit { nc = min(nc, limit / product) }
+    return max(1, min(n, nc))
+  }
+
+  /// col[(c, a, b), (e, i, j)] = src[c, n0 + e, i·s − p + a, j·s − p + b] (0 outside) for e in
+  /// 0..<count; `src` is a channel-major batch [channels, n, h, w]. Rows run in parallel when this
+  /// is not already inside a parallel loop.
+  static func im2col(
+    _ src: UnsafePointer<Float>, channels: Int, n: Int, n0: Int, count: Int, h: Int, w: Int,
+    kernel k: Int, stride s: Int, padding p: Int, oh: Int, ow: Int, into col: UnsafeMutablePointer<Float>
   ) {
-    let k = kernel, s = stride, p = padding, h = height, w = width
-    let oh = outHeight, ow = outWidth
-    let cols = nc * oh * ow
-    Parallel.forRange(kdim, costPerItem: cols) { rs, re in
-      for r in rs..<re {
-        let ci = r / (k * k)
-        let ki = (r / k) % k
-        let kj = r % k
-        let dst = col + r * cols
-        for b in 0..<nc {
-          let plane = x + (ci * n + n0 + b) * h * w
-          let out = dst + b * oh * ow
-          for i in 0..<oh {
-            let ih = i * s - p + ki
+    let len = count * oh * ow
+    let plane = oh * ow
+    Parallel.forRange(channels * k * k, costPerItem: len) { r0, r1 in
+      for r in r0..<r1 {
+        let c = r / (k * k), a = (r / k) % k, b = r % k
+        // Output rows i with 0 ≤ i·s − p + a < h, columns j with 0 ≤ j·s − p + b < w.
+        let ilo = min(oh, p > a ? (p - a + s - 1) / s : 0)
+        let ihi = max(ilo, min(oh, h - 1 + p - a >= 0 ? (h - 1 + p - a) / s + 1 : 0))
+        let jlo = min(ow, p > b ? (p - b + s - 1) / s : 0)
+        let jhi = max(jlo, min(ow, w - 1 + p - b >= 0 ? (w - 1 + p - b) / s + 1 : 0))
+        let dst = col + r * len
+        if s == 1 && ow == w && oh == h {
+          // "Same" convolution: output and input planes have the same shape, and the planes of
+          // one channel are consecutive for consecutive examples, so the whole row is one
+          // shifted block: dst[q] = in[q + (a − p)·w + (b − p)]. Copy it in one run (from the
+          // first valid position of the first example to the last of the last), then zero the
+          // padded positions, which picked up neighbouring rows' or examples' pixels.
+          let input = src + (c * n + n0) * plane
+          let first = ilo * ow + jlo, last = (count - 1) * plane + (ihi - 1) * ow + jhi
+          if ihi == ilo || jhi == jlo {
+            Kernels.zero(dst, count: len)
+            continue
+          }
+          if first > 0 { Kernels.zero(dst, count: first) }
+          Kernels.copy(input + (first + (a - p) * w + (b - p)), to: dst + first, count: last - first)
+          if last < len { Kernels.zero(dst + last, count: len - last) }
+          if ilo > 0 || ihi < oh {
+            for e in 0..<count {
+              let out = dst + e * plane
+              if ilo > 0 { Kernels.zero(out, count: ilo * ow) }
+              if ihi < oh { Kernels.zero(out + ihi * ow, count: (oh - ihi) * ow) }
+            }
+          }
+          // Padded columns of every row of every example (rows already zeroed included).
+          let rows = count * oh
+          for j in 0..<jlo {
+            for t in 0..<rows { dst[t * ow + j] = 0 }
+          }
+          for j in jhi..<ow {
+            for t in 0..<rows { dst[t * ow + j] = 0 }
+          }
+          continue
+        }
+        let end = channels * n * h * w  // elements of src, for the bounds of vector loads
+        for e in 0..<count {
+          let input = src + ((c * n + n0 + e) * h) * w
+          let out = dst + e * plane
+          if ilo > 0 { Kernels.zero(out, count: ilo * ow) }
+          if ihi < oh { Kernels.zero(out + ihi * ow, count: (oh - ihi) * ow) }
+          if ihi == ilo { continue }
+          for i in ilo..<ihi {
             let orow = out + i * ow
-            if ih < 0 || ih >= h {
-              orow.update(repeating: 0, count: ow)
+            let irow = input + (i * s - p + a) * w + (b - p)
+            if s == 1 {
+              if jlo > 0 { Kernels.zero(orow, count: jlo) }
+              Kernels.copy(irow + jlo, to: orow + jlo, count: jhi - jlo)
+              if jhi < ow { Kernels.zero(orow + jhi, count: ow - jhi) }
               continue
             }
-            let irow = plane + ih * w
-            if s == 1 {
-              let lo = min(ow, max(0, p - kj))
-              let hi = max(lo, min(ow, w + p - kj))
-              if lo > 0 { orow.update(repeating: 0, count: lo) }
-              if hi > lo { (orow + lo).update(from: irow + (lo - p + kj), count: hi - lo) }
-              if hi < ow { (orow + hi).update(repeating: 0, count: ow - hi) }
-            } else {
-              for j in 0..<ow {
-                let iw = j * s - p + kj
-                orow[j] = (iw >= 0 && iw < w) ? irow[iw] : 0
+            var j = 0
+            if s == 2 {
+              // Eight outputs from the even lanes of 16 loaded floats while those lie inside src;
+              // lanes in the padding read neighbouring pixels and are zeroed below.
+              let rowStart = irow - src
+              while j + 8 <= ow && rowStart + 2 * j >= 0 && rowStart + 2 * j + 16 <= end {
+                let v = Kernels.load(irow + 2 * j)
+                UnsafeMutableRawPointer(orow + j).storeBytes(of: v.evenHalf, as: SIMD8<Float>.self)
+                j += 8
               }
+              for t in 0..<min(jlo, j) { orow[t] = 0 }
+              for t in max(jhi, 0)..<max(j, jhi) { orow[t] = 0 }
+            }
+            while j < ow {
+              orow[j] = j >= jlo && j < jhi ? irow[j * s] : 0
+              j += 1
             }
           }
         }
@@ -121,40 +190,33 @@ public final class Conv2D: LeafLayer, Layer {
     }
   }
 
-  /// dx[ci, n0+b, …] += col rows of channel ci (dx chunk must be zeroed first).
+  /// dx[ci, n0 + e, …] = Σ of the column rows of channel ci (overwrites the chunk of dx).
   private func col2im(
-    _ col: UnsafePointer<Float>, _ dx: UnsafeMutablePointer<Float>, n: Int, n0: Int, nc: Int
+    _ col: UnsafePointer<Float>, _ dx: UnsafeMutablePointer<Float>, n: Int, n0: Int, count: Int
   ) {
     let k = kernel, s = stride, p = padding, h = height, w = width
     let oh = outHeight, ow = outWidth
-    let cols = nc * oh * ow
-    Parallel.forRange(inChannels, costPerItem: k * k * cols) { cs, ce in
-      for ci in cs..<ce {
-        for b in 0..<nc { (dx + (ci * n + n0 + b) * h * w).update(repeating: 0, count: h * w) }
-        for ki in 0..<k {
-          for kj in 0..<k {
-            let src = col + ((ci * k + ki) * k + kj) * cols
-            for b in 0..<nc {
-              let plane = dx + (ci * n + n0 + b) * h * w
-              let inp = src + b * oh * ow
+    let len = count * oh * ow
+    Parallel.forRange(inChannels, costPerItem: k * k * len) { c0, c1 in
+      for ci in c0..<c1 {
+        for e in 0..<count { Kernels.zero(dx + (ci * n + n0 + e) * h * w, count: h * w) }
+        for a in 0..<k {
+          for b in 0..<k {
+            let src = col + ((ci * k + a) * k + b) * len
+            let jlo = min(ow, p > b ? (p - b + s - 1) / s : 0)
+            let jhi = max(jlo, min(ow, w - 1 + p - b >= 0 ? (w - 1 + p - b) / s + 1 : 0))
+            for e in 0..<count {
+              let plane = dx + (ci * n + n0 + e) * h * w
+              let inp = src + e * oh * ow
               for i in 0..<oh {
-                let ih = i * s - p + ki
+                let ih = i * s - p + a
                 if ih < 0 || ih >= h { continue }
-                let drow = plane + ih * w
+                let drow = plane + ih * w + (b - p)
                 let irow = inp + i * ow
                 if s == 1 {
-                  let lo = min(ow, max(0, p - kj))
-                  let hi = max(lo, min(ow, w + p - kj))
-                  if hi > lo {
-                    let d = drow + (lo - p + kj)
-                    let sp = irow + lo
-                    for j in 0..<(hi - lo) { d[j] += sp[j] }
-                  }
+                  Kernels.add(irow + jlo, into: drow + jlo, count: jhi - jlo)
                 } else {
-                  for j in 0..<ow {
-                    let iw = j * s - p + kj
-                    if iw >= 0 && iw < w { drow[iw] += irow[j] }
-                  }
+                  for j in jlo..<jhi { drow[j * s] += irow[j] }
                 }
               }
             }
@@ -164,37 +226,60 @@ public final class Conv2D: LeafLayer, Layer {
     }
   }
 
-  private func addBias(_ b: UnsafePointer<Float>, _ y: UnsafeMutablePointer<Float>, n: Int) {
-    let plane = n * outHeight * outWidth
-    Parallel.forRange(outChannels, costPerItem: plane) { cs, ce in
-      for c in cs..<ce {
-        let row = y + c * plane
-        let v = b[c]
-        for i in 0..<plane { row[i] += v }
-      }
-    }
-  }
-
-  /// y = W·col(x) (+ b), or with `beta` = 1 accumulates into y.
-  private func applyWeights(
-    _ w: UnsafePointer<Float>, _ x: UnsafePointer<Float>, _ y: UnsafeMutablePointer<Float>,
-    beta: Float, _ ctx: inout PassContext
+  /// y = Σ_t W_t · col(x_t) (+ bias) for one or two terms (W₁, x₁) and (W₂, x₂): two terms run
+  /// as one GEMM over the stacked weights [W₁ | W₂] and columns [col(x₁); col(x₂)].
+  private func convolve(
+    _ w1: UnsafePointer<Float>, _ x1: UnsafePointer<Float>, _ w2: UnsafePointer<Float>?,
+    _ x2: UnsafePointer<Float>?, bias: UnsafePointer<Float>?, _ y: UnsafeMutablePointer<Float>,
+    _ ctx: inout PassContext
   ) {
     let n = ctx.batch
+    let cout = outChannels, kd = kdim
     let ohw = outHeight * outWidth
+    let total = n * ohw
+    if let b = bias { Kernels.fillRows(y, values: b, rows: cout, count: total) }
+    let beta: Float = bias == nil ? 0 : 1
     if isPointwise {
-      BLAS.gemm(m: outChannels, n: n * ohw, k: kdim, a: w, b: x, beta: beta, c: y)
+      BLAS.gemm(m: cout, n: total, k: kd, a: w1, b: x1, beta: beta, c: y)
+      if let w2, let x2 { BLAS.gemm(m: cout, n: total, k: kd, a: w2, b: x2, beta: 1, c: y) }
       return
     }
-    let nc = chunk(n)
-    let col = ctx.scratch.pointer(count: kdim * nc * ohw)
-    var n0 = 0
-    while n0 < n {
-      let cnt = min(nc, n - n0)
-      im2col(x, col, n: n, n0: n0, nc: cnt)
-      BLAS.gemm(
-        m: outChannels, n: cnt * ohw, k: kdim, a: w, b: col, beta: beta, c: y + n0 * ohw, ldc: n * ohw)
-      n0 += cnt
+    let terms = w2 == nil ? 1 : 2
+    let kk = terms * kd
+    let nc = chunkExamples(n, perExample: kk * ohw)
+    let chunks = (n + nc - 1) / nc
+    let colSize = kk * nc * ohw
+    let slots = Parallel.slots(for: chunks)
+    let buf = ctx.scratch.pointer(count: slots * colSize + (terms == 2 ? cout * kk : 0))
+    var weights = w1
+    if let w2 {
+      // Stacked weights [W₁ | W₂], row co = (W₁[co, :], W₂[co, :]).
+      let stacked = buf + slots * colSize
+      for co in 0..<cout {
+        (stacked + co * kk).update(from: w1 + co * kd, count: kd)
+        (stacked + co * kk + kd).update(from: w2 + co * kd, count: kd)
+      }
+      weights = UnsafePointer(stacked)
+    }
+    let (cin, h, w, k, s, p, oh, ow) = (inChannels, height, width, kernel, stride, padding, outHeight, outWidth)
+    Parallel.forEach(chunks) { slot, c in
+      let n0 = c * nc, cnt = min(nc, n - n0)
+      let len = cnt * ohw
+      let col = buf + slot * colSize
+      Conv2D.im2col(
+        x1, channels: cin, n: n, n0: n0, count: cnt, h: h, w: w, kernel: k, stride: s, padding: p, oh: oh,
+        ow: ow, into: col)
+      if let x2 {
+        Conv2D.im2col(
+          x2, channels: cin, n: n, n0: n0, count: cnt, h: h, w: w, kernel: k, stride: s, padding: p, oh: oh,
+          ow: ow, into: col + kd * len)
+      }
+      if chunks == 1 {
+        BLAS.gemm(m: cout, n: len, k: kk, a: weights, b: col, beta: beta, c: y + n0 * ohw, ldc: total)
+      } else {
+        BLAS.gemmColumnBlocks(
+          m: cout, n: len, k: kk, a: weights, b: col, ldb: len, beta: beta, c: y + n0 * ohw, ldc: total)
+      }
     }
   }
 
@@ -204,73 +289,118 @@ public final class Conv2D: LeafLayer, Layer {
     _ tape: LayerTape
   ) {
     let w = ctx.params + paramOffset
-    applyWeights(w, x, y, beta: 0, &ctx)
-    if hasBias { addBias(w + outChannels * kdim, y, n: ctx.batch) }
+    convolve(w, x, nil, nil, bias: hasBias ? w + outChannels * kdim : nil, y, &ctx)
   }
 
-  /// dW = dy·col(x)ᵀ, dx = col2im(Wᵀ·dy), db = Σ dy.
+  /// dW = Σ (col(x)·dyᵀ)ᵀ, db = Σ dy, dx = W̃·col′(dy) or col2im(Wᵀ·dy).
+  ///
+  /// The per-chunk weight gradient is taken as dWᵀ = col(x)·dyᵀ [Cin·k², Cout] (OpenBLAS runs
+  /// that orientation up to twice as fast for few output channels) and transposed when summed.
   public func backward(
     _ x: UnsafePointer<Float>, _ y: UnsafePointer<Float>, _ dy: UnsafePointer<Float>,
     _ dx: UnsafeMutablePointer<Float>?, _ ctx: inout PassContext, _ tape: LayerTape
   ) {
     let n = ctx.batch
-    let ohw = outHeight * outWidth
+    let cout = outChannels, cin = inChannels, kd = kdim
+    let ohw = outHeight * outWidth, hw = height * width
+    let total = n * ohw
     let w = ctx.params + paramOffset
     let gw = ctx.grads.map { $0 + paramOffset }
-    if isPointwise {
-      if let g = gw { BLAS.gemm(transB: true, m: outChannels, n: kdim, k: n * ohw, a: dy, b: x, c: g) }
-      if let d = dx { BLAS.gemm(transA: true, m: kdim, n: n * ohw, k: outChannels, a: w, b: dy, c: d) }
-    } else {
-      let nc = chunk(n)
-      let buf = ctx.scratch.pointer(count: 2 * kdim * nc * ohw)
-      let col = buf
-      let dcol = buf + kdim * nc * ohw
-      var n0 = 0
-      while n0 < n {
-        let cnt = min(nc, n - n0)
-        let dyc = dy + n0 * ohw
-        if let g = gw {
-          im2col(x, col, n: n, n0: n0, nc: cnt)
-          BLAS.gemm(
-            transB: true, m: outChannels, n: kdim, k: cnt * ohw, a: dyc, lda: n * ohw, b: col,
-            ldb: cnt * ohw, beta: n0 == 0 ? 0 : 1, c: g)
-        }
-        if let d = dx {
-          BLAS.gemm(
-            transA: true, m: kdim, n: cnt * ohw, k: outChannels, a: w, b: dyc, ldb: n * ohw, c: dcol)
-          col2im(dcol, d, n: n, n0: n0, nc: cnt)
-        }
-        n0 += cnt
+    if let g = gw, hasBias {
+      let gb = g + cout * kd
+      Parallel.forRange(cout, costPerItem: total) { c0, c1 in
+        for c in c0..<c1 { gb[c] = Float(Kernels.sum(dy + c * total, count: total)) }
       }
     }
-    if hasBias, let g = gw {
-      let gb = g + outChannels * kdim
-      let plane = n * ohw
-      for c in 0..<outChannels {
-        let row = dy + c * plane
-        var s: Float = 0
-        for i in 0..<plane { s += row[i] }
-        gb[c] = s
+    if gw == nil && dx == nil { return }
+    if isPointwise {
+      if let g = gw { BLAS.gemm(transB: true, m: cout, n: cin, k: total, a: dy, b: x, c: g) }
+      if let d = dx { BLAS.gemm(transA: true, m: cin, n: total, k: cout, a: w, b: dy, c: d) }
+      return
+    }
+    let (h, wd, k, s, p, oh, ow) = (height, width, kernel, stride, padding, outHeight, outWidth)
+    let viaConvolution = transposedIsConvolution
+    let kt = cout * k * k  // rows of col′(dy)
+    let perExample = max(gw == nil ? 0 : kd * ohw, dx == nil ? 0 : (viaConvolution ? kt * hw : kd * ohw))
+    let nc = chunkExamples(n, perExample: perExample)
+    let chunks = (n + nc - 1) / nc
+    let colSize = nc * perExample
+    let slots = Parallel.slots(for: chunks)
+    let partialCount = gw != nil ? chunks * cout * kd : 0
+    let flipCount = dx != nil && viaConvolution ? cin * kt : 0
+    let buf = ctx.scratch.pointer(count: slots * colSize + partialCount + flipCount)
+    let partials = buf + slots * colSize
+    let flipped = partials + partialCount
+    if flipCount > 0 {
+      // W̃[ci, (co, a, b)] = W[co, ci, k−1−a, k−1−b].
+      for ci in 0..<cin {
+        for co in 0..<cout {
+          let src = w + (co * cin + ci) * k * k
+          let dst = flipped + ci * kt + co * k * k
+          for t in 0..<(k * k) { dst[t] = src[k * k - 1 - t] }
+        }
+      }
+    }
+    let flippedW = UnsafePointer(flipped)
+    Parallel.forEach(chunks) { slot, c in
+      let n0 = c * nc, cnt = min(nc, n - n0)
+      let len = cnt * ohw
+      let col = buf + slot * colSize
+      let dyc = dy + n0 * ohw
+      if gw != nil {
+        Conv2D.im2col(
+          x, channels: cin, n: n, n0: n0, count: cnt, h: h, w: wd, kernel: k, stride: s, padding: p, oh: oh,
+          ow: ow, into: col)
+        BLAS.gemm(
+          transB: true, m: kd, n: cout, k: len, a: col, lda: len, b: dyc, ldb: total,
+          c: partials + c * cout * kd, parallel: chunks == 1)
+      }
+      if let d = dx {
+        if viaConvolution {
+          Conv2D.im2col(
+            dy, channels: cout, n: n, n0: n0, count: cnt, h: oh, w: ow, kernel: k, stride: 1,
+            padding: k - 1 - p, oh: h, ow: wd, into: col)
+          if chunks == 1 {
+            BLAS.gemm(m: cin, n: cnt * hw, k: kt, a: flippedW, b: col, c: d + n0 * hw, ldc: n * hw)
+          } else {
+            BLAS.gemmColumnBlocks(
+              m: cin, n: cnt * hw, k: kt, a: flippedW, b: col, ldb: cnt * hw, beta: 0, c: d + n0 * hw,
+              ldc: n * hw)
+          }
+        } else {
+          BLAS.gemm(
+            transA: true, m: kd, n: len, k: cout, a: w, b: dyc, ldb: total, c: col, parallel: chunks == 1)
+          col2im(col, d, n: n, n0: n0, count: cnt)
+        }
+      }
+    }
+    if let g = gw {
+      // P₀ += P₁ + P₂ + … in chunk order, then g[co, j] = P₀[j, co].
+      let size = cout * kd
+      if chunks > 1 {
+        Parallel.forRange(size, costPerItem: chunks) { j0, j1 in
+          for c in 1..<chunks { Kernels.add(partials + c * size + j0, into: partials + j0, count: j1 - j0) }
+        }
+      }
+      for j in 0..<kd {
+        for co in 0..<cout { g[co * kd + j] = partials[j * cout + co] }
       }
     }
   }
 
-  /// ty = W·col(tx) + tW·col(x) (+ tb).
+  /// ty = W·col(tx) + tW·col(x) (+ tb), one stacked GEMM when both directions are present.
   public func tangent(
     _ x: UnsafePointer<Float>, _ y: UnsafePointer<Float>, _ tx: UnsafePointer<Float>?,
     _ ty: UnsafeMutablePointer<Float>, _ ctx: inout PassContext, _ tape: LayerTape
   ) {
-    var beta: Float = 0
-    if let t = tx {
-      applyWeights(ctx.params + paramOffset, t, ty, beta: 0, &ctx)
-      beta = 1
-    }
-    if let pt = ctx.paramTangent {
-      let tw = pt + paramOffset
-      applyWeights(tw, x, ty, beta: beta, &ctx)
-      if hasBias { addBias(tw + outChannels * kdim, ty, n: ctx.batch) }
-    } else if tx == nil {
-      ty.update(repeating: 0, count: ctx.batch * outputLayout.size)
+    let w = ctx.params + paramOffset
+    let tw = ctx.paramTangent.map { $0 + paramOffset }
+    let tb = hasBias ? tw.map { $0 + outChannels * kdim } : nil
+    switch (tx, tw) {
+    case (let t?, let d?): convolve(w, t, d, x, bias: tb, ty, &ctx)
+    case (let t?, nil): convolve(w, t, nil, nil, bias: nil, ty, &ctx)
+    case (nil, let d?): convolve(d, x, nil, nil, bias: tb, ty, &ctx)
+    case (nil, nil): ty.update(repeating: 0, count: ctx.batch * outputLayout.size)
     }
   }
 }

@@ -128,7 +128,37 @@ public final class ReLU: LeafLayer, Layer {
     _ x: UnsafePointer<Float>, _ y: UnsafeMutablePointer<Float>, _ ctx: inout PassContext,
     _ tape: LayerTape
   ) {
-    Parallel.forRange(ctx.batch * layout.size) { s, e in for i in s..<e { y[i] = max(x[i], 0) } }
+    Parallel.forRange(ctx.batch * layout.size) { s, e in
+      var i = s
+      while i + 16 <= e {
+        let v = Kernels.load(x + i)
+        Kernels.store(v.replacing(with: 0, where: v .<= 0), y + i)
+        i += 16
+      }
+      while i < e {
+        y[i] = max(x[i], 0)
+        i += 1
+      }
+    }
+  }
+
+  /// out = g·[x > 0] (the backward and tangent map).
+  @inline(__always)
+  private static func mask(
+    _ x: UnsafePointer<Float>, _ g: UnsafePointer<Float>, _ out: UnsafeMutablePointer<Float>, count: Int
+  ) {
+    Parallel.forRange(count) { s, e in
+      var i = s
+      while i + 16 <= e {
+        let v = Kernels.load(g + i)
+        Kernels.store(v.replacing(with: 0, where: .!(Kernels.load(x + i) .> 0)), out + i)
+        i += 16
+      }
+      while i < e {
+        out[i] = x[i] > 0 ? g[i] : 0
+        i += 1
+      }
+    }
   }
 
   /// dx = dy·[x > 0].
@@ -137,7 +167,7 @@ public final class ReLU: LeafLayer, Layer {
     _ dx: UnsafeMutablePointer<Float>?, _ ctx: inout PassContext, _ tape: LayerTape
   ) {
     guard let d = dx else { return }
-    Parallel.forRange(ctx.batch * layout.size) { s, e in for i in s..<e { d[i] = x[i] > 0 ? dy[i] : 0 } }
+    ReLU.mask(x, dy, d, count: ctx.batch * layout.size)
   }
 
   /// ty = tx·[x > 0].
@@ -147,7 +177,7 @@ public final class ReLU: LeafLayer, Layer {
   ) {
     let count = ctx.batch * layout.size
     guard let t = tx else { ty.update(repeating: 0, count: count); return }
-    Parallel.forRange(count) { s, e in for i in s..<e { ty[i] = x[i] > 0 ? t[i] : 0 } }
+    ReLU.mask(x, t, ty, count: count)
   }
 }
 

@@ -58,7 +58,30 @@ public final class MaxPool2D: LeafLayer, Layer {
         for p in p0..<p1 {
           let xp = x + p * h * w
           for i in 0..<oh {
-            for j in 0..<ow {
+            var j0 = 0
+            if k == 2 && s == 2 && ow >= 4 {
+              // 2×2 windows, 8 (or 4) outputs at a time with the same "first maximum, NaN wins"
+              // rule as below; the last block overlaps the previous one (recomputing equal values).
+              let r0 = xp + 2 * i * w
+              let o = p * oh * ow + i * ow
+              if ow >= 8 {
+                var j = 0
+                while j < ow {
+                  let jj = min(j, ow - 8)
+                  MaxPool2D.pool2x2(r0, w, jj, y + o + jj, amp + o + jj, base: Int32(2 * i * w + 2 * jj))
+                  j += 8
+                }
+              } else {
+                var j = 0
+                while j < ow {
+                  let jj = min(j, ow - 4)
+                  MaxPool2D.pool2x2Narrow(r0, w, jj, y + o + jj, amp + o + jj, base: Int32(2 * i * w + 2 * jj))
+                  j += 4
+                }
+              }
+              j0 = ow
+            }
+            for j in j0..<ow {
               var best = -Float.infinity
               var bi = (i * s) * w + j * s
               for a in 0..<k {
@@ -76,6 +99,59 @@ public final class MaxPool2D: LeafLayer, Layer {
         }
       }
     }
+  }
+
+  /// Eight 2×2 windows starting at column 2·j of row pair (r0, r0 + w).
+  @inline(__always)
+  private static func pool2x2(
+    _ r0: UnsafePointer<Float>, _ w: Int, _ j: Int, _ y: UnsafeMutablePointer<Float>,
+    _ arg: UnsafeMutablePointer<Int32>, base: Int32
+  ) {
+    let top = Kernels.load(r0 + 2 * j), bottom = Kernels.load(r0 + w + 2 * j)
+    let idx = SIMD8<Int32>(0, 2, 4, 6, 8, 10, 12, 14) &+ base
+    var best = top.evenHalf
+    var at = idx
+    var v = top.oddHalf
+    var take = (v .> best) .| (v .!= v)
+    best.replace(with: v, where: take)
+    at.replace(with: idx &+ 1, where: take)
+    v = bottom.evenHalf
+    take = (v .> best) .| (v .!= v)
+    best.replace(with: v, where: take)
+    at.replace(with: idx &+ Int32(w), where: take)
+    v = bottom.oddHalf
+    take = (v .> best) .| (v .!= v)
+    best.replace(with: v, where: take)
+    at.replace(with: idx &+ Int32(w + 1), where: take)
+    UnsafeMutableRawPointer(y).storeBytes(of: best, as: SIMD8<Float>.self)
+    UnsafeMutableRawPointer(arg).storeBytes(of: at, as: SIMD8<Int32>.self)
+  }
+
+  /// Four 2×2 windows starting at column 2·j of row pair (r0, r0 + w).
+  @inline(__always)
+  private static func pool2x2Narrow(
+    _ r0: UnsafePointer<Float>, _ w: Int, _ j: Int, _ y: UnsafeMutablePointer<Float>,
+    _ arg: UnsafeMutablePointer<Int32>, base: Int32
+  ) {
+    let top = UnsafeRawPointer(r0 + 2 * j).loadUnaligned(as: SIMD8<Float>.self)
+    let bottom = UnsafeRawPointer(r0 + w + 2 * j).loadUnaligned(as: SIMD8<Float>.self)
+    let idx = SIMD4<Int32>(0, 2, 4, 6) &+ base
+    var best = top.evenHalf
+    var at = idx
+    var v = top.oddHalf
+    var take = (v .> best) .| (v .!= v)
+    best.replace(with: v, where: take)
+    at.replace(with: idx &+ 1, where: take)
+    v = bottom.evenHalf
+    take = (v .> best) .| (v .!= v)
+    best.replace(with: v, where: take)
+    at.replace(with: idx &+ Int32(w), where: take)
+    v = bottom.oddHalf
+    take = (v .> best) .| (v .!= v)
+    best.replace(with: v, where: take)
+    at.replace(with: idx &+ Int32(w + 1), where: take)
+    UnsafeMutableRawPointer(y).storeBytes(of: best, as: SIMD4<Float>.self)
+    UnsafeMutableRawPointer(arg).storeBytes(of: at, as: SIMD4<Int32>.self)
   }
 
   /// Routes dy to the arg-max.
@@ -109,8 +185,11 @@ public final class MaxPool2D: LeafLayer, Layer {
     guard let txp = tx else { ty.update(repeating: 0, count: total); return }
     let (h, w, oh, ow) = (h, w, oh, ow)
     t.argmax.withUnsafeBufferPointer { am in
-      for p in 0..<(c * ctx.batch) {
-        for o in 0..<(oh * ow) { ty[p * oh * ow + o] = txp[p * h * w + Int(am[p * oh * ow + o])] }
+      let amp = am.baseAddress!
+      Parallel.forRange(c * ctx.batch, costPerItem: oh * ow) { p0, p1 in
+        for p in p0..<p1 {
+          for o in 0..<(oh * ow) { ty[p * oh * ow + o] = txp[p * h * w + Int(amp[p * oh * ow + o])] }
+        }
       }
     }
   }
@@ -384,14 +463,34 @@ public final class ShortcutA: LeafLayer, Layer {
     pad = (outChannels - c) / 2
   }
 
+  /// y[(ch + pad, b)] = x[(ch, b)][::s, ::s], zero elsewhere; planes in parallel.
   private func gather(_ x: UnsafePointer<Float>, _ y: UnsafeMutablePointer<Float>, n: Int) {
     let plane = oh * ow
-    y.update(repeating: 0, count: outC * n * plane)
-    for ch in 0..<c {
-      for b in 0..<n {
+    let (c, h, w, s, oh, ow, pad, outC) = (c, h, w, s, oh, ow, pad, outC)
+    Parallel.forRange(outC * n, costPerItem: plane) { q0, q1 in
+      for q in q0..<q1 {
+        let ch = q / n - pad, b = q % n
+        let dst = y + q * plane
+        guard ch >= 0 && ch < c else {
+          Kernels.zero(dst, count: plane)
+          continue
+        }
         let src = x + (ch * n + b) * h * w
-        let dst = y + ((ch + pad) * n + b) * plane
-        for i in 0..<oh { for j in 0..<ow { dst[i * ow + j] = src[i * s * w + j * s] } }
+        for i in 0..<oh {
+          let srow = src + i * s * w, drow = dst + i * ow
+          var j = 0
+          if s == 2 {
+            // Even lanes of 16 floats of the source row (2·(j + 8) ≤ w keeps them in the row).
+            while 2 * (j + 8) <= w {
+              UnsafeMutableRawPointer(drow + j).storeBytes(of: Kernels.load(srow + 2 * j).evenHalf, as: SIMD8<Float>.self)
+              j += 8
+            }
+          }
+          while j < ow {
+            drow[j] = srow[j * s]
+            j += 1
+          }
+        }
       }
     }
   }
@@ -409,12 +508,17 @@ public final class ShortcutA: LeafLayer, Layer {
   ) {
     guard let d = dx else { return }
     let n = ctx.batch, plane = oh * ow
-    d.update(repeating: 0, count: c * n * h * w)
-    for ch in 0..<c {
-      for b in 0..<n {
-        let dst = d + (ch * n + b) * h * w
+    let (h, w, s, oh, ow, pad) = (h, w, s, oh, ow, pad)
+    Parallel.forRange(c * n, costPerItem: h * w) { q0, q1 in
+      for q in q0..<q1 {
+        let ch = q / n, b = q % n
+        let dst = d + q * h * w
         let src = dy + ((ch + pad) * n + b) * plane
-        for i in 0..<oh { for j in 0..<ow { dst[i * s * w + j * s] = src[i * ow + j] } }
+        Kernels.zero(dst, count: h * w)
+        for i in 0..<oh {
+          let drow = dst + i * s * w, srow = src + i * ow
+          for j in 0..<ow { drow[j * s] = srow[j] }
+        }
       }
     }
   }

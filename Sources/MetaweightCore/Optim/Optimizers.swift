@@ -73,7 +73,32 @@ public final class Optimizer: @unchecked Sendable {
       let buf = first.pointer
       let useMomentum = mom > 0
       Parallel.forRange(count) { s, e in
-        for i in s..<e {
+        // Vector body (16 at a time) and scalar tail evaluate the same expressions.
+        var i = s
+        if useMomentum && nest {
+          while i + 16 <= e {
+            let g = Kernels.load(grads + i) + wd * Kernels.load(params + i)
+            let b = mom * Kernels.load(buf + i) + g
+            Kernels.store(b, buf + i)
+            Kernels.store(Kernels.load(params + i) - lr * (g + mom * b), params + i)
+            i += 16
+          }
+        } else if useMomentum {
+          while i + 16 <= e {
+            let g = Kernels.load(grads + i) + wd * Kernels.load(params + i)
+            let b = mom * Kernels.load(buf + i) + g
+            Kernels.store(b, buf + i)
+            Kernels.store(Kernels.load(params + i) - lr * b, params + i)
+            i += 16
+          }
+        } else {
+          while i + 16 <= e {
+            let g = Kernels.load(grads + i) + wd * Kernels.load(params + i)
+            Kernels.store(Kernels.load(params + i) - lr * g, params + i)
+            i += 16
+          }
+        }
+        while i < e {
           let g = grads[i] + wd * params[i]
           var d = g
           if useMomentum {
@@ -82,6 +107,7 @@ public final class Optimizer: @unchecked Sendable {
             d = nest ? g + mom * b : b
           }
           params[i] -= lr * d
+          i += 1
         }
       }
     case .adam:
@@ -91,13 +117,27 @@ public final class Optimizer: @unchecked Sendable {
       let bc2s = Float((1 - pow(Double(b2), t)).squareRoot())
       let m = first.pointer, v = second.pointer
       let stepSize = lr / bc1
+      let shrink = 1 - lr * wd
       Parallel.forRange(count) { s, e in
-        for i in s..<e {
+        var i = s
+        while i + 16 <= e {
+          var g = Kernels.load(grads + i)
+          var p = Kernels.load(params + i)
+          if dec { p *= shrink } else { g += wd * p }
+          let mi = b1 * Kernels.load(m + i) + (1 - b1) * g
+          let vi = b2 * Kernels.load(v + i) + (1 - b2) * g * g
+          Kernels.store(mi, m + i)
+          Kernels.store(vi, v + i)
+          Kernels.store(p - stepSize * mi / (vi.squareRoot() / bc2s + eps), params + i)
+          i += 16
+        }
+        while i < e {
           var g = grads[i]
-          if dec { params[i] *= (1 - lr * wd) } else { g += wd * params[i] }
+          if dec { params[i] *= shrink } else { g += wd * params[i] }
           m[i] = b1 * m[i] + (1 - b1) * g
           v[i] = b2 * v[i] + (1 - b2) * g * g
           params[i] -= stepSize * m[i] / (v[i].squareRoot() / bc2s + eps)
+          i += 1
         }
       }
     }

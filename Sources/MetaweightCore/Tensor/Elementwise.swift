@@ -17,38 +17,70 @@ public enum MetaweightError: Error, CustomStringConvertible, Sendable {
   }
 }
 
-/// Vectorisable loops over plain buffers, split across threads when large.
+/// Vectorised loops over plain buffers, split across threads when large.
 public enum Elementwise {
   /// y += x.
-  @inlinable
   public static func add(_ x: UnsafePointer<Float>, into y: UnsafeMutablePointer<Float>, count: Int) {
-    Parallel.forRange(count) { s, e in for i in s..<e { y[i] += x[i] } }
+    Parallel.forRange(count) { s, e in Kernels.add(x + s, into: y + s, count: e - s) }
   }
 
   /// out = a + b.
-  @inlinable
   public static func sum(
     _ a: UnsafePointer<Float>, _ b: UnsafePointer<Float>, into out: UnsafeMutablePointer<Float>,
     count: Int
   ) {
-    Parallel.forRange(count) { s, e in for i in s..<e { out[i] = a[i] + b[i] } }
+    Parallel.forRange(count) { s, e in
+      let (pa, pb, po) = (a + s, b + s, out + s)
+      let c = e - s
+      var i = 0
+      while i + 16 <= c {
+        Kernels.store(Kernels.load(pa + i) + Kernels.load(pb + i), po + i)
+        i += 16
+      }
+      while i < c {
+        po[i] = pa[i] + pb[i]
+        i += 1
+      }
+    }
   }
 
   /// y += alpha · x.
-  @inlinable
   public static func axpy(
     _ alpha: Float, _ x: UnsafePointer<Float>, _ y: UnsafeMutablePointer<Float>, count: Int
   ) {
-    Parallel.forRange(count) { s, e in for i in s..<e { y[i] += alpha * x[i] } }
+    Parallel.forRange(count) { s, e in
+      let (px, py) = (x + s, y + s)
+      let c = e - s
+      var i = 0
+      while i + 16 <= c {
+        Kernels.store(Kernels.load(py + i) + alpha * Kernels.load(px + i), py + i)
+        i += 16
+      }
+      while i < c {
+        py[i] += alpha * px[i]
+        i += 1
+      }
+    }
   }
 
   /// out = x + alpha · d (a virtual step is one call of this over the flat parameter vector).
-  @inlinable
   public static func step(
     _ x: UnsafePointer<Float>, _ alpha: Float, _ d: UnsafePointer<Float>,
     into out: UnsafeMutablePointer<Float>, count: Int
   ) {
-    Parallel.forRange(count) { s, e in for i in s..<e { out[i] = x[i] + alpha * d[i] } }
+    Parallel.forRange(count) { s, e in
+      let (px, pd, po) = (x + s, d + s, out + s)
+      let c = e - s
+      var i = 0
+      while i + 16 <= c {
+        Kernels.store(Kernels.load(px + i) + alpha * Kernels.load(pd + i), po + i)
+        i += 16
+      }
+      while i < c {
+        po[i] = px[i] + alpha * pd[i]
+        i += 1
+      }
+    }
   }
 
   /// Σ x[i]·y[i] in double precision.
@@ -79,14 +111,21 @@ public enum Elementwise {
   }
 
   /// True when every element is finite.
-  @inlinable
   public static func allFinite(_ x: UnsafePointer<Float>, count: Int) -> Bool {
-    var ok = true
-    for i in 0..<count where !x[i].isFinite {
-      ok = false
-      break
+    // v − v is 0 for a finite v and NaN for ±∞ or NaN; a NaN survives the sum.
+    var acc = SIMD16<Float>.zero
+    var i = 0
+    while i + 16 <= count {
+      let v = Kernels.load(x + i)
+      acc += v - v
+      i += 16
     }
-    return ok
+    var tail: Float = 0
+    while i < count {
+      tail += x[i] - x[i]
+      i += 1
+    }
+    return acc.sum() + tail == 0
   }
 
   /// Transposes a batch from [N, C, H·W] (user layout) to [C, N, H·W] (internal layout).
@@ -113,5 +152,116 @@ public enum Elementwise {
         }
       }
     }
+  }
+}
+
+/// Small single-threaded building blocks for the layers' loops (16 floats at a time).
+enum Kernels {
+  @inline(__always)
+  static func load(_ p: UnsafePointer<Float>) -> SIMD16<Float> {
+    UnsafeRawPointer(p).loadUnaligned(as: SIMD16<Float>.self)
+  }
+
+  @inline(__always)
+  static func load(_ p: UnsafeMutablePointer<Float>) -> SIMD16<Float> { load(UnsafePointer(p)) }
+
+  @inline(__always)
+  static func store(_ v: SIMD16<Float>, _ p: UnsafeMutablePointer<Float>) {
+    UnsafeMutableRawPointer(p).storeBytes(of: v, as: SIMD16<Float>.self)
+  }
+
+  /// p[0..<count] = 0.
+  @inline(__always)
+  static func zero(_ p: UnsafeMutablePointer<Float>, count: Int) {
+    if count >= 256 {
+      p.update(repeating: 0, count: count)
+      return
+    }
+    var i = 0
+    while i + 16 <= count {
+      store(.zero, p + i)
+      i += 16
+    }
+    while i < count {
+      p[i] = 0
+      i += 1
+    }
+  }
+
+  /// dst[0..<count] = src[0..<count] (non-overlapping); short tails use overlapping stores.
+  @inline(__always)
+  static func copy(_ src: UnsafePointer<Float>, to dst: UnsafeMutablePointer<Float>, count: Int) {
+    if count >= 512 {
+      dst.update(from: src, count: count)
+      return
+    }
+    if count >= 16 {
+      var i = 0
+      while i + 16 <= count {
+        store(load(src + i), dst + i)
+        i += 16
+      }
+      if i < count { store(load(src + count - 16), dst + count - 16) }
+      return
+    }
+    let s = UnsafeRawPointer(src), d = UnsafeMutableRawPointer(dst)
+    if count >= 8 {
+      d.storeBytes(of: s.loadUnaligned(as: SIMD8<Float>.self), as: SIMD8<Float>.self)
+      d.storeBytes(
+        of: s.loadUnaligned(fromByteOffset: 4 * (count - 8), as: SIMD8<Float>.self), toByteOffset: 4 * (count - 8),
+        as: SIMD8<Float>.self)
+    } else if count >= 4 {
+      d.storeBytes(of: s.loadUnaligned(as: SIMD4<Float>.self), as: SIMD4<Float>.self)
+      d.storeBytes(
+        of: s.loadUnaligned(fromByteOffset: 4 * (count - 4), as: SIMD4<Float>.self), toByteOffset: 4 * (count - 4),
+        as: SIMD4<Float>.self)
+    } else {
+      for i in 0..<count { dst[i] = src[i] }
+    }
+  }
+
+  /// dst[0..<count] += src[0..<count].
+  @inline(__always)
+  static func add(_ src: UnsafePointer<Float>, into dst: UnsafeMutablePointer<Float>, count: Int) {
+    var i = 0
+    while i + 16 <= count {
+      store(load(dst + i) + load(src + i), dst + i)
+      i += 16
+    }
+    while i < count {
+      dst[i] += src[i]
+      i += 1
+    }
+  }
+
+  /// Row r of y[rows × count] = values[r] everywhere.
+  static func fillRows(_ y: UnsafeMutablePointer<Float>, values: UnsafePointer<Float>, rows: Int, count: Int) {
+    Parallel.forRange(rows, costPerItem: count) { r0, r1 in
+      for r in r0..<r1 { (y + r * count).update(repeating: values[r], count: count) }
+    }
+  }
+
+  /// Σ x[i] in double precision (float partial sums of at most 512 terms per lane).
+  static func sum(_ x: UnsafePointer<Float>, count: Int) -> Double {
+    var total: Double = 0
+    var acc = SIMD16<Float>.zero
+    var i = 0
+    var run = 0
+    while i + 16 <= count {
+      acc += load(x + i)
+      i += 16
+      run += 1
+      if run == 512 {
+        total += Double(acc.sum())
+        acc = .zero
+        run = 0
+      }
+    }
+    total += Double(acc.sum())
+    while i < count {
+      total += Double(x[i])
+      i += 1
+    }
+    return total
   }
 }

@@ -89,6 +89,8 @@ public final class Trainer: @unchecked Sendable {
   let augmented = Scratch()
   /// The weighting method's state (nil = plain ERM).
   public var weighting: WeightingState?
+  /// Per-example weights for `step` calls without `sampleWeights` (a LAW strategy); nil = none.
+  public var stepWeighting: TrainerStepWeighting?
 
   /// Creates a trainer.
   /// - Throws: `MetaweightError.invalidArgument` for invalid settings.
@@ -133,7 +135,11 @@ public final class Trainer: @unchecked Sendable {
     params: UnsafePointer<Float>? = nil
   ) -> (Double, Double) {
     reserve(batch: n)
-    labels32 = (0..<n).map { Int32(truncatingIfNeeded: labels[$0]) }
+    // Refill the label buffer in place (no allocation once it has the batch's size).
+    if labels32.count != n { labels32 = [Int32](repeating: 0, count: n) }
+    labels32.withUnsafeMutableBufferPointer { l in
+      for i in 0..<n { l[i] = Int32(truncatingIfNeeded: labels[i]) }
+    }
     var input = x
     if !augmentation.isIdentity, case .image(let c, let h, let w) = network.inputLayout {
       let buf = augmented.pointer(count: n * c * h * w)
@@ -193,7 +199,8 @@ public final class Trainer: @unchecked Sendable {
       throw MetaweightError.nonFinite("step \(stepCount + 1): the training loss is \(loss); parameters were not updated")
     }
     let inv = 1 / Float(n)
-    for i in 0..<n { coefficients[i] = (sampleWeights?[i] ?? 1) * inv }
+    let weights = try sampleWeights ?? stepWeighting?.stepWeights(trainer: self, n: n, loss: loss, accuracy: acc)
+    for i in 0..<n { coefficients[i] = (weights?[i] ?? 1) * inv }
     backwardWeighted(coefficients: coefficients.pointer)
     guard Elementwise.allFinite(grads.pointer, count: grads.count) else {
       throw MetaweightError.nonFinite("step \(stepCount + 1): a gradient is NaN or infinite; parameters were not updated")

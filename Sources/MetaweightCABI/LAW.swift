@@ -1,0 +1,393 @@
+import CMetaweight
+import MetaweightCore
+
+// MARK: - LAW (learning to auto weight): searches and strategies
+
+/// The per-example layout of an `input_shape` argument (rank 1: [D]; rank 3: [C, H, W]).
+func lawInputLayout(_ shape: UnsafePointer<Int64>?, _ rank: Int32) throws -> Layout {
+  let sh = try require(shape, "input_shape")
+  switch rank {
+  case 1:
+    guard sh[0] > 0, sh[0] < 1 << 28 else { throw ABIError.shape("input_shape: expected a positive feature count, got \(sh[0])") }
+    return .flat(Int(sh[0]))
+  case 3:
+    guard (0..<3).allSatisfy({ sh[$0] > 0 && sh[$0] < 1 << 16 }) else {
+      throw ABIError.shape("input_shape: expected positive (C, H, W), got (\(sh[0]), \(sh[1]), \(sh[2]))")
+    }
+    return .image(c: Int(sh[0]), h: Int(sh[1]), w: Int(sh[2]))
+  default:
+    throw ABIError.shape("input_shape: expected rank 1 (D,) or 3 (C, H, W), got rank \(rank)")
+  }
+}
+
+/// Validates an array of examples against `layout` and returns N (as `batchSize` does for networks).
+func lawExamples(_ x: UnsafePointer<Float>?, _ shape: UnsafePointer<Int64>?, _ rank: Int32, _ layout: Layout, _ name: String) throws -> Int {
+  _ = try require(x, name)
+  let s = try require(shape, "\(name) shape")
+  let expected: [Int]
+  switch layout {
+  case .flat(let d): expected = [d]
+  case .image(let c, let h, let w): expected = [c, h, w]
+  }
+  let want = expected.map(String.init).joined(separator: ", ")
+  guard Int(rank) == expected.count + 1 else {
+    throw ABIError.shape("\(name): expected a \(expected.count + 1)-d array (N, \(want)), got \(rank)-d")
+  }
+  let dims = (0..<Int(rank)).map { Int(s[$0]) }
+  guard dims[0] > 0 else { throw ABIError.shape("\(name): expected at least one example, got an empty array (N = \(dims[0]))") }
+  guard Array(dims[1...]) == expected else {
+    throw ABIError.shape("\(name): expected per-example shape (\(want)), got (\(dims[1...].map(String.init).joined(separator: ", ")))")
+  }
+  guard dims[0] <= maxElements / max(layout.size, 1) else { throw ABIError.shape("\(name): \(dims[0]) examples are too many") }
+  return dims[0]
+}
+
+func lawPath(_ path: UnsafePointer<CChar>?) throws -> String {
+  let p = String(cString: try require(path, "path"))
+  guard !p.isEmpty else { throw ABIError.argument("path: expected a file path, got an empty string") }
+  return p
+}
+
+@_cdecl("mw_law_create")
+public func _mw_law_create(
+  _ config: UnsafePointer<CChar>?, _ spec: UnsafePointer<CChar>?, _ shape: UnsafePointer<Int64>?, _ rank: Int32,
+  _ seed: UInt64, _ out: UnsafeMutablePointer<mw_law>?
+) -> mw_status {
+  guarded {
+    let c = config.map { String(cString: $0) } ?? ""
+    let s = String(cString: try require(spec, "network_spec"))
+    let o = try require(out, "out")
+    let layout = try lawInputLayout(shape, rank)
+    let cfg = try LAWConfig.parse(c)
+    let search = try LAWSearch(config: cfg, networkSpec: s, inputLayout: layout, seed: seed)
+    o.pointee = Registry.shared.add(search)
+  }
+}
+
+@_cdecl("mw_law_free")
+public func _mw_law_free(_ h: mw_law) -> mw_status {
+  guarded { try free(h, as: LAWSearch.self, "mw_law_free") }
+}
+
+@_cdecl("mw_law_info")
+public func _mw_law_info(
+  _ h: mw_law, _ stages: UnsafeMutablePointer<Int64>?, _ parallel: UnsafeMutablePointer<Int64>?,
+  _ classes: UnsafeMutablePointer<Int64>?, _ actions: UnsafeMutablePointer<Int64>?, _ rounds: UnsafeMutablePointer<Int64>?,
+  _ next: UnsafeMutablePointer<Int64>?, _ buffer: UnsafeMutablePointer<Int64>?
+) -> mw_status {
+  guarded {
+    try using(h, as: LAWSearch.self, "law") { s in
+      stages?.pointee = Int64(s.config.stages)
+      parallel?.pointee = Int64(s.config.parallel)
+      classes?.pointee = Int64(s.classes)
+      actions?.pointee = Int64(s.features.actionCount)
+      rounds?.pointee = Int64(s.roundsCompleted)
+      next?.pointee = Int64(s.nextStage)
+      buffer?.pointee = Int64(s.buffer.count)
+    }
+  }
+}
+
+@_cdecl("mw_law_config")
+public func _mw_law_config(_ h: mw_law, _ buf: UnsafeMutablePointer<CChar>?, _ cap: Int64, _ len: UnsafeMutablePointer<Int64>?) -> mw_status {
+  guarded {
+    try using(h, as: LAWSearch.self, "law") { s in writeString(s.config.spec, buf, cap, len) }
+  }
+}
+
+@_cdecl("mw_law_set_data")
+public func _mw_law_set_data(
+  _ h: mw_law, _ x: UnsafePointer<Float>?, _ shape: UnsafePointer<Int64>?, _ rank: Int32,
+  _ y: UnsafePointer<Int64>?, _ ny: Int64, _ corrupted: UnsafePointer<UInt8>?, _ ncor: Int64,
+  _ xv: UnsafePointer<Float>?, _ vshape: UnsafePointer<Int64>?, _ vrank: Int32,
+  _ yv: UnsafePointer<Int64>?, _ nyv: Int64
+) -> mw_status {
+  guarded {
+    try using(h, as: LAWSearch.self, "law") { s in
+      let layout = s.inputLayout
+      let n = try lawExamples(x, shape, rank, layout, "x")
+      let m = try lawExamples(xv, vshape, vrank, layout, "x_val")
+      guard let xp = x, let xvp = xv else { return }
+      try checkFinite(xp, n * layout.size, "x")
+      try checkFinite(xvp, m * layout.size, "x_val")
+      let labels = try checkLabels(y, ny, n: n, classes: s.classes, "y")
+      let vlabels = try checkLabels(yv, nyv, n: m, classes: s.classes, "y_val")
+      var mask: [Bool]? = nil
+      if let c = corrupted {
+        guard ncor == Int64(n) else { throw ABIError.shape("corrupted: expected \(n) flags (one per example of x), got \(ncor)") }
+        mask = (0..<n).map { c[$0] != 0 }
+      } else if ncor != 0 {
+        throw ABIError.argument("corrupted: got a count of \(ncor) but no array")
+      }
+      let d = LAWData(
+        x: Array(UnsafeBufferPointer(start: xp, count: n * layout.size)),
+        y: Array(UnsafeBufferPointer(start: labels, count: n)), corrupted: mask,
+        valX: Array(UnsafeBufferPointer(start: xvp, count: m * layout.size)),
+        valY: Array(UnsafeBufferPointer(start: vlabels, count: m)))
+      try s.setData(d)
+    }
+  }
+}
+
+@_cdecl("mw_law_run_stage")
+public func _mw_law_run_stage(_ h: mw_law, _ out: UnsafeMutablePointer<mw_law_stage_log>?) -> mw_status {
+  guarded {
+    try using(h, as: LAWSearch.self, "law") { s in
+      let l = try s.runStage()
+      if let o = out {
+        o.pointee = mw_law_stage_log(
+          round: Int64(l.round), stage: Int32(l.stage), round_done: l.roundDone ? 1 : 0, warmup: l.warmup ? 1 : 0,
+          parallel: Int32(l.parallel), reward: l.reward, target_acc: l.targetAcc, reference_acc: l.referenceAcc,
+          loss_gap: l.lossGap, weight_corrupted: l.weightCorrupted, weight_clean: l.weightClean,
+          noise_sigma: l.noiseSigma, critic_loss: l.criticLoss, actor_q: l.actorQ, fdu_updates: Int64(l.fduUpdates),
+          buffer_size: Int64(l.bufferSize), seconds: l.seconds, fdu_seconds: l.fduSeconds)
+      }
+    }
+  }
+}
+
+/// The log of episode `slot` of the search's current round.
+func lawEpisode(_ s: LAWSearch, _ slot: Int32) throws -> LAWEpisodeLog {
+  let logs = s.episodeLogs
+  guard !logs.isEmpty else {
+    throw ABIError(code: MW_E_STATE, message: "episode log: no episode has run yet (or the last round was abandoned)")
+  }
+  guard slot >= 0, Int(slot) < logs.count else {
+    throw ABIError.argument("slot: expected 0 <= slot < \(logs.count) (parallel episodes), got \(slot)")
+  }
+  return logs[Int(slot)]
+}
+
+@_cdecl("mw_law_episode_log")
+public func _mw_law_episode_log(
+  _ h: mw_law, _ slot: Int32, _ episode: UnsafeMutablePointer<Int64>?, _ round: UnsafeMutablePointer<Int64>?,
+  _ done: UnsafeMutablePointer<Int64>?, _ out: UnsafeMutablePointer<Double>?, _ count: Int64
+) -> mw_status {
+  guarded {
+    try using(h, as: LAWSearch.self, "law") { s in
+      let log = try lawEpisode(s, slot)
+      episode?.pointee = Int64(log.episode)
+      round?.pointee = Int64(log.round)
+      done?.pointee = Int64(log.stagesDone)
+      if let o = out {
+        guard count == Int64(log.table.count) else {
+          throw ABIError.shape("out: expected \(log.table.count) doubles (stages x \(LAWEpisodeLog.columns.count)), got \(count)")
+        }
+        for i in 0..<log.table.count { o[i] = log.table[i] }
+      }
+    }
+  }
+}
+
+@_cdecl("mw_law_episode_actions")
+public func _mw_law_episode_actions(_ h: mw_law, _ slot: Int32, _ out: UnsafeMutablePointer<Float>?, _ count: Int64) -> mw_status {
+  guarded {
+    let o = try require(out, "out")
+    try using(h, as: LAWSearch.self, "law") { s in
+      let log = try lawEpisode(s, slot)
+      guard count == Int64(log.actions.count) else {
+        throw ABIError.shape("out: expected \(log.actions.count) floats (stages x action_dim), got \(count)")
+      }
+      for i in 0..<log.actions.count { o[i] = log.actions[i] }
+    }
+  }
+}
+
+@_cdecl("mw_law_episode_weights")
+public func _mw_law_episode_weights(_ h: mw_law, _ slot: Int32, _ out: UnsafeMutablePointer<Float>?, _ count: Int64) -> mw_status {
+  guarded {
+    let o = try require(out, "out")
+    try using(h, as: LAWSearch.self, "law") { s in
+      let log = try lawEpisode(s, slot)
+      guard count == Int64(log.exampleWeights.count) else {
+        throw ABIError.shape("out: expected \(log.exampleWeights.count) floats (stages x training examples), got \(count)")
+      }
+      log.exampleWeights.withUnsafeBufferPointer { o.update(from: $0.baseAddress!, count: $0.count) }
+    }
+  }
+}
+
+@_cdecl("mw_law_save_strategy")
+public func _mw_law_save_strategy(_ h: mw_law, _ path: UnsafePointer<CChar>?) -> mw_status {
+  guarded {
+    let p = try lawPath(path)
+    try using(h, as: LAWSearch.self, "law") { s in try s.strategy().save(to: p) }
+  }
+}
+
+@_cdecl("mw_law_load_strategy")
+public func _mw_law_load_strategy(_ h: mw_law, _ path: UnsafePointer<CChar>?) -> mw_status {
+  guarded {
+    let p = try lawPath(path)
+    let strategy = try LAWStrategy.load(from: p)
+    try using(h, as: LAWSearch.self, "law") { s in try s.loadStrategy(strategy) }
+  }
+}
+
+@_cdecl("mw_law_strategy")
+public func _mw_law_strategy(_ h: mw_law, _ out: UnsafeMutablePointer<mw_strategy>?) -> mw_status {
+  guarded {
+    let o = try require(out, "out")
+    try using(h, as: LAWSearch.self, "law") { s in o.pointee = Registry.shared.add(s.strategy()) }
+  }
+}
+
+@_cdecl("mw_strategy_load")
+public func _mw_strategy_load(_ path: UnsafePointer<CChar>?, _ out: UnsafeMutablePointer<mw_strategy>?) -> mw_status {
+  guarded {
+    let p = try lawPath(path)
+    let o = try require(out, "out")
+    o.pointee = Registry.shared.add(try LAWStrategy.load(from: p))
+  }
+}
+
+@_cdecl("mw_strategy_save")
+public func _mw_strategy_save(_ h: mw_strategy, _ path: UnsafePointer<CChar>?) -> mw_status {
+  guarded {
+    let p = try lawPath(path)
+    try using(h, as: LAWStrategy.self, "strategy") { s in try s.save(to: p) }
+  }
+}
+
+@_cdecl("mw_strategy_free")
+public func _mw_strategy_free(_ h: mw_strategy) -> mw_status {
+  guarded { try free(h, as: LAWStrategy.self, "mw_strategy_free") }
+}
+
+@_cdecl("mw_strategy_info")
+public func _mw_strategy_info(
+  _ h: mw_strategy, _ stages: UnsafeMutablePointer<Int64>?, _ classes: UnsafeMutablePointer<Int64>?,
+  _ actions: UnsafeMutablePointer<Int64>?, _ warm: UnsafeMutablePointer<Int64>?, _ enc: UnsafeMutablePointer<Int32>?,
+  _ dens: UnsafeMutablePointer<Int32>?
+) -> mw_status {
+  guarded {
+    try using(h, as: LAWStrategy.self, "strategy") { s in
+      stages?.pointee = Int64(s.stages)
+      classes?.pointee = Int64(s.features.classes)
+      actions?.pointee = Int64(s.features.actionCount)
+      warm?.pointee = Int64(s.warmupStages)
+      enc?.pointee = s.features.labelEncoding.rawValue
+      dens?.pointee = s.features.density.rawValue
+    }
+  }
+}
+
+@_cdecl("mw_strategy_config")
+public func _mw_strategy_config(_ h: mw_strategy, _ buf: UnsafeMutablePointer<CChar>?, _ cap: Int64, _ len: UnsafeMutablePointer<Int64>?) -> mw_status {
+  guarded {
+    try using(h, as: LAWStrategy.self, "strategy") { s in writeString(s.configSpec, buf, cap, len) }
+  }
+}
+
+/// Validates a state given across the ABI.
+func lawState(_ s: LAWStrategy, _ stage: Int32, _ loss: Float, _ acc: Float) throws -> LAWStageState {
+  guard stage >= 0, Int(stage) < s.stages else {
+    throw ABIError.argument("stage: expected 0 <= stage < \(s.stages), got \(stage)")
+  }
+  guard loss.isFinite, acc.isFinite else {
+    throw ABIError.nonFinite("state: expected finite loss_smooth and acc_smooth, got \(loss), \(acc)")
+  }
+  return LAWStageState(stage: Int(stage), lossSmooth: loss, accSmooth: acc)
+}
+
+@_cdecl("mw_strategy_action")
+public func _mw_strategy_action(
+  _ h: mw_strategy, _ stage: Int32, _ loss: Float, _ acc: Float, _ out: UnsafeMutablePointer<Float>?, _ count: Int64
+) -> mw_status {
+  guarded {
+    let o = try require(out, "out")
+    try using(h, as: LAWStrategy.self, "strategy") { s in
+      let st = try lawState(s, stage, loss, acc)
+      guard count == Int64(s.features.actionCount) else {
+        throw ABIError.shape("out: expected \(s.features.actionCount) floats (action_dim), got \(count)")
+      }
+      let a = s.action(for: st)
+      for i in 0..<a.count { o[i] = a[i] }
+    }
+  }
+}
+
+@_cdecl("mw_strategy_weights")
+public func _mw_strategy_weights(
+  _ h: mw_strategy, _ stage: Int32, _ loss: Float, _ acc: Float, _ logits: UnsafePointer<Float>?, _ n: Int64,
+  _ classes: Int64, _ labels: UnsafePointer<Int64>?, _ out: UnsafeMutablePointer<Float>?
+) -> mw_status {
+  guarded {
+    let l = try require(logits, "logits")
+    let o = try require(out, "out")
+    try using(h, as: LAWStrategy.self, "strategy") { s in
+      let st = try lawState(s, stage, loss, acc)
+      guard classes == Int64(s.features.classes) else {
+        throw ABIError.shape("logits: expected \(s.features.classes) classes per row (the strategy's), got \(classes)")
+      }
+      guard n >= 1, n <= Int64(maxElements) / max(classes, 1) else {
+        throw ABIError.shape("logits: expected at least one row, got \(n)")
+      }
+      let count = Int(n)
+      try checkFinite(l, count * Int(classes), "logits")
+      let y = try checkLabels(labels, n, n: count, classes: Int(classes), "labels")
+      let y32 = (0..<count).map { Int32(y[$0]) }
+      y32.withUnsafeBufferPointer { s.weights(logits: l, labels: $0.baseAddress!, n: count, state: st, out: o) }
+    }
+  }
+}
+
+@_cdecl("mw_trainer_set_strategy")
+public func _mw_trainer_set_strategy(
+  _ h: mw_trainer, _ sh: mw_strategy, _ total: Int64, _ xv: UnsafePointer<Float>?, _ vshape: UnsafePointer<Int64>?,
+  _ vrank: Int32, _ yv: UnsafePointer<Int64>?, _ nyv: Int64
+) -> mw_status {
+  guarded {
+    try using(h, as: Trainer.self, "trainer") { tr in
+      if sh == 0 {
+        tr.stepWeighting = nil
+        return
+      }
+      guard total >= 1, total <= 1 << 48 else {
+        throw ABIError.argument("total_steps: expected 1 <= total_steps <= 2^48, got \(total)")
+      }
+      var valX: [Float]? = nil
+      var valY: [Int64] = []
+      if xv != nil || yv != nil {
+        let m = try batchSize(xv, vshape, vrank, tr.network, "x_val")
+        guard let p = xv else { return }
+        try checkFinite(p, m * tr.network.inputLayout.size, "x_val")
+        let labels = try checkLabels(yv, nyv, n: m, classes: tr.network.classes, "y_val")
+        valX = Array(UnsafeBufferPointer(start: p, count: m * tr.network.inputLayout.size))
+        valY = Array(UnsafeBufferPointer(start: labels, count: m))
+      }
+      try using(sh, as: LAWStrategy.self, "strategy") { s in
+        guard s.features.classes == tr.network.classes else {
+          throw ABIError.argument(
+            "strategy: it was learned for \(s.features.classes) classes but the trainer's network has \(tr.network.classes)")
+        }
+        tr.stepWeighting = LAWStrategyWeighting(strategy: s, totalSteps: total, valX: valX, valY: valY)
+      }
+    }
+  }
+}
+
+@_cdecl("mw_trainer_strategy_state")
+public func _mw_trainer_strategy_state(
+  _ h: mw_trainer, _ stage: UnsafeMutablePointer<Int32>?, _ loss: UnsafeMutablePointer<Double>?,
+  _ acc: UnsafeMutablePointer<Double>?, _ out: UnsafeMutablePointer<Float>?, _ count: Int64, _ nw: UnsafeMutablePointer<Int64>?
+) -> mw_status {
+  guarded {
+    try using(h, as: Trainer.self, "trainer") { tr in
+      guard let w = tr.stepWeighting as? LAWStrategyWeighting else {
+        throw ABIError(code: MW_E_STATE, message: "strategy state: the trainer has no LAW strategy (mw_trainer_set_strategy)")
+      }
+      stage?.pointee = Int32(w.state?.stage ?? -1)
+      loss?.pointee = Double(w.state?.lossSmooth ?? .nan)
+      acc?.pointee = Double(w.state?.accSmooth ?? .nan)
+      let last = w.lastWeights
+      nw?.pointee = Int64(last.count)
+      if let o = out {
+        guard count >= Int64(last.count) else {
+          throw ABIError.shape("weights_out: expected room for \(last.count) floats, got \(count)")
+        }
+        for i in 0..<last.count { o[i] = last[i] }
+      }
+    }
+  }
+}

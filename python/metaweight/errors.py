@@ -1,0 +1,50 @@
+"""The exceptions metaweight raises.
+
+Every error derives from :class:`MetaweightError`, and each class also derives from the built-in
+exception a Python user would expect, so ``except ValueError`` or ``except TypeError`` keep working::
+
+    MetaweightError                         base of everything below
+    ├── InvalidArgumentError (ValueError)   a value is out of range or malformed
+    │   ├── ShapeError                      wrong rank, per-example shape or length; empty array
+    │   └── LabelError                      a label is negative or >= the number of classes
+    ├── NonFiniteError (FloatingPointError) NaN/inf in an input, or the loss/gradient diverged
+    ├── DTypeError (TypeError)              an array has an unsupported dtype (bool, complex, ...)
+    ├── StateError (RuntimeError)           the call is not allowed in the object's current state
+    │   ├── ClosedError                     the network or trainer was closed
+    │   └── BusyError                       the object is in use by another thread
+    └── CheckpointError (OSError)           a checkpoint is missing, truncated, corrupt or mismatched
+
+Messages name the argument at fault, what was expected and what came, e.g.
+``ShapeError("x: expected per-example shape (64,), got (8, 8) ...")``.
+
+The classes are defined by the native extension (so errors raised deep inside the Swift core
+arrive as these same types) and re-exported here and from the top-level ``metaweight`` package.
+"""
+
+from __future__ import annotations
+
+from ._core import (
+    BusyError,
+    CheckpointError,
+    ClosedError,
+    DTypeError,
+    InvalidArgumentError,
+    LabelError,
+    MetaweightError,
+    NonFiniteError,
+    ShapeError,
+    StateError,
+)
+
+__all__ = [
+    "BusyError",
+    "CheckpointError",
+    "ClosedError",
+    "DTypeError",
+    "InvalidArgumentError",
+    "LabelError",
+    "MetaweightError",
+    "NonFiniteError",
+    "ShapeError",
+    "StateError",
+]
