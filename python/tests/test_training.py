@@ -403,12 +403,6 @@ def test_library_functions():
         mw.set_threads(0)
 
 
-@pytest.mark.xfail(
-    reason="core bug: a step that fails with NonFiniteError still commits the batch-norm running statistics "
-    "of its forward pass (running_var becomes inf/NaN), so the contract 'leaves the network unchanged' "
-    "holds for the parameters only",
-    strict=False,
-)
 def test_a_failed_step_leaves_batch_norm_statistics_unchanged(digits):
     x_train, y_train, _, _ = digits
     net = mw.mlp(64, hidden=(32,), num_classes=10, batch_norm=True)

@@ -87,6 +87,8 @@ public final class Trainer: @unchecked Sendable {
   /// Labels of the last batch as Int32.
   public private(set) var labels32: [Int32] = []
   let augmented = Scratch()
+  /// Copy of the batch-norm running statistics taken before each step, restored when it fails.
+  lazy var stateBackup = FloatBuffer(count: network.state.count)
   /// The weighting method's state (nil = plain ERM).
   public var weighting: WeightingState?
   /// Per-example weights for `step` calls without `sampleWeights` (a LAW strategy); nil = none.
@@ -189,10 +191,29 @@ public final class Trainer: @unchecked Sendable {
     return lr
   }
 
+  /// Runs a step body; if it throws, the batch-norm running statistics its forward pass updated
+  /// are restored, so a failed step leaves parameters, optimizer and statistics unchanged.
+  func withStateRollback<T>(_ body: () throws -> T) throws -> T {
+    stateBackup.copy(from: network.state)
+    do {
+      return try body()
+    } catch {
+      network.state.copy(from: stateBackup)
+      throw error
+    }
+  }
+
   /// One ERM step on (x, labels): mean cross-entropy, or Σ wᵢ lᵢ / n with `sampleWeights`.
-  /// - Throws: `MetaweightError.nonFinite` if the loss is NaN/Inf (parameters untouched).
+  /// - Throws: `MetaweightError.nonFinite` if the loss or a gradient is NaN/Inf (parameters,
+  ///   optimizer state and batch-norm statistics untouched).
   public func step(
     x: UnsafePointer<Float>, n: Int, labels: UnsafePointer<Int64>, sampleWeights: UnsafePointer<Float>? = nil
+  ) throws -> StepResult {
+    try withStateRollback { try stepBody(x: x, n: n, labels: labels, sampleWeights: sampleWeights) }
+  }
+
+  private func stepBody(
+    x: UnsafePointer<Float>, n: Int, labels: UnsafePointer<Int64>, sampleWeights: UnsafePointer<Float>?
   ) throws -> StepResult {
     let (loss, acc) = forwardTrainBatch(x: x, n: n, labels: labels)
     guard loss.isFinite else {

@@ -222,6 +222,15 @@ extension Trainer {
     _ ws: WeightingState, x: UnsafePointer<Float>, n: Int, labels: UnsafePointer<Int64>,
     xMeta: UnsafePointer<Float>?, m: Int, labelsMeta: UnsafePointer<Int64>?
   ) throws -> MethodStepResult {
+    try withStateRollback {
+      try weightedStepBody(ws, x: x, n: n, labels: labels, xMeta: xMeta, m: m, labelsMeta: labelsMeta)
+    }
+  }
+
+  private func weightedStepBody(
+    _ ws: WeightingState, x: UnsafePointer<Float>, n: Int, labels: UnsafePointer<Int64>,
+    xMeta: UnsafePointer<Float>?, m: Int, labelsMeta: UnsafePointer<Int64>?
+  ) throws -> MethodStepResult {
     let c = network.classes
     let method = ws.config.method
     if method.needsMeta {
