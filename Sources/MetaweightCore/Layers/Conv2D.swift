@@ -91,11 +91,17 @@ public final class Conv2D: LeafLayer, Layer {
   /// Target size of one chunk's column matrix, in floats (2 MiB: a few examples, in L2/L3 cache).
   static let columnBudget = 524_288
 
+  /// Fewest chunks a batch is cut into (when it has that many examples), so that the threads
+  /// share the chunks evenly; fixed, not derived from the thread count, so results are not either.
+  static let minimumChunks = 8
+
   /// Examples per chunk when one example needs `perExample` column floats: within the column
-  /// budget and, when OpenBLAS has small-matrix kernels and one example's forward product
-  /// (Cout·Cin·k²·OH·OW multiply-adds) fits them, few enough that a chunk's products do too.
+  /// budget, at most n / `minimumChunks` (rounded up), and, when OpenBLAS has small-matrix
+  /// kernels and one example's forward product (Cout·Cin·k²·OH·OW multiply-adds) fits them, few
+  /// enough that a chunk's products do too.
   private func chunkExamples(_ n: Int, perExample: Int) -> Int {
-    var nc = Conv2D.columnBudget / max(perExample, 1)
+    let fewest = Conv2D.minimumChunks
+    var nc = min(Conv2D.columnBudget / max(perExample, 1), (n + fewest - 1) / fewest)
     let product = outChannels * kdim * outHeight * outWidth
     if let limit = BLAS.smallKernelLimit, product > 0, product <= limit { nc = min(nc, limit / product) }
     return max(1, min(n, nc))
@@ -262,7 +268,7 @@ public final class Conv2D: LeafLayer, Layer {
       weights = UnsafePointer(stacked)
     }
     let (cin, h, w, k, s, p, oh, ow) = (inChannels, height, width, kernel, stride, padding, outHeight, outWidth)
-    Parallel.forEach(chunks) { slot, c in
+    Parallel.forEach(chunks, slots: slots) { slot, c in
       let n0 = c * nc, cnt = min(nc, n - n0)
       let len = cnt * ohw
       let col = buf + slot * colSize
@@ -342,7 +348,7 @@ public final class Conv2D: LeafLayer, Layer {
       }
     }
     let flippedW = UnsafePointer(flipped)
-    Parallel.forEach(chunks) { slot, c in
+    Parallel.forEach(chunks, slots: slots) { slot, c in
       let n0 = c * nc, cnt = min(nc, n - n0)
       let len = cnt * ohw
       let col = buf + slot * colSize

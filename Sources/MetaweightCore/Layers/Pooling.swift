@@ -482,7 +482,8 @@ public final class ShortcutA: LeafLayer, Layer {
           if s == 2 {
             // Even lanes of 16 floats of the source row (2·(j + 8) ≤ w keeps them in the row).
             while 2 * (j + 8) <= w {
-              UnsafeMutableRawPointer(drow + j).storeBytes(of: Kernels.load(srow + 2 * j).evenHalf, as: SIMD8<Float>.self)
+              let even = Kernels.load(srow + 2 * j).evenHalf
+              UnsafeMutableRawPointer(drow + j).storeBytes(of: even, as: SIMD8<Float>.self)
               j += 8
             }
           }

@@ -52,11 +52,15 @@ public enum Parallel {
   }
 
   /// Runs `body(slot, i)` for every `i` in `0..<count`, handing the items to threads one at a
-  /// time. `slot` (in `0..<slots(for: count)`) identifies the thread running the item, for
-  /// per-thread scratch; which slot runs which item varies, so results must not depend on it.
-  public static func forEach(_ count: Int, _ body: (_ slot: Int, _ index: Int) -> Void) {
+  /// time. `slot` identifies the thread running the item, for per-thread scratch: it is below
+  /// `slots` when given (the scratch the caller sized, e.g. with `slots(for:)`, so a concurrent
+  /// change of `threads` cannot overrun it) and below `slots(for: count)` otherwise. Which slot
+  /// runs which item varies, so results must not depend on it.
+  public static func forEach(
+    _ count: Int, slots: Int? = nil, _ body: (_ slot: Int, _ index: Int) -> Void
+  ) {
     if count <= 0 { return }
-    let t = threads
+    let t = min(threads, max(slots ?? Int.max, 1))
     if t <= 1 || count == 1 {
       for i in 0..<count { body(0, i) }
       return
@@ -174,8 +178,7 @@ final class ThreadPool: @unchecked Sendable {
       &tid, nil,
       { raw in
         let c = Unmanaged<Context>.fromOpaque(raw!).takeRetainedValue()
-        c.pool.workerLoop(slot: c.slot, seen: c.seen)
-        return nil
+        c.pool.workerLoop(slot: c.slot, seen: c.seen)  // never returns
       }, ctx)
     precondition(rc == 0, "metaweight: could not start a worker thread (pthread_create returned \(rc))")
     pthread_detach(tid)
