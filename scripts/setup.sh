@@ -3,6 +3,7 @@
 # builds and installs the package (`pip install .`). Idempotent: re-running skips what is there.
 set -euo pipefail
 cd "$(dirname "$0")/.."
+export PIP_ROOT_USER_ACTION=ignore PIP_DISABLE_PIP_VERSION_CHECK=1
 
 if ! dpkg -s libopenblas-dev >/dev/null 2>&1; then
   echo "== installing libopenblas-dev (apt)"
@@ -15,10 +16,9 @@ if ! command -v swift >/dev/null 2>&1 && [ -x /opt/swift/usr/bin/swift ]; then
 fi
 
 echo "== installing Python dependencies (pip)"
-python3 -m pip install -q --disable-pip-version-check numpy scikit-learn tqdm matplotlib pytest hypothesis \
-  nbformat nbclient ipykernel 2>&1 | grep -v "Running pip as the 'root' user" || true
+python3 -m pip install -q setuptools wheel numpy scikit-learn tqdm matplotlib pytest hypothesis \
+  nbformat nbclient ipykernel
 
 echo "== building and installing metaweight (pip install .)"
-python3 -m pip install -q --disable-pip-version-check --no-build-isolation . 2>&1 \
-  | grep -v "Running pip as the 'root' user" || true
-python3 -c "import metaweight, sys; print('metaweight', metaweight.__version__, 'BLAS core', metaweight.blas_core())"
+python3 -m pip install -q --no-build-isolation .
+(cd / && python3 -c "import metaweight, sys; print('metaweight', metaweight.__version__, 'from', metaweight.__file__, '| OpenBLAS core', metaweight.blas_core())")

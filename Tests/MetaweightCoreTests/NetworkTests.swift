@@ -11,13 +11,20 @@ final class NetworkTests: XCTestCase {
     try NetworkHarness(Models.mlp(widths: [6, 10, 8, 4], batchNorm: batchNorm), batch: 5)
   }
 
+  // With thousands of ReLUs some unit always sits within ~1e-5 of its kink, so the kink-free
+  // differences need steps down to ~4e-6, where float32 rounding adds ~3e-3 relative error. The
+  // seeds pick data whose nearest kink still admits such a step (seed 5 puts a LeNet unit 7e-6
+  // from its kink with slope 48 along the test direction: no float32 step is both kink-free and
+  // accurate there).
+
   private func lenet() throws -> NetworkHarness {
-    try NetworkHarness(Models.lenet5(input: .image(c: 1, h: 28, w: 28), classes: 10), batch: 2)
+    try NetworkHarness(Models.lenet5(input: .image(c: 1, h: 28, w: 28), classes: 10), batch: 2, seed: 4)
   }
 
-  private func smallResNet() throws -> NetworkHarness {
+  private func smallResNet(mode: Mode = .virtualTrain) throws -> NetworkHarness {
     try NetworkHarness(
-      Models.cifarResNet(input: .image(c: 3, h: 8, w: 8), classes: 5, blocksPerStage: 1), batch: 4)
+      Models.cifarResNet(input: .image(c: 3, h: 8, w: 8), classes: 5, blocksPerStage: 1), batch: 4, mode: mode,
+      seed: 8)
   }
 
   // MARK: - Checks
@@ -93,7 +100,7 @@ final class NetworkTests: XCTestCase {
   }
 
   func testMLPGradientMatchesFiniteDifferencesOfMeanCrossEntropy() throws {
-    checkGradient(try mlp(batchNorm: false), step: 1e-3, coordinateStep: 1e-2, coordinates: 24)
+    checkGradient(try mlp(batchNorm: false), step: 1e-3, coordinateStep: 1e-3, coordinates: 24)
   }
 
   func testMLPJVPIsAdjointToBackward() throws {
@@ -105,7 +112,7 @@ final class NetworkTests: XCTestCase {
   }
 
   func testMLPWithBatchNormGradientMatchesFiniteDifferencesOfMeanCrossEntropy() throws {
-    checkGradient(try mlp(batchNorm: true), step: 1e-3, coordinateStep: 1e-2, coordinates: 24)
+    checkGradient(try mlp(batchNorm: true), step: 1e-3, coordinateStep: 1e-3, coordinates: 24)
   }
 
   func testMLPWithBatchNormJVPIsAdjointToBackward() throws {
@@ -119,7 +126,7 @@ final class NetworkTests: XCTestCase {
   }
 
   func testLeNet5GradientMatchesFiniteDifferencesOfMeanCrossEntropy() throws {
-    checkGradient(try lenet(), step: 1e-3, coordinateStep: 1e-2, coordinates: 16)
+    checkGradient(try lenet(), step: 1e-3, coordinateStep: 1e-3, coordinates: 16)
   }
 
   func testLeNet5JVPIsAdjointToBackward() throws {
@@ -133,7 +140,7 @@ final class NetworkTests: XCTestCase {
   }
 
   func testSmallResNetGradientMatchesFiniteDifferencesOfMeanCrossEntropy() throws {
-    checkGradient(try smallResNet(), step: 1e-3, coordinateStep: 1e-2, coordinates: 16)
+    checkGradient(try smallResNet(), step: 1e-3, coordinateStep: 1e-3, coordinates: 16)
   }
 
   func testSmallResNetJVPIsAdjointToBackward() throws {
@@ -141,9 +148,7 @@ final class NetworkTests: XCTestCase {
   }
 
   func testSmallResNetInTrainModeJVPIsAdjointToBackward() throws {
-    let t = try NetworkHarness(
-      Models.cifarResNet(input: .image(c: 3, h: 8, w: 8), classes: 5, blocksPerStage: 1), batch: 4, mode: .train)
-    checkAdjoint(t)
+    checkAdjoint(try smallResNet(mode: .train))
   }
 
   // MARK: - Modes and state

@@ -533,18 +533,28 @@ final class NetworkHarness {
     return out.array
   }
 
-  /// (f(logits at θ + s·v) − f(logits at θ − s·v)) / 2s for the first step s from `h` down whose
-  /// two ends keep the kink pattern of θ; nil when every step crosses a kink.
+  /// The derivative of f(logits at θ + t·v) at t = 0 by finite differences that cross no kink:
+  /// for each step s from `h` down, the central difference when both θ ± s·v keep θ's kink
+  /// pattern, otherwise the second-order one-sided difference (−3f(0) + 4f(±s) − f(±2s)) / ±2s on
+  /// a side whose two points keep it (a unit right next to its kink blocks only one side).
+  /// nil when every step crosses a kink on both sides.
   private func kinkFreeDifference(_ v: [Float], step h: Float, _ f: ([Float]) -> [Double]) -> [Double]? {
     let p = params
-    _ = logits()
+    let f0 = f(logits())
     let base = pattern()
+    func at(_ t: Float) -> [Double]? {
+      let value = f(logits(Vec.axpy(p, t, v)))
+      return pattern() == base ? value : nil
+    }
     for s in FiniteDifference.steps(from: h) {
-      let plus = f(logits(Vec.axpy(p, s, v)))
-      guard pattern() == base else { continue }
-      let minus = f(logits(Vec.axpy(p, -s, v)))
-      guard pattern() == base else { continue }
-      return (0..<plus.count).map { (plus[$0] - minus[$0]) / (2 * Double(s)) }
+      let plus = at(s), minus = at(-s)
+      if let fp = plus, let fm = minus {
+        return (0..<fp.count).map { (fp[$0] - fm[$0]) / (2 * Double(s)) }
+      }
+      for (sign, near) in [(Float(1), plus), (-1, minus)] {
+        guard let f1 = near, let f2 = at(2 * sign * s) else { continue }
+        return (0..<f1.count).map { (-3 * f0[$0] + 4 * f1[$0] - f2[$0]) / (2 * Double(sign * s)) }
+      }
     }
     return nil
   }

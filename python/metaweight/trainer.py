@@ -46,8 +46,8 @@ from . import _core
 from ._methods import ClassBalancedSampling, FineTune, Method, resolve_method
 from ._validate import as_bool, as_features, as_int, as_labels, as_weights
 from .errors import (
-    DTypeError,
     ClosedError,
+    DTypeError,
     InvalidArgumentError,
     NonFiniteError,
     StateError,
