@@ -63,15 +63,17 @@ static int get_buffer(PyObject *obj, Py_buffer *view, char fmt, int writable, co
   return 0;
 }
 
-static int shape_of(Py_buffer *v, int64_t *shape, int32_t *rank) {
+static int shape_of_named(Py_buffer *v, int64_t *shape, int32_t *rank, const char *name) {
   if (v->ndim < 1 || v->ndim > 8) {
-    PyErr_Format(ShapeError, "x: expected a 2-d (N, D) or 4-d (N, C, H, W) array, got %d-d", v->ndim);
+    PyErr_Format(ShapeError, "%s: expected a 2-d (N, D) or 4-d (N, C, H, W) array, got %d-d", name, v->ndim);
     return -1;
   }
   for (int i = 0; i < v->ndim; i++) shape[i] = (int64_t)v->shape[i];
   *rank = v->ndim;
   return 0;
 }
+
+static int shape_of(Py_buffer *v, int64_t *shape, int32_t *rank) { return shape_of_named(v, shape, rank, "x"); }
 
 static int handle_arg(PyObject *o, uint64_t *h) {
   unsigned long long v = PyLong_AsUnsignedLongLong(o);
@@ -405,7 +407,7 @@ static PyObject *py_trainer_step_method(PyObject *self, PyObject *args) {
   if (has_w) { if (get_buffer(wo, &w, 'f', 1, "weights_out")) goto done; got_w = 1; }
   if (has_cw) { if (get_buffer(cwo, &cw, 'f', 1, "class_weights_out")) goto done; got_cw = 1; }
   if (shape_of(&x, shape, &rank)) goto done;
-  if (has_m && shape_of(&xm, mshape, &mrank)) goto done;
+  if (has_m && shape_of_named(&xm, mshape, &mrank, "x_meta")) goto done;
   Py_BEGIN_ALLOW_THREADS s = mw_trainer_step_method(
       h, (const float *)x.buf, shape, rank, (const int64_t *)y.buf, (int64_t)(y.len / 8),
       has_m ? (const float *)xm.buf : NULL, has_m ? mshape : NULL, mrank,

@@ -13,10 +13,9 @@ from __future__ import annotations
 import os
 from pathlib import Path
 
+import metaweight as mw
 import numpy as np
 import pytest
-
-import metaweight as mw
 from metaweight import conditions, data
 
 
@@ -52,7 +51,7 @@ def _train(method, x, y, meta, epochs, seed=0, record=True, val=None):
     ids=["l2rw", "mwnet", "gdw"],
 )
 def test_flipped_labels_get_lower_mean_weight_than_clean_ones(noisy_digits, method):
-    ds, x, noisy, x_meta, y_meta = noisy_digits
+    _ds, x, noisy, x_meta, y_meta = noisy_digits
     assert noisy.corrupted.mean() == pytest.approx(0.4, abs=0.05)
     trainer, history = _train(method, x, noisy.labels, (x_meta, y_meta), epochs=40)
     w = history[-1].example_weights
