@@ -85,6 +85,22 @@ final class JVPTests: XCTestCase {
     try LayerCases.conv1x1Stride2().checkAdjoint()
   }
 
+  func testConv2DChunkedBatchJVPMatchesFiniteDifferences() throws {
+    try LayerCases.conv3x3Pad1Chunked().checkTangent(step: h, tolerance: tol)
+  }
+
+  func testConv2DChunkedBatchTangentIsAdjointToBackward() throws {
+    try LayerCases.conv3x3Pad1Chunked().checkAdjoint()
+  }
+
+  func testConv2DStridedChunkedBatchWithBiasJVPMatchesFiniteDifferences() throws {
+    try LayerCases.conv5x5Stride2Chunked().checkTangent(step: h, tolerance: tol)
+  }
+
+  func testConv2DStridedChunkedBatchWithBiasTangentIsAdjointToBackward() throws {
+    try LayerCases.conv5x5Stride2Chunked().checkAdjoint()
+  }
+
   func testBatchNormTrainingImageJVPMatchesFiniteDifferences() {
     LayerCases.batchNormImage(.train).checkTangent(step: h, tolerance: tol)
   }

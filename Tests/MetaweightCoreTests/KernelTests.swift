@@ -91,6 +91,23 @@ final class KernelTests: XCTestCase {
     }
   }
 
+  func testGemmMatchesReferenceWhenLargeProductsAreSplitAcrossThreads() {
+    // Products of 2²⁰ multiply-adds or more are cut into column (n ≥ m) or row blocks.
+    var seed: UInt64 = 300
+    for (m, n, k) in [(37, 517, 67), (517, 37, 67)] {
+      for transA in [false, true] {
+        for transB in [false, true] {
+          seed += 1
+          checkGemm(
+            transA: transA, transB: transB, m: m, n: n, k: k, alpha: 0.5, beta: 0.25, padA: 2, padB: 3, padC: 5,
+            seed: seed)
+        }
+      }
+    }
+    checkGemm(
+      transA: false, transB: false, m: 64, n: 300, k: 64, alpha: 1, beta: 0, padA: 0, padB: 0, padC: 0, seed: 400)
+  }
+
   func testGemmWithEmptyInnerDimensionScalesC() {
     for beta: Float in [0, 0.5] {
       for padC in [0, 3] {
@@ -179,42 +196,54 @@ final class KernelTests: XCTestCase {
     try checkConv(n: 2, cin: 3, h: 4, w: 4, cout: 2, k: 3, s: 1, p: 2, bias: true, seed: 9)
   }
 
-  /// Chunks hold ⌊8 388 608 / (Cin·k²·OH·OW)⌋ examples: with 64 channels, 3×3 on 32×32 that is
-  /// 14, so a batch of 15 has a full chunk and a one-example remainder.
-  private func chunkedConv() throws -> (Conv2D, n: Int, x: [Float], w: [Float]) {
-    let conv = try Conv2D(input: .image(c: 64, h: 32, w: 32), outChannels: 2, kernel: 3, padding: 1)
-    let perExample = 64 * 9 * 32 * 32
-    let chunk = 8_388_608 / perExample
-    let n = chunk + 1
-    XCTAssertEqual(chunk, 14)
+  /// Convolutions cut a batch into chunks of examples (at least eight chunks once the batch has
+  /// eight examples, and fewer examples per chunk when one example's column matrix is large) that
+  /// run on separate threads. Batch 19 on this layer gives chunks of at most three examples with
+  /// a one-example remainder; the second layer's column matrix for one example (800 × 1024
+  /// floats) exceeds the chunk budget on its own.
+  private func chunkedConvs() throws -> [(Conv2D, n: Int, x: [Float], w: [Float])] {
     var rng = RNG(seed: 31)
-    return (conv, n, rng.gaussianArray(n * 64 * 32 * 32), rng.gaussianArray(2 * 64 * 9, scale: 0.1))
+    let a = try Conv2D(input: .image(c: 4, h: 9, w: 9), outChannels: 3, kernel: 3, padding: 1)
+    let b = try Conv2D(input: .image(c: 32, h: 32, w: 32), outChannels: 2, kernel: 5, padding: 2)
+    return [
+      (a, 19, rng.gaussianArray(19 * 4 * 81), rng.gaussianArray(3 * 4 * 9, scale: 0.3)),
+      (b, 2, rng.gaussianArray(2 * 32 * 1024), rng.gaussianArray(2 * 32 * 25, scale: 0.1)),
+    ]
   }
 
   func testConv2DForwardMatchesDirectConvolutionAcrossChunkBoundaries() throws {
-    let (conv, n, x, w) = try chunkedConv()
-    let expected = naiveConv(x, n: n, cin: 64, h: 32, w: 32, weight: w, bias: nil, cout: 2, k: 3, stride: 1, padding: 1)
-    Check.elementsClose(layerConv(conv, x: x, params: w, n: n), expected, rtol: 1e-4, atol: 1e-4, "chunked conv forward")
+    for (conv, n, x, w) in try chunkedConvs() {
+      let expected = naiveConv(
+        x, n: n, cin: conv.inChannels, h: conv.height, w: conv.width, weight: w, bias: nil, cout: conv.outChannels,
+        k: conv.kernel, stride: conv.stride, padding: conv.padding)
+      Check.elementsClose(
+        layerConv(conv, x: x, params: w, n: n), expected, rtol: 1e-4, atol: 1e-4, "chunked conv forward, batch \(n)")
+    }
   }
 
   func testConv2DBackwardAndTangentAcrossChunkBoundariesAreConsistentWithForward() throws {
     // Without bias y is bilinear in (W, x): ⟨dy, y⟩ = ⟨dL/dW, W⟩ = ⟨dL/dx, x⟩ for L = ⟨dy, y⟩,
-    // and the tangent along (0, x) or (W, 0) reproduces y. This checks the chunked paths cheaply.
-    let (conv, n, xNCHW, w) = try chunkedConv()
-    let t = LayerHarness(conv, batch: n)
-    t.params = w
-    t.x = Vec.toChannelMajor(xNCHW, n: n, c: 64, hw: 1024)
-    let pass = t.forward()
-    let y = pass.output
-    var rng = RNG(seed: 32)
-    let dy = rng.gaussianArray(y.count)
-    let (gw, gx) = t.backward(pass, dy: dy)
-    let target = Vec.dot(dy, y)
-    let scale = Vec.norm(dy) * Vec.norm(y)
-    XCTAssertEqual(Vec.dot(gw, w), target, accuracy: 1e-4 * scale, "⟨dL/dW, W⟩")
-    XCTAssertEqual(Vec.dot(gx, t.x), target, accuracy: 1e-4 * scale, "⟨dL/dx, x⟩")
-    Check.elementsClose(t.tangent(pass, params: nil, input: t.x), y, rtol: 1e-4, atol: 1e-4, "tangent along x")
-    Check.elementsClose(t.tangent(pass, params: w, input: nil), y, rtol: 1e-4, atol: 1e-4, "tangent along W")
+    // and the tangent along (0, x), (W, 0) or (W, x) reproduces y, 2y. This checks the chunked
+    // paths (per-chunk weight-gradient partial sums, per-chunk col2im) on large layers cheaply;
+    // the finite-difference tests cover chunked batches of small layers.
+    for (conv, n, xNCHW, w) in try chunkedConvs() {
+      let t = LayerHarness(conv, batch: n)
+      t.params = w
+      t.x = Vec.toChannelMajor(xNCHW, n: n, c: conv.inChannels, hw: conv.height * conv.width)
+      let pass = t.forward()
+      let y = pass.output
+      var rng = RNG(seed: 32)
+      let dy = rng.gaussianArray(y.count)
+      let (gw, gx) = t.backward(pass, dy: dy)
+      let target = Vec.dot(dy, y)
+      let scale = Vec.norm(dy) * Vec.norm(y)
+      XCTAssertEqual(Vec.dot(gw, w), target, accuracy: 1e-4 * scale, "⟨dL/dW, W⟩, batch \(n)")
+      XCTAssertEqual(Vec.dot(gx, t.x), target, accuracy: 1e-4 * scale, "⟨dL/dx, x⟩, batch \(n)")
+      Check.elementsClose(t.tangent(pass, params: nil, input: t.x), y, rtol: 1e-4, atol: 1e-4, "tangent along x")
+      Check.elementsClose(t.tangent(pass, params: w, input: nil), y, rtol: 1e-4, atol: 1e-4, "tangent along W")
+      Check.elementsClose(
+        t.tangent(pass, params: w, input: t.x), y.map { 2 * $0 }, rtol: 1e-4, atol: 2e-4, "tangent along (W, x)")
+    }
   }
 
   // MARK: - Pooling

@@ -43,6 +43,16 @@ enum LayerCases {
     try conv(.image(c: 3, h: 5, w: 5), out: 4, kernel: 1, stride: 2, padding: 0, bias: false)
   }
 
+  /// Batches of nine or more examples are cut into several convolution chunks (here 2 + 2 + … ).
+  static func conv3x3Pad1Chunked() throws -> LayerHarness {
+    try conv(.image(c: 2, h: 4, w: 4), out: 3, kernel: 3, stride: 1, padding: 1, bias: false, batch: 10)
+  }
+
+  /// Chunks of two examples with a one-example remainder, strided, with bias.
+  static func conv5x5Stride2Chunked() throws -> LayerHarness {
+    try conv(.image(c: 2, h: 7, w: 7), out: 2, kernel: 5, stride: 2, padding: 2, bias: true, batch: 11)
+  }
+
   static func batchNormImage(_ mode: Mode) -> LayerHarness {
     LayerHarness(BatchNorm(.image(c: 3, h: 3, w: 3)), batch: 4, mode: mode)
   }

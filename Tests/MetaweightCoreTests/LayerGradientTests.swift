@@ -47,6 +47,14 @@ final class LayerGradientTests: XCTestCase {
     try LayerCases.conv1x1Stride2().checkGradients(step: h, tolerance: tol)
   }
 
+  func testConv2DChunkedBatchGradientsMatchFiniteDifferences() throws {
+    try LayerCases.conv3x3Pad1Chunked().checkGradients(step: h, tolerance: tol)
+  }
+
+  func testConv2DStridedChunkedBatchWithBiasGradientsMatchFiniteDifferences() throws {
+    try LayerCases.conv5x5Stride2Chunked().checkGradients(step: h, tolerance: tol)
+  }
+
   func testBatchNormTrainingImageGradientsMatchFiniteDifferences() {
     LayerCases.batchNormImage(.train).checkGradients(step: h, tolerance: tol)
   }

@@ -462,9 +462,12 @@ final class NetworkHarness {
   let input: [Float]
   let labels: [Int32]
   let tape: NetworkTape
+  /// Seed of the initialisation, data and labels.
+  let seed: UInt64
 
   init(_ root: Sequential, batch: Int, mode: Mode = .virtualTrain, seed: UInt64 = 5) throws {
     net = try Network(root, seed: seed)
+    self.seed = seed
     self.batch = batch
     self.mode = mode
     var rng = RNG(seed: seed &+ 1)
@@ -494,7 +497,8 @@ final class NetworkHarness {
     KinkPattern.collect(net.root, input: tape.inputPointer, tape: tape.root, batch: batch)
   }
 
-  /// Mean cross-entropy of `logits` with the dlogits of the mean.
+  /// Mean cross-entropy of `logits` (evaluated in double precision from the float logits, so
+  /// differences of it carry only the logits' rounding) with the library's dlogits of the mean.
   func crossEntropy(_ z: [Float]) -> (loss: Double, dlogits: [Float]) {
     let c = net.classes
     var losses = [Float](repeating: 0, count: batch)
@@ -503,7 +507,13 @@ final class NetworkHarness {
     let coef = [Float](repeating: 1 / Float(batch), count: batch)
     CrossEntropy.forward(logits: z, labels: labels, n: batch, c: c, losses: &losses, probs: &probs)
     CrossEntropy.backward(probs: probs, labels: labels, n: batch, c: c, coefficients: coef, dlogits: &dl)
-    return (losses.reduce(0) { $0 + Double($1) } / Double(batch), dl)
+    var total: Double = 0
+    for i in 0..<batch {
+      let row = (0..<c).map { Double(z[i * c + $0]) }
+      let mx = row.max() ?? 0
+      total += mx + log(row.reduce(0) { $0 + exp($1 - mx) }) - row[Int(labels[i])]
+    }
+    return (total / Double(batch), dl)
   }
 
   /// Mean cross-entropy at θ (or `p`), with the dlogits of the mean.
