@@ -60,7 +60,7 @@ def main(argv: Sequence[str] | None = None) -> int:
                 from pathlib import Path
 
                 folder = Path(args.results or exp.results or "results") / exp.folder_name
-                rows, md = write_summary(exp, folder)
+                _rows, md = write_summary(exp, folder)
                 print(md)
                 continue
             report = run_experiment(

@@ -376,19 +376,19 @@ def _read(path: Path) -> dict[str, Any]:
 
 def _apply_scale(run: dict[str, Any], scale: float) -> None:
     epochs = int(run["epochs"])
-    new_epochs = max(1, int(round(epochs * scale)))
+    new_epochs = max(1, round(epochs * scale))
     run["epochs"] = new_epochs
     sched = run.get("schedule") or {}
     if isinstance(sched, dict) and sched.get("milestones"):
-        ms = sorted({max(1, int(round(float(m) * scale))) for m in sched["milestones"]})
+        ms = sorted({max(1, round(float(m) * scale)) for m in sched["milestones"]})
         sched["milestones"] = [m for m in ms if m < new_epochs] or []
     method = run.get("method") or {}
     if method.get("name") == "law":
         par = int(method.get("parallel", 2))
         if "episodes" in method:
-            method["episodes"] = max(par, int(round(int(method["episodes"]) * scale)))
+            method["episodes"] = max(par, round(int(method["episodes"]) * scale))
         if "search_epochs" in method:
-            method["search_epochs"] = max(1, int(round(int(method["search_epochs"]) * scale)))
+            method["search_epochs"] = max(1, round(int(method["search_epochs"]) * scale))
 
 
 def _apply_size(runs: list[dict[str, Any]], size_table: Mapping[str, Any]) -> list[dict[str, Any]]:

@@ -133,7 +133,7 @@ def summary_markdown(
     what = "test accuracy" if metric == "test_accuracy" else "test error"
     unit = " (%)" if percent else ""
     ns = sorted({r.n for r in rows})
-    nseeds = f"{ns[0]} seeds" if len(ns) == 1 else "seeds (n per cell)"
+    nseeds = (f"{ns[0]} seed" + ("s" if ns[0] != 1 else "")) if len(ns) == 1 else "seeds (n per cell)"
     title = opts.get("title") or f"{name}: {what}{unit} after the last epoch, mean ± std over {nseeds}"
     lines = [f"### {title}", ""]
     if not rows:
