@@ -16,9 +16,8 @@ import argparse
 import os
 from pathlib import Path
 
-import numpy as np
-
 import metaweight as mw
+import numpy as np
 from metaweight import conditions, data
 
 
@@ -54,12 +53,12 @@ def main() -> None:
         errs: dict[str, list[float]] = {"erm": [], "l2rw": []}
         for seed in range(args.seeds):
             x, y, xm, ym, xt, yt = task(args.mnist, seed, ratio)
-            for name in errs:
+            for name, errors in errs.items():
                 model = mw.mlp(784, hidden=(100,), num_classes=2, seed=seed)
                 tr = mw.Trainer(model, mw.SGD(lr=0.05, momentum=0.9, weight_decay=1e-4), method=name, seed=seed)
                 tr.fit(x, y, epochs=args.epochs, batch_size=100, meta=(xm, ym) if name == "l2rw" else None,
                        meta_batch_size=20, progress=False)
-                errs[name].append(1 - tr.evaluate(xt, yt)["accuracy"])
+                errors.append(1 - tr.evaluate(xt, yt)["accuracy"])
         e, l_ = np.array(errs["erm"]), np.array(errs["l2rw"])
         print(f"| {ratio:g} | {e.mean():.2%} ± {e.std():.2%} | {l_.mean():.2%} ± {l_.std():.2%} |", flush=True)
 

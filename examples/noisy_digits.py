@@ -14,9 +14,8 @@ from __future__ import annotations
 import argparse
 import time
 
-import numpy as np
-
 import metaweight as mw
+import numpy as np
 from metaweight import conditions, data
 
 

@@ -97,12 +97,12 @@ def test_l2rw_test_error_is_clearly_below_erm_on_mnist_4v9_at_100_to_1():
     for seed in range(3):
         x, y, xm, ym, xt, yt = _mnist_4v9(seed, 100)
         assert (y == 0).sum() * 50 < (y == 1).sum()  # strongly imbalanced
-        for name in errs:
+        for name, errors in errs.items():
             model = mw.mlp(784, hidden=(100,), num_classes=2, seed=seed)
             tr = mw.Trainer(model, mw.SGD(lr=0.05, momentum=0.9, weight_decay=1e-4), method=name, seed=seed)
             tr.fit(x, y, epochs=15, batch_size=100, meta=(xm, ym) if name == "l2rw" else None,
                    meta_batch_size=20, progress=False)
-            errs[name].append(1 - tr.evaluate(xt, yt)["accuracy"])
+            errors.append(1 - tr.evaluate(xt, yt)["accuracy"])
     erm, l2rw = np.mean(errs["erm"]), np.mean(errs["l2rw"])
     assert l2rw < 0.6 * erm and l2rw < erm - 0.05, errs
 
