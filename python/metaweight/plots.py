@@ -52,7 +52,9 @@ def _matplotlib() -> Any:
     try:
         import matplotlib
     except ImportError as e:  # pragma: no cover - depends on the environment
-        raise ImportError("metaweight.plots needs matplotlib: pip install matplotlib (or metaweight[plots])") from e
+        raise ImportError(
+            "metaweight.plots needs matplotlib: pip install matplotlib (or metaweight[plots])"
+        ) from e
     if (
         "matplotlib.pyplot" not in sys.modules
         and not os.environ.get("MPLBACKEND")
@@ -99,6 +101,12 @@ _COLORS = {
     "class_balanced": "#e377c2",
     "fine-tune": "#17becf",
     "fine_tune": "#17becf",
+    "inverse": "#bcbd22",
+    "cb sampling": "#e377c2",
+    "class_balanced_sampling": "#e377c2",
+    "hard": "#393b79",
+    "random": "#9edae5",
+    "self": "#c49c94",
     "unweighted": "#4d4d4d",
 }
 _FALLBACK = ["#bcbd22", "#7f7f7f", "#aec7e8", "#ffbb78", "#98df8a", "#ff9896", "#c5b0d5"]
@@ -152,7 +160,9 @@ def _columns(run: Any) -> dict[str, np.ndarray]:
             p = p / "history.csv"
         return _read_csv_columns(p)
     if isinstance(run, Mapping):
-        cols = {k: np.array([np.nan if v is None else v for v in vals], dtype=float) for k, vals in run.items()}
+        cols = {
+            k: np.array([np.nan if v is None else v for v in vals], dtype=float) for k, vals in run.items()
+        }
         if "val_accuracy" in cols:
             cols.setdefault("test_accuracy", cols["val_accuracy"])
         return cols
@@ -175,12 +185,13 @@ def _label_of(run: Any, key: str = "method") -> str:
 
 
 def _grouped(runs: Any, key: str = "method") -> dict[str, list[Any]]:
-    """``{label: [run, ...]}`` from a mapping (a value may be one run or a list of seeds) or a list of
-    run records/folders (grouped by their ``labels[key]``)."""
+    """``{label: [run, ...]}`` from a mapping (a value may be one run, a tuple such as ``(weights,
+    mask)``, or a list of several runs, e.g. seeds) or a list of run records/folders (grouped by their
+    ``labels[key]``)."""
     if isinstance(runs, Mapping) and not ("path" in runs or "history" in runs):
         out: dict[str, list[Any]] = {}
         for label, v in runs.items():
-            if isinstance(v, (list, tuple)) and not (v and isinstance(v[0], (int, float))):
+            if isinstance(v, list):  # several runs (seeds); a tuple is one (x, y) pair
                 out[str(label)] = list(v)
             else:
                 out[str(label)] = [v]
@@ -241,7 +252,13 @@ def accuracy_curves(
         ys = np.stack([c[1][:n] for c in curves])
         mean = np.nanmean(ys, axis=0)
         color = method_color(label, i)
-        ax.plot(x, mean, label=f"{label}" + (f" (n={len(curves)})" if len(curves) > 1 else ""), color=color, lw=1.8)
+        ax.plot(
+            x,
+            mean,
+            label=f"{label}" + (f" (n={len(curves)})" if len(curves) > 1 else ""),
+            color=color,
+            lw=1.8,
+        )
         if len(curves) > 1:
             sd = np.nanstd(ys, axis=0)
             ax.fill_between(x, mean - sd, mean + sd, color=color, alpha=0.18, lw=0)
@@ -378,11 +395,18 @@ def weight_distributions(
         for body, col in zip(parts["bodies"], colors):
             body.set_facecolor(col)
             body.set_alpha(0.6)
+        for k in ("cmeans", "cmins", "cmaxes", "cbars"):
+            if k in parts:
+                parts[k].set_color("#333333")
+                parts[k].set_linewidth(1.0)
         ax.set_xticks([3 * i + 0.5 for i in range(len(items))])
         ax.set_xticklabels([lab for lab, _, _ in items])
         from matplotlib.patches import Patch
 
-        ax.legend(handles=[Patch(color="#2b8cbe", label="clean"), Patch(color="#e34a33", label="corrupted")], fontsize=8)
+        ax.legend(
+            handles=[Patch(color="#2b8cbe", label="clean"), Patch(color="#e34a33", label="corrupted")],
+            fontsize=8,
+        )
         ax.set_ylabel("weight" + (" / mean weight" if normalize else ""))
         ax.grid(alpha=0.3, axis="y")
         if title:
@@ -398,9 +422,23 @@ def weight_distributions(
         if hi <= lo:
             hi = lo + 1e-6
         edges = np.linspace(lo, hi, bins + 1)
-        ax.hist(w[~c], bins=edges, density=True, alpha=0.55, color="#2b8cbe", label=f"clean (mean {w[~c].mean():.2f})")
+        ax.hist(
+            w[~c],
+            bins=edges,
+            density=True,
+            alpha=0.55,
+            color="#2b8cbe",
+            label=f"clean (mean {w[~c].mean():.2f})",
+        )
         if c.any():
-            ax.hist(w[c], bins=edges, density=True, alpha=0.55, color="#e34a33", label=f"corrupted (mean {w[c].mean():.2f})")
+            ax.hist(
+                w[c],
+                bins=edges,
+                density=True,
+                alpha=0.55,
+                color="#e34a33",
+                label=f"corrupted (mean {w[c].mean():.2f})",
+            )
             auc = roc_auc(w, c) if (~c).any() else float("nan")
             ax.set_title(f"{label}  (AUC {auc:.2f})", fontsize=10)
         else:
@@ -430,8 +468,8 @@ def class_weights(
 ) -> Figure:
     """GDW's class-level weights: (left) the mean ω_{i,c} of examples with observed label i (rows)
     for every class c (columns); the diagonal is ω at the label; (right) the distributions of the
-    non-target weights (c ≠ label), separately for the true class of corrupted examples, where GDW
-    should raise the weight, and for the other non-target classes.
+    non-target weights (c ≠ label), separately for the true class of corrupted examples (a small ω
+    there means the loss suppresses the true class less) and for the other non-target classes.
 
     Args:
         omega: ``(N, C)`` class weights (the last epoch's ``EpochRecord.class_weights``) or a GDW run
@@ -450,7 +488,7 @@ def class_weights(
     if y is None:
         raise ValueError("y: the observed labels are needed")
     y = np.asarray(y, dtype=np.int64)
-    n, c = w.shape
+    c = w.shape[1]
     ok = np.isfinite(w).all(axis=1)
     w, y = w[ok], y[ok]
     if y_clean is not None:
@@ -498,8 +536,14 @@ def class_weights(
     edges = np.linspace(lo, hi, 50)
     for name, vals, col in groups:
         if vals.size:
-            ax2.hist(np.clip(vals, lo, hi), bins=edges, density=True, alpha=0.5, color=col,
-                     label=f"{name} (mean {vals.mean():.3f})")
+            ax2.hist(
+                np.clip(vals, lo, hi),
+                bins=edges,
+                density=True,
+                alpha=0.5,
+                color=col,
+                label=f"{name} (mean {vals.mean():.3f})",
+            )
     ax2.set_xlabel("ω")
     ax2.set_ylabel("density")
     ax2.legend(fontsize=7)
@@ -527,7 +571,9 @@ def _episode_table(episodes: Any) -> dict[str, np.ndarray]:
         return out
     p = _run_path(episodes)
     if p is None:
-        raise TypeError(f"expected EpisodeLogs, a SearchResult or a LAW run folder, got {type(episodes).__name__}")
+        raise TypeError(
+            f"expected EpisodeLogs, a SearchResult or a LAW run folder, got {type(episodes).__name__}"
+        )
     if p.is_dir():
         p = p / "law_episodes.csv"
     cols = _read_csv_columns(p)
@@ -573,7 +619,13 @@ def law_loss_gap(
     cmap = colormaps["viridis_r"]
     for i in range(e):
         ax1.plot(stages, gap[i], color=cmap(0.15 + 0.85 * i / max(e - 1, 1)), lw=1, alpha=0.8)
-    ax1.plot(stages, np.nanmean(gap[-max(1, e // 4) :], axis=0), color="#d62728", lw=2.5, label="mean, last quarter")
+    ax1.plot(
+        stages,
+        np.nanmean(gap[-max(1, e // 4) :], axis=0),
+        color="#d62728",
+        lw=2.5,
+        label="mean, last quarter",
+    )
     ax1.axhline(0, color="black", lw=0.8)
     ax1.set_xlabel("stage")
     ax1.set_ylabel("loss(target) − loss(reference)")
@@ -589,7 +641,9 @@ def law_loss_gap(
         ax2.set_ylabel("mean weight K")
         ax2.set_title("weights per stage (last quarter of episodes)", fontsize=10)
     else:
-        ax2.plot(stages, np.nanmean(t["weight_mean"][last], axis=0), "o-", color="#636363", label="all examples")
+        ax2.plot(
+            stages, np.nanmean(t["weight_mean"][last], axis=0), "o-", color="#636363", label="all examples"
+        )
         ax2.set_ylabel("mean weight K")
     ax2.set_xlabel("stage")
     ax2.grid(alpha=0.3)
@@ -695,7 +749,9 @@ def confusion_matrix(
         cm: ``(C, C)`` counts (:func:`metaweight.confusion_matrix`) or a run folder / record (its
             ``final.json``).
     """
-    if not isinstance(cm, np.ndarray) and not (isinstance(cm, (list, tuple)) and cm and isinstance(cm[0], (list, tuple, np.ndarray))):
+    if not isinstance(cm, np.ndarray) and not (
+        isinstance(cm, (list, tuple)) and cm and isinstance(cm[0], (list, tuple, np.ndarray))
+    ):
         import json
 
         if isinstance(cm, Mapping) and "final" in cm:
@@ -728,8 +784,15 @@ def confusion_matrix(
         for i in range(c):
             for j in range(c):
                 v = shown[i, j]
-                ax.text(j, i, f"{v:.2f}" if normalize else f"{int(v)}", ha="center", va="center", fontsize=7,
-                        color="white" if v > 0.6 * (1 if normalize else shown.max()) else "black")
+                ax.text(
+                    j,
+                    i,
+                    f"{v:.2f}" if normalize else f"{int(v)}",
+                    ha="center",
+                    va="center",
+                    fontsize=7,
+                    color="white" if v > 0.6 * (1 if normalize else shown.max()) else "black",
+                )
     ax.set_xlabel("predicted")
     ax.set_ylabel("true")
     if title:

@@ -16,7 +16,7 @@ From Python::
 Every run is written to ``<results>/<experiment>/<run-id>/`` (``config.json``, ``history.csv``,
 ``final.json``, ``weights.npz``); re-running skips the runs whose ``final.json`` exists and whose
 ``config.json`` matches. The configuration format is described in
-:mod:`metaweight.experiments.config` and ``examples/configs/README.md``.
+:mod:`metaweight.experiments.config` and ``examples/configs/reference.toml`` (every key, commented).
 """
 
 from .config import DEFAULTS, ConfigError, Experiment, RunSpec, apply_filters, load_config, parse_filters

@@ -32,11 +32,19 @@ def main(argv: Sequence[str] | None = None) -> int:
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
     ap.add_argument("config", nargs="+", help="configuration file(s), .toml or .json")
-    ap.add_argument("--results", default=None, help="results folder (default: the config's `results`, else ./results)")
+    ap.add_argument(
+        "--results", default=None, help="results folder (default: the config's `results`, else ./results)"
+    )
     ap.add_argument("--only", action="append", default=[], metavar="KEY=VALUE", help="run only matching runs")
     ap.add_argument("--size", default=None, help="full | small | a [sizes] name | a scale factor")
-    ap.add_argument("--set", dest="sets", action="append", default=[], metavar="KEY=VALUE",
-                    help="override a setting of every run (value parsed as JSON), e.g. --set epochs=5")
+    ap.add_argument(
+        "--set",
+        dest="sets",
+        action="append",
+        default=[],
+        metavar="KEY=VALUE",
+        help="override a setting of every run (value parsed as JSON), e.g. --set epochs=5",
+    )
     ap.add_argument("--dry-run", action="store_true", help="list the runs and whether they are finished")
     ap.add_argument("--force", action="store_true", help="run finished runs again")
     ap.add_argument("--jobs", type=int, default=1, help="runs trained at once (threads; default 1)")

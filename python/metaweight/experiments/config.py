@@ -3,7 +3,7 @@
 A configuration names an experiment and a grid of runs. Every run is a plain dictionary (JSON
 types only), resolved from the built-in :data:`DEFAULTS`, the file's ``[defaults]``, one value of
 every grid axis, the matching ``[[override]]`` tables and the chosen size. See
-``examples/configs/README.md`` for the format; in short::
+``examples/configs/reference.toml`` (every key, commented) for the format; in short::
 
     name = "noisy_digits"                      # results go to <results>/<name>/
 
@@ -28,7 +28,8 @@ every grid axis, the matching ``[[override]]`` tables and the chosen size. See
     epochs = 2
     seeds = [0]
 
-``[[grid]]`` (an array of tables) gives several grids whose runs are united.
+``[grid]`` is one grid; ``[[grid]]`` (an array of tables; TOML does not allow both forms in one
+file) gives several grids whose runs are united.
 """
 
 from __future__ import annotations
@@ -80,7 +81,18 @@ COMPONENTS = ("dataset", "model", "method", "optimizer", "schedule")
 #: Keys a run may have.
 RUN_KEYS = frozenset(DEFAULTS) | {"max_train", "label"}
 _TOP_KEYS = frozenset(
-    {"name", "description", "results", "defaults", "grid", "override", "overrides", "sizes", "seeds", "summary"}
+    {
+        "name",
+        "description",
+        "results",
+        "defaults",
+        "grid",
+        "override",
+        "overrides",
+        "sizes",
+        "seeds",
+        "summary",
+    }
 )
 #: Built-in sizes, used when the configuration has no ``[sizes.<name>]`` table of that name.
 BUILTIN_SIZES: dict[str, dict[str, Any]] = {"full": {}, "small": {"scale": 0.1}}
@@ -281,7 +293,12 @@ def method_label(method: Mapping[str, Any], options: bool = True) -> str:
     opts = {k: v for k, v in method.items() if k not in ("name", "label")}
     if not opts or not options:
         return base
-    return base + "(" + ", ".join(f"{k}={_num(v) if not isinstance(v, list) else v}" for k, v in opts.items()) + ")"
+    return (
+        base
+        + "("
+        + ", ".join(f"{k}={_num(v) if not isinstance(v, list) else v}" for k, v in opts.items())
+        + ")"
+    )
 
 
 def _slug(text: str) -> str:
@@ -344,7 +361,9 @@ def parse_size(size: str | float | None) -> tuple[str, float | None]:
             scale = float(s)
         except ValueError:
             if not re.fullmatch(r"[A-Za-z][\w-]*", s):
-                raise ConfigError(f"size: expected a name such as 'small' or 'full', or a scale factor, got {size!r}")
+                raise ConfigError(
+                    f"size: expected a name such as 'small' or 'full', or a scale factor, got {size!r}"
+                )
             return s, None
     if not (scale > 0 and math.isfinite(scale)):
         raise ConfigError(f"size: a scale factor must be positive, got {size!r}")
@@ -412,10 +431,14 @@ def _apply_size(runs: list[dict[str, Any]], size_table: Mapping[str, Any]) -> li
 def _matches(run: Mapping[str, Any], labels: Mapping[str, str], key: str, expected: Any) -> bool:
     wanted = expected if isinstance(expected, list) else [expected]
     if key in ("dataset", "condition", "model", "method") and key in labels:
-        names = {labels[key].lower()}
+        names = {labels[key].lower(), _slug(labels[key])}
         comp = run.get(key)
-        if isinstance(comp, Mapping) and comp.get("name") is not None:
-            names.add(str(comp["name"]).lower())
+        if isinstance(comp, Mapping):
+            for k in ("name", "noise"):  # e.g. method=gdw, condition=flip
+                if comp.get(k) is not None:
+                    names.add(str(comp[k]).lower())
+            if key == "condition" and float(comp.get("imbalance_factor", 1) or 1) != 1:
+                names.add("long-tailed")
         return any(str(w).lower() in names for w in wanted)
     if key == "seeds":
         key = "seed"
@@ -608,9 +631,9 @@ def _assign_ids(specs: list[RunSpec]) -> None:
     # Groups whose four labels collide get a distinguishing suffix in their display labels.
     by_labels: dict[tuple[str, ...], set[str]] = {}
     for s in specs:
-        by_labels.setdefault(tuple(s.labels[k] for k in ("dataset", "condition", "model", "method")), set()).add(
-            s.group
-        )
+        by_labels.setdefault(
+            tuple(s.labels[k] for k in ("dataset", "condition", "model", "method")), set()
+        ).add(s.group)
     for s in specs:
         key = tuple(s.labels[k] for k in ("dataset", "condition", "model", "method"))
         if len(by_labels[key]) > 1:

@@ -99,7 +99,9 @@ def _load(ds: Mapping[str, Any], flatten: bool) -> data.Dataset:
         return hit
 
 
-def _noise(y: np.ndarray, cond: dict[str, Any], c: int, rng: np.random.Generator) -> conditions.Corruption | None:
+def _noise(
+    y: np.ndarray, cond: dict[str, Any], c: int, rng: np.random.Generator
+) -> conditions.Corruption | None:
     noise = cond.pop("noise", None)
     rate = float(cond.pop("noise_rate", 0.0))
     if noise is None:
@@ -108,7 +110,9 @@ def _noise(y: np.ndarray, cond: dict[str, Any], c: int, rng: np.random.Generator
         return conditions.uniform_noise(y, rate, c, rng, **cond)
     if noise in ("flip", "flip2"):
         return conditions.flip_noise(y, rate, c, rng, targets=1 if noise == "flip" else 2, **cond)
-    raise ConfigError(f"condition.noise: expected 'uniform', 'flip' or 'flip2' for this data set, got {noise!r}")
+    raise ConfigError(
+        f"condition.noise: expected 'uniform', 'flip' or 'flip2' for this data set, got {noise!r}"
+    )
 
 
 def prepare(run: Mapping[str, Any]) -> Prepared:
@@ -159,9 +163,18 @@ def prepare(run: Mapping[str, Any]) -> Prepared:
         trng = np.random.default_rng(int(ds_cfg.get("split_seed", 0)))
         pick = np.sort(np.concatenate([trng.permutation(np.flatnonzero(yt == c))[:n] for c in (0, 1)]))
         return _finish(
-            run, x_train, y_train, y_clean, x[ms.meta_indices], y01[ms.meta_indices],
-            ds.x_test[tk[pick]], yt[pick], 2, f"{ds.name} {classes[0]} vs {classes[1]}",
-            (str(classes[0]), str(classes[1])), tuple(steps),
+            run,
+            x_train,
+            y_train,
+            y_clean,
+            x[ms.meta_indices],
+            y01[ms.meta_indices],
+            ds.x_test[tk[pick]],
+            yt[pick],
+            2,
+            f"{ds.name} {classes[0]} vs {classes[1]}",
+            (str(classes[0]), str(classes[1])),
+            tuple(steps),
         )
 
     if "ratio" in cond or "total" in cond:
@@ -178,8 +191,18 @@ def prepare(run: Mapping[str, Any]) -> Prepared:
         **cond,
     )
     return _finish(
-        run, composed.x_train, composed.y_train, composed.y_train_clean, composed.x_meta, composed.y_meta,
-        ds.x_test, ds.y_test, ds.num_classes, ds.name, tuple(names), composed.steps,
+        run,
+        composed.x_train,
+        composed.y_train,
+        composed.y_train_clean,
+        composed.x_meta,
+        composed.y_meta,
+        ds.x_test,
+        ds.y_test,
+        ds.num_classes,
+        ds.name,
+        tuple(names),
+        composed.steps,
     )
 
 

@@ -209,7 +209,13 @@ def build_model(cfg: Mapping[str, Any], input_shape: tuple[int, ...], num_classe
     o = _opts(cfg)
     try:
         if name == "mlp":
-            return mw.mlp(input_shape, hidden=tuple(o.pop("hidden", (256, 256))), num_classes=num_classes, seed=seed, **o)
+            return mw.mlp(
+                input_shape,
+                hidden=tuple(o.pop("hidden", (256, 256))),
+                num_classes=num_classes,
+                seed=seed,
+                **o,
+            )
         if name == "lenet5":
             return mw.lenet5(input_shape, num_classes=num_classes, seed=seed, **o)
         if name == "resnet32":
@@ -270,17 +276,20 @@ def build_schedule(cfg: Mapping[str, Any], epochs: int) -> Any:
 
 def build_method(cfg: Mapping[str, Any], prepared: Prepared) -> Any:
     """The method object of a ``method`` table; ``class_counts`` default to the training counts."""
+    from .. import errors as mw_errors
     from .. import methods
 
     name = str(cfg["name"])
     try:
         m = methods.resolve_method(name)
-    except Exception as e:
+    except mw_errors.MetaweightError as e:
         raise ConfigError(f"method.name: {e}") from None
     o = {k: _tuples(v) for k, v in _opts(cfg).items()}
     names = {f.name for f in dataclasses.fields(m)}
     if "class_counts" in names and o.get("class_counts") is None:
-        o["class_counts"] = tuple(int(c) for c in np.bincount(prepared.y_train, minlength=prepared.num_classes))
+        o["class_counts"] = tuple(
+            int(c) for c in np.bincount(prepared.y_train, minlength=prepared.num_classes)
+        )
     unknown = set(o) - names
     if unknown:
         raise ConfigError(f"method {name!r}: unknown option(s) {sorted(unknown)}; options: {sorted(names)}")
@@ -500,7 +509,9 @@ def _run_trainer(spec: RunSpec, folder: Path, p: Prepared, progress: bool) -> di
             arrays["class_weights"] = np.asarray(last.class_weights, dtype=np.float32)
         arrays["train_losses"] = trainer.losses(p.x_train, p.y_train)
         if getattr(method, "has_weight_function", False):
-            grid = np.linspace(0.0, max(10.0, float(np.nanmax(arrays["train_losses"]))), 256, dtype=np.float32)
+            grid = np.linspace(
+                0.0, max(10.0, float(np.nanmax(arrays["train_losses"]))), 256, dtype=np.float32
+            )
             arrays["weight_function_losses"] = grid
             arrays["weight_function"] = trainer.weight_function(grid)
         np.savez_compressed(folder / WEIGHTS_FILE, **arrays)
@@ -755,7 +766,7 @@ def run_experiment(
             r = RunResult(spec, "ran", path, final=final, seconds=time.perf_counter() - t)
         except KeyboardInterrupt:
             raise
-        except Exception as e:  # one failing run must not stop the grid
+        except Exception as e:  # noqa: BLE001 - one failing run must not stop the grid
             msg = f"{type(e).__name__}: {e}"
             with contextlib.suppress(OSError):
                 path.mkdir(parents=True, exist_ok=True)

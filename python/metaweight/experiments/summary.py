@@ -146,9 +146,15 @@ def summary_markdown(
             methods.append(r.method)
     table: dict[tuple[str, ...], dict[str, SummaryRow]] = {}
     for r in rows:
-        key = (r.dataset, r.condition) + ((r.model,) if show_model else ()) + ((r.variant,) if show_variant else ())
+        key = (
+            (r.dataset, r.condition)
+            + ((r.model,) if show_model else ())
+            + ((r.variant,) if show_variant else ())
+        )
         table.setdefault(key, {})[r.method] = r
-    head = ["dataset", "condition"] + (["model"] if show_model else []) + (["variant"] if show_variant else [])
+    head = (
+        ["dataset", "condition"] + (["model"] if show_model else []) + (["variant"] if show_variant else [])
+    )
     lines.append("| " + " | ".join(head + methods) + " |")
     lines.append("|" + "|".join(["---"] * len(head) + [":---:"] * len(methods)) + "|")
     for key, cells in table.items():
@@ -171,7 +177,50 @@ def summary_markdown(
             out.append(s)
         lines.append("| " + " | ".join(out) + " |")
     lines.append("")
+    lines.extend(_weights_table(rows, table, head, methods))
     return "\n".join(lines)
+
+
+def _weights_table(
+    rows: Sequence[SummaryRow],
+    table: Mapping[tuple[str, ...], Mapping[str, SummaryRow]],
+    head: list[str],
+    methods: list[str],
+) -> list[str]:
+    """Where labels were corrupted: how well each weighting method's weights separate clean from
+    corrupted examples (ROC AUC of the per-example weight averaged over the epochs; 0.5 = none)."""
+    weighted = [
+        m
+        for m in methods
+        if any(r.method == m and r.weight_auc is not None and abs(r.weight_auc - 0.5) > 1e-9 for r in rows)
+    ]
+    keys = [k for k, cells in table.items() if any(c.weight_auc is not None for c in cells.values())]
+    if not weighted or not keys:
+        return []
+    lines = [
+        (
+            "Clean vs corrupted training examples: ROC AUC of each example's weight (mean over the epochs) "
+            "as a score for a clean label, mean over seeds (1 = every corrupted example weighs less, 0.5 = "
+            "no separation); in parentheses the mean weight of corrupted / clean examples."
+        ),
+        "",
+        "| " + " | ".join(head + weighted) + " |",
+        "|" + "|".join(["---"] * len(head) + [":---:"] * len(weighted)) + "|",
+    ]
+    for key in keys:
+        out = list(key)
+        for m in weighted:
+            r = table[key].get(m)
+            if r is None or r.weight_auc is None:
+                out.append("–")
+                continue
+            ratio = ""
+            if r.weight_clean and r.weight_corrupted is not None and r.weight_clean > 0:
+                ratio = f" ({r.weight_corrupted / r.weight_clean:.2f})"
+            out.append(f"{r.weight_auc:.3f}{ratio}")
+        lines.append("| " + " | ".join(out) + " |")
+    lines.append("")
+    return lines
 
 
 CSV_COLUMNS = (
