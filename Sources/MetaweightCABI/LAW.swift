@@ -202,7 +202,7 @@ public func _mw_law_episode_weights(_ h: mw_law, _ slot: Int32, _ out: UnsafeMut
       guard count == Int64(log.exampleWeights.count) else {
         throw ABIError.shape("out: expected \(log.exampleWeights.count) floats (stages x training examples), got \(count)")
       }
-      log.exampleWeights.withUnsafeBufferPointer { o.update(from: $0.baseAddress!, count: $0.count) }
+      log.exampleWeights.withUnsafeBufferPointer { if let b = $0.baseAddress { o.update(from: b, count: $0.count) } }
     }
   }
 }
