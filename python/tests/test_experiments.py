@@ -145,6 +145,15 @@ def test_summary_matches_final_files(tiny):
     summary = {r.method: r for r in report.summary}
     assert summary["ERM"].mean == pytest.approx(np.mean(by_method["ERM"]))
     assert "| digits | uniform 40% |" in md and "| ERM | MW-Net |" in md
+    # The transposed layout (a row per method) shows the same cells.
+    from metaweight.experiments.summary import summary_markdown
+
+    rows_md = summary_markdown(report.summary, options={"layout": "methods_as_rows"})
+    assert "| method | digits / uniform 40% |" in rows_md
+    for method, accs in by_method.items():
+        mean, std = float(np.mean(accs)), float(np.std(accs, ddof=1))
+        line = next(ln for ln in rows_md.splitlines() if ln.startswith(f"| {method} |"))
+        assert f"{100 * mean:.1f} ± {100 * std:.1f}" in line
 
 
 def test_dry_run_and_filters(tmp_path):
@@ -263,6 +272,14 @@ def test_law_run_writes_episode_logs(tmp_path):
     assert len(rows) == 2 * 2 and {"reward", "loss_gap", "weight_corrupted"} <= set(rows[0])
     with np.load(run["path"] / "weights.npz") as z:
         assert z["stage_weights"].shape == (2, final["n_train"])
+        assert z["epoch_weights"].shape == (2, final["n_train"])
+    # LAW runs have the same per-epoch curves as the other methods (test accuracy, weights).
+    with open(run["path"] / "history.csv") as f:
+        hist = list(csv.DictReader(f))
+    assert [int(r["epoch"]) for r in hist] == [1, 2]
+    assert all(0.0 < float(r["test_accuracy"]) <= 1.0 for r in hist)
+    assert float(hist[-1]["test_accuracy"]) == pytest.approx(final["test_accuracy"], abs=1e-6)
+    assert all(r["weight_mean_clean"] != "" and r["weight_mean_corrupted"] != "" for r in hist)
 
 
 def test_data_conditions():

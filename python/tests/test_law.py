@@ -202,17 +202,30 @@ def test_strategy_trains_another_architecture_and_attaches_to_trainer(searched, 
     x, y, corrupted, xv, yv, xt, yt = digits
     s = searched.strategy
     net = mw.mlp(64, hidden=(64, 64), num_classes=10, seed=4)
-    run = s.train(net, x, y, x_val=xv, y_val=yv, seed=4, corrupted=corrupted)
+    run = s.train(net, x, y, x_val=xv, y_val=yv, seed=4, corrupted=corrupted, x_test=xt, y_test=yt)
     assert run.model is net and len(run.val_accuracy) == FAST.epochs
     assert run.trainer.evaluate(xt, yt)["accuracy"] > 0.7
     assert run.auc(corrupted) > 0.5
-    # A plain Trainer with the strategy attached weights its fit() steps.
+    # Per-epoch curves: test accuracy after every epoch, the last one the final model's.
+    assert len(run.test_accuracy) == len(run.train_loss) == FAST.epochs
+    assert run.test_accuracy[-1] == pytest.approx(run.trainer.evaluate(xt, yt)["accuracy"], abs=1e-6)
+    assert run.epoch_weights is not None and run.epoch_weights.shape == (FAST.epochs, len(x))
+    # A plain Trainer with the strategy attached weights its fit() steps, and reports the weights.
     total = 5 * math.ceil(len(x) / 100)
     tr = mw.Trainer(mw.mlp(64, hidden=(32,), num_classes=10, seed=1), mw.SGD(lr=0.1), seed=1)
     s.attach(tr, total, xv, yv)
-    tr.fit(x, y, epochs=5, batch_size=100, progress=False)
+    hist = tr.fit(x, y, epochs=4, batch_size=100, progress=False, record_weights=True)
+    last_w = hist[-1].example_weights
+    assert last_w is not None and np.isfinite(last_w).all()
+    assert not np.allclose(last_w, 1.0), "strategy weights must reach EpochRecord.example_weights"
+    r = tr.step(x[:100], y[:100])
+    buf = np.empty(100, dtype=np.float32)
+    stage, loss_s, acc_s, n = mw._core.trainer_strategy_state(tr._handle, buf)
+    np.testing.assert_array_equal(r.weights, buf)
+    for i in range(1, math.ceil(len(x) / 100)):
+        tr.step(x[i * 100 : (i + 1) * 100], y[i * 100 : (i + 1) * 100])
     stage, loss_s, acc_s, n = mw._core.trainer_strategy_state(tr._handle, None)
-    assert stage == s.stages - 1 and n == 100
+    assert stage == s.stages - 1 and n == len(x) - 100 * (math.ceil(len(x) / 100) - 1)
     assert 0 < acc_s <= 1 and loss_s > 0
     plain = mw.Trainer(mw.mlp(64, hidden=(32,), num_classes=10, seed=1), mw.SGD(lr=0.1), seed=1)
     plain.fit(x, y, epochs=5, batch_size=100, progress=False)

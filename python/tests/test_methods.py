@@ -129,6 +129,37 @@ def test_every_baseline_trains_through_the_same_api(noisy_digits, method):
     assert np.isfinite(hist[-1].train_loss)
 
 
+def test_self_paced_defaults_learn_from_most_examples_and_drop_corrupted_ones(noisy_digits):
+    ds, x, noisy, _xm, _ym = noisy_digits
+    trainer, history = _train(mw.SelfPaced(), x, noisy.labels, None, epochs=10)
+    w = history[-1].example_weights
+    assert w is not None
+    # The default threshold starts above ln(C): training does not lock onto a few easy classes.
+    assert trainer.evaluate(ds.x_test, ds.y_test)["accuracy"] > 0.85
+    assert w[~noisy.corrupted].mean() > 0.8 and w[noisy.corrupted].mean() < 0.5 * w[~noisy.corrupted].mean()
+
+
+def test_fine_tune_uses_its_own_constant_rate_and_continues_the_epoch_count(noisy_digits):
+    ds, x, noisy, x_meta, y_meta = noisy_digits
+    model = mw.mlp(64, hidden=(32,), num_classes=10, seed=0)
+    seen = []
+    tr = mw.Trainer(model, mw.SGD(lr=0.1, momentum=0.9), mw.Cosine(), method=mw.FineTune(epochs=2), seed=0)
+    hist = tr.fit(x, noisy.labels, epochs=3, meta=(x_meta, y_meta), x_val=ds.x_test, y_val=ds.y_test,
+                  progress=False, callbacks=[lambda t, r: seen.append((t, r.epoch))])
+    assert [r.epoch for r in hist] == [1, 2, 3, 4, 5] == [e for _, e in seen]
+    assert all(t is tr for t, _ in seen)
+    # Cosine ends near 0; the fine-tuning phase uses a tenth of the base rate instead.
+    assert hist[2].lr < 1e-3 and hist[3].lr == pytest.approx(0.01) and hist[4].lr == pytest.approx(0.01)
+    assert [r.epoch for r in tr.history] == [1, 2, 3, 4, 5]
+    steps = int(np.ceil(len(x_meta) / 100))
+    assert hist[4].step == hist[2].step + 2 * steps
+    tr2 = mw.Trainer(mw.mlp(64, hidden=(32,), num_classes=10, seed=0), mw.SGD(lr=0.1), method=mw.FineTune(epochs=1, lr=0.5))
+    h2 = tr2.fit(x, noisy.labels, epochs=1, meta=(x_meta, y_meta), progress=False)
+    assert h2[-1].lr == pytest.approx(0.5)
+    with pytest.raises(mw.InvalidArgumentError, match="lr"):
+        mw.Trainer(mw.mlp(64, hidden=(8,), num_classes=10), method=mw.FineTune(lr=-1.0))
+
+
 def test_class_count_baselines_need_counts():
     with pytest.raises(mw.InvalidArgumentError, match="class_counts"):
         mw.Trainer(mw.mlp(4, hidden=(4,), num_classes=3), method="class_balanced")

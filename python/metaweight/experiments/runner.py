@@ -196,6 +196,13 @@ def _opts(component: Mapping[str, Any]) -> dict[str, Any]:
     return {k: v for k, v in component.items() if k not in ("name", "label")}
 
 
+def _component_name(cfg: Any, what: str) -> Any:
+    """The ``name`` of a component table; ConfigError when ``cfg`` is not a table with one."""
+    if not isinstance(cfg, Mapping) or "name" not in cfg:
+        raise ConfigError(f"{what}: expected a table with a 'name' key, got {cfg!r}")
+    return cfg["name"]
+
+
 def _tuples(v: Any) -> Any:
     return tuple(_tuples(x) for x in v) if isinstance(v, list) else v
 
@@ -205,7 +212,7 @@ def build_model(cfg: Mapping[str, Any], input_shape: tuple[int, ...], num_classe
     ``resnet32``, ``wide_resnet`` (``depth``, ``widen``, ``dropout``) or ``spec`` (a core spec string)."""
     import metaweight as mw
 
-    name = cfg["name"]
+    name = _component_name(cfg, "model")
     o = _opts(cfg)
     try:
         if name == "mlp":
@@ -232,8 +239,8 @@ def build_model(cfg: Mapping[str, Any], input_shape: tuple[int, ...], num_classe
 def build_optimizer(cfg: Mapping[str, Any]) -> Any:
     import metaweight as mw
 
+    name = str(_component_name(cfg, "optimizer")).lower()
     o = {k: _tuples(v) for k, v in _opts(cfg).items()}
-    name = str(cfg["name"]).lower()
     try:
         if name == "sgd":
             return mw.SGD(**o)
@@ -256,7 +263,7 @@ def milestone_epochs(cfg: Mapping[str, Any], epochs: int) -> list[float]:
 def build_schedule(cfg: Mapping[str, Any], epochs: int) -> Any:
     import metaweight as mw
 
-    name = str(cfg["name"]).lower()
+    name = str(_component_name(cfg, "schedule")).lower()
     o = _opts(cfg)
     try:
         if name == "constant":
@@ -279,7 +286,7 @@ def build_method(cfg: Mapping[str, Any], prepared: Prepared) -> Any:
     from .. import errors as mw_errors
     from .. import methods
 
-    name = str(cfg["name"])
+    name = str(_component_name(cfg, "method"))
     try:
         m = methods.resolve_method(name)
     except mw_errors.MetaweightError as e:
@@ -604,10 +611,37 @@ def _run_law(spec: RunSpec, folder: Path, p: Prepared, progress: bool) -> dict[s
         optimizer=build_optimizer(cfg["optimizer"]),
         seed=seed,
         corrupted=p.corrupted,
+        x_test=p.x_test,
+        y_test=p.y_test,
+        progress=progress,
     )
-    rows = [{"epoch": i + 1, "meta_accuracy": a} for i, a in enumerate(run.val_accuracy)]
+    corrupted = p.corrupted
+    has_corrupted = bool(corrupted.any())
+    rows: list[dict[str, Any]] = []
+    for i in range(len(run.train_loss)):
+        row: dict[str, Any] = {
+            "epoch": i + 1,
+            "train_loss": run.train_loss[i],
+            "train_accuracy": run.train_accuracy[i],
+            "test_loss": run.test_loss[i],
+            "test_accuracy": run.test_accuracy[i],
+            "meta_accuracy": run.val_accuracy[i] if i < len(run.val_accuracy) else None,
+        }
+        if run.epoch_weights is not None:
+            w = run.epoch_weights[i]
+            ok = np.isfinite(w)
+            row["weight_mean"] = float(w[ok].mean()) if ok.any() else None
+            if has_corrupted:
+                c_ok, k_ok = ok & corrupted, ok & ~corrupted
+                row["weight_mean_clean"] = float(w[k_ok].mean()) if k_ok.any() else None
+                row["weight_mean_corrupted"] = float(w[c_ok].mean()) if c_ok.any() else None
+        rows.append(row)
     _write_csv(folder / HISTORY_FILE, rows)
     final = _common_final(spec, p, run.trainer)
+    accs = run.test_accuracy
+    final["best_test_accuracy"] = float(max(accs))
+    final["best_epoch"] = int(np.argmax(accs)) + 1
+    final["final_train_accuracy"] = float(run.train_accuracy[-1])
     final["epochs_run"] = int(cfg["epochs"])
     final["method_spec"] = "law(" + lcfg.spec() + ")"
     sw = run.example_weights  # (stages, N)
@@ -636,6 +670,7 @@ def _run_law(spec: RunSpec, folder: Path, p: Prepared, progress: bool) -> dict[s
             example_weights=np.asarray(sw[-1], dtype=np.float32),
             example_weights_mean=np.asarray(w_mean, dtype=np.float32),
             stage_weights=np.asarray(sw, dtype=np.float32),
+            epoch_weights=np.asarray(run.epoch_weights, dtype=np.float32),
             train_losses=run.trainer.losses(p.x_train, p.y_train),
         )
     run.trainer.close()

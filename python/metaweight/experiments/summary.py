@@ -121,7 +121,9 @@ def summary_markdown(
     cells ``mean ± std`` over seeds (the best mean of each row in bold).
 
     Options (the configuration's ``[summary]`` table): ``metric`` (``"test_accuracy"``, default, or
-    ``"test_error"``), ``percent`` (default true), ``decimals`` (default 1), ``title``.
+    ``"test_error"``), ``percent`` (default true), ``decimals`` (default 1), ``title``, ``layout``
+    (``"methods_as_columns"``, default, or ``"methods_as_rows"``: one row per method, one column per
+    setting, the best of each column in bold; easier to read with many methods).
     """
     opts = dict(options or {})
     metric = str(opts.get("metric", "test_accuracy"))
@@ -155,6 +157,10 @@ def summary_markdown(
     head = (
         ["dataset", "condition"] + (["model"] if show_model else []) + (["variant"] if show_variant else [])
     )
+    if str(opts.get("layout", "methods_as_columns")) == "methods_as_rows":
+        lines.extend(_method_rows(table, methods, metric, percent, decimals, len(ns) > 1))
+        lines.extend(_weights_table(rows, table, head, methods))
+        return "\n".join(lines)
     lines.append("| " + " | ".join(head + methods) + " |")
     lines.append("|" + "|".join(["---"] * len(head) + [":---:"] * len(methods)) + "|")
     for key, cells in table.items():
@@ -179,6 +185,44 @@ def summary_markdown(
     lines.append("")
     lines.extend(_weights_table(rows, table, head, methods))
     return "\n".join(lines)
+
+
+def _method_rows(
+    table: Mapping[tuple[str, ...], Mapping[str, SummaryRow]],
+    methods: list[str],
+    metric: str,
+    percent: bool,
+    decimals: int,
+    show_n: bool,
+) -> list[str]:
+    """The main table transposed: a row per method, a column per setting (best per column bold)."""
+    keys = list(table)
+    lines = [
+        "| method | " + " | ".join(" / ".join(k) for k in keys) + " |",
+        "|---|" + "|".join([":---:"] * len(keys)) + "|",
+    ]
+    best: dict[tuple[str, ...], float | None] = {}
+    for key in keys:
+        stats = [c.stat(metric)[0] for c in table[key].values()]
+        best[key] = (max if metric == "test_accuracy" else min)(stats) if len(stats) > 1 else None
+    for m in methods:
+        out = [m]
+        for key in keys:
+            r = table[key].get(m)
+            if r is None:
+                out.append("–")
+                continue
+            mean, std = r.stat(metric)
+            cell = _fmt(mean, std, r.n, percent, decimals)
+            if show_n:
+                cell += f" (n={r.n})"
+            b = best[key]
+            if b is not None and round(mean, 6) == round(b, 6):
+                cell = f"**{cell}**"
+            out.append(cell)
+        lines.append("| " + " | ".join(out) + " |")
+    lines.append("")
+    return lines
 
 
 def _weights_table(
