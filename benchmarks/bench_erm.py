@@ -73,9 +73,8 @@ def summarise(impl: str, model: str, times: list[float], base: float, extra: dic
 
 
 def run_metaweight(model: str, steps: int, min_seconds: float, threads: int) -> dict:
-    import numpy as np
-
     import metaweight
+    import numpy as np
     from metaweight import _core
 
     _core.set_threads(threads)
@@ -94,8 +93,8 @@ def run_metaweight(model: str, steps: int, min_seconds: float, threads: int) -> 
 
 
 def torch_model(model: str):
-    import torch.nn as nn
     import torch.nn.functional as F
+    from torch import nn
 
     if model == "mlp":
         return nn.Sequential(nn.Linear(64, 256), nn.ReLU(), nn.Linear(256, 256), nn.ReLU(), nn.Linear(256, 10))
@@ -180,7 +179,7 @@ def main() -> None:
 
     have_torch = False
     if not args.no_torch:
-        probe = subprocess.run([sys.executable, "-c", "import torch"], capture_output=True, text=True)
+        probe = subprocess.run([sys.executable, "-c", "import torch"], check=False, capture_output=True, text=True)
         have_torch = probe.returncode == 0
         if not have_torch:
             print("PyTorch not importable; timing metaweight only", file=sys.stderr)
@@ -200,7 +199,7 @@ def main() -> None:
                    "--min-seconds", str(args.min_seconds), "--child", impl, model, str(steps)]
             best = None
             for _ in range(max(1, args.rounds)):
-                out = subprocess.run(cmd, capture_output=True, text=True, env=env)
+                out = subprocess.run(cmd, check=False, capture_output=True, text=True, env=env)
                 if out.returncode != 0:
                     print(f"{impl} {model} failed:\n{out.stderr[-2000:]}", file=sys.stderr)
                     continue

@@ -1,14 +1,25 @@
 """Per-step time and peak memory of every weighting method relative to ERM.
 
 For each model (MLP 64-256-256-10 on 8x8 inputs, LeNet-5 on 1x28x28, ResNet-32 on 3x32x32) and
-method (ERM, L2RW, MW-Net, GDW), a fresh subprocess builds the model, takes warm-up steps, then
-times `--steps` steps (batch 100, meta batch 100, SGD momentum 0.9, wd 5e-4) and reports the
-median ms/step and the peak RSS growth over the process's RSS before the first step ("extra
-memory"). With PyTorch importable, the same methods are run the official codes' way (double
-back-propagation through a functional copy, create_graph=True) in the same run.
+method (ERM, L2RW, MW-Net and GDW, the last two in both memory modes: `memory=fast`, a separate
+activation tape for the meta batch, and `memory=low`, one tape and the train forward pass
+recomputed), with batch 100, meta batch 100, SGD momentum 0.9, wd 5e-4:
+
+- time: one subprocess per (implementation, model) builds every method's trainer and takes their
+  steps interleaved (`--rounds` rounds, each method's `--steps` steps per round in a shuffled
+  order); the ratio to ERM is taken within each round and its median reported, so load that
+  drifts over the run (a shared machine) cancels. ms/step is the median over all rounds.
+- memory: one fresh subprocess per (implementation, model, method) takes a few steps and reports
+  the peak RSS growth over its RSS before the first step ("extra memory"): the activations,
+  scratch and meta buffers a step allocates (parameters and optimizer state exist before).
+
+With PyTorch importable, the methods are also run the official codes' way (double
+back-propagation through a functional copy, create_graph=True) in the same run, and its ratios to
+its own ERM step are printed beside metaweight's (one PyTorch variant serves both memory modes).
 
 Usage:
-    python benchmarks/bench_methods.py [--models mlp,lenet,resnet32] [--steps N] [--threads T]
+    python benchmarks/bench_methods.py [--models mlp,lenet,resnet32] [--rounds R] [--steps N]
+        [--threads T] [--no-torch] [--json out.json]
 """
 
 from __future__ import annotations
@@ -16,6 +27,8 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import random
+import statistics
 import subprocess
 import sys
 import time
@@ -25,7 +38,14 @@ MODELS = {
     "lenet": ("lenet5(classes=10)", (1, 28, 28)),
     "resnet32": ("resnet32(classes=10)", (3, 32, 32)),
 }
-METHODS = ["erm", "l2rw", "mwnet", "gdw"]
+METHODS = ["erm", "l2rw", "mwnet(memory=fast)", "mwnet(memory=low)", "gdw(memory=fast)", "gdw(memory=low)"]
+# Defaults per model: (rounds, steps per method per round).
+DEFAULT_SCHEDULE = {"mlp": (30, 20), "lenet": (15, 4), "resnet32": (5, 1)}
+
+
+def base_method(method: str) -> str:
+    """The method name without options: `mwnet(memory=low)` -> `mwnet`."""
+    return method.split("(", 1)[0]
 
 
 def rss_kb() -> int:
@@ -53,10 +73,9 @@ def reset_peak() -> None:
         pass
 
 
-def run_metaweight(model: str, method: str, steps: int, warmup: int, threads: int) -> dict:
+def make_metaweight_step(model: str, method: str, threads: int):
+    """A closure taking one metaweight step of `method` on `model` (batch and meta batch 100)."""
     import numpy as np
-
-    import metaweight
     from metaweight import _core
 
     _core.set_threads(threads)
@@ -70,30 +89,59 @@ def run_metaweight(model: str, method: str, steps: int, warmup: int, threads: in
     tr = _core.trainer_create(net, (0, 0.01, 0.9, 0, 5e-4, 0, 0.9, 0.999, 1e-8), (0, [], 0.1, 0, 0.0, 0), 0)
     _core.trainer_set_method(tr, method, 0)
     meta = method != "erm"
+
+    def step() -> None:
+        _core.trainer_step_method(tr, x, y, xm if meta else None, ym if meta else None, None, None)
+
+    return step
+
+
+def measure_memory(make, model: str, method: str, threads: int, steps: int) -> dict:
+    step = make(model, method, threads)
     base = rss_kb()
     reset_peak()
     times = []
-    for i in range(warmup + steps):
+    for _ in range(steps):
         t0 = time.perf_counter()
-        _core.trainer_step_method(tr, x, y, xm if meta else None, ym if meta else None, None, None)
-        if i >= warmup:
-            times.append(time.perf_counter() - t0)
-    times.sort()
-    return {
-        "impl": "metaweight",
-        "model": model,
-        "method": method,
-        "ms": 1000 * times[len(times) // 2],
-        "extra_mb": (peak_kb() - base) / 1024,
-        "blas": _core.blas_core(),
-        "version": metaweight.__version__,
-    }
+        step()
+        times.append(time.perf_counter() - t0)
+    return {"model": model, "method": method, "extra_mb": (peak_kb() - base) / 1024,
+            "ms_alone": 1000 * statistics.median(times[1:] or times)}
 
 
-def run_torch(model: str, method: str, steps: int, warmup: int, threads: int) -> dict:
+def measure_time(make, model: str, methods: list[str], threads: int, rounds: int, steps: int) -> list[dict]:
+    """Interleaved timing: per round, each method's `steps` steps in a shuffled order."""
+    fns = {m: make(model, m, threads) for m in methods}
+    for fn in fns.values():  # warm-up: buffers allocated, caches and threads warm
+        fn()
+        fn()
+    per_round: dict[str, list[float]] = {m: [] for m in methods}
+    order = list(methods)
+    rnd = random.Random(0)
+    for _ in range(rounds):
+        rnd.shuffle(order)
+        for m in order:
+            ts = []
+            for _ in range(steps):
+                t0 = time.perf_counter()
+                fns[m]()
+                ts.append(time.perf_counter() - t0)
+            per_round[m].append(statistics.median(ts))
+    erm = per_round["erm"]
+    out = []
+    for m in methods:
+        ratios = sorted(t / e for t, e in zip(per_round[m], erm))
+        out.append({"model": model, "method": m, "ms": 1000 * statistics.median(per_round[m]),
+                    "ratio": statistics.median(ratios), "ratio_lo": ratios[len(ratios) // 4],
+                    "ratio_hi": ratios[(3 * len(ratios)) // 4]})
+    return out
+
+
+def make_torch_step(model: str, method: str, threads: int):
+    """A closure taking one PyTorch step of `method` (double back-propagation) on `model`."""
     import torch
-    import torch.nn as nn
     import torch.nn.functional as F
+    from torch import nn
     from torch.func import functional_call
 
     torch.set_num_threads(threads)
@@ -149,6 +197,8 @@ def run_torch(model: str, method: str, steps: int, warmup: int, threads: int) ->
     vopt = torch.optim.Adam(vnet.parameters(), 1e-3, weight_decay=1e-4)
     names = [n for n, _ in net.named_parameters()]
     lr = 0.01
+
+    method = base_method(method)
 
     def step():
         if method == "erm":
@@ -209,64 +259,90 @@ def run_torch(model: str, method: str, steps: int, warmup: int, threads: int) ->
         opt.step()
 
     _ = names
-    base = rss_kb()
-    reset_peak()
-    times = []
-    for i in range(warmup + steps):
-        t0 = time.perf_counter()
-        step()
-        if i >= warmup:
-            times.append(time.perf_counter() - t0)
-    times.sort()
-    return {"impl": "pytorch", "model": model, "method": method, "ms": 1000 * times[len(times) // 2],
-            "extra_mb": (peak_kb() - base) / 1024, "version": torch.__version__}
+    return step
 
 
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--models", default="mlp,lenet,resnet32")
-    ap.add_argument("--methods", default=",".join(METHODS))
-    ap.add_argument("--steps", type=int, default=0, help="timed steps (default: 200 MLP, 50 LeNet, 5 ResNet)")
+    ap.add_argument("--methods", default=",".join(METHODS), help="comma-separated; erm is always included")
+    ap.add_argument("--rounds", type=int, default=0, help="interleaved rounds (default: 30 MLP, 15 LeNet, 5 ResNet)")
+    ap.add_argument("--steps", type=int, default=0, help="steps per method per round (default: 20 MLP, 4 LeNet, 1 ResNet)")
+    ap.add_argument("--memory-steps", type=int, default=4, help="steps of each memory subprocess")
     ap.add_argument("--threads", type=int, default=os.cpu_count() or 1)
     ap.add_argument("--no-torch", action="store_true")
-    ap.add_argument("--child", nargs=4, metavar=("IMPL", "MODEL", "METHOD", "STEPS"), help=argparse.SUPPRESS)
+    ap.add_argument("--json", help="also write the results to this file")
+    ap.add_argument("--child", nargs=6, metavar=("KIND", "IMPL", "MODEL", "METHODS", "ROUNDS", "STEPS"),
+                    help=argparse.SUPPRESS)
     args = ap.parse_args()
     if args.child:
-        impl, model, method, steps = args.child
-        steps = int(steps)
-        fn = run_metaweight if impl == "metaweight" else run_torch
-        print(json.dumps(fn(model, method, steps, max(2, steps // 10), args.threads)))
+        kind, impl, model, methods, rounds, steps = args.child
+        make = make_metaweight_step if impl == "metaweight" else make_torch_step
+        if kind == "mem":
+            print(json.dumps(measure_memory(make, model, methods, args.threads, int(steps))))
+        else:
+            print(json.dumps(measure_time(make, model, methods.split(";"), args.threads, int(rounds), int(steps))))
         return
-    try:
-        import torch  # noqa: F401
+    have_torch = False
+    if not args.no_torch:
+        try:
+            import torch  # noqa: F401
 
-        have_torch = not args.no_torch
-    except ImportError:
-        have_torch = False
-    impls = ["metaweight"] + (["pytorch"] if have_torch else [])
-    results = []
+            have_torch = True
+        except ImportError:
+            pass
+    methods = [m for m in args.methods.split(",") if m and m != "erm"]
+    methods = ["erm"] + methods
+
+    def child(*fields: str) -> dict | list | None:
+        cmd = [sys.executable, __file__, "--threads", str(args.threads), "--child", *fields]
+        out = subprocess.run(cmd, capture_output=True, text=True, check=False)
+        if out.returncode != 0:
+            print(f"{' '.join(fields)} failed:\n{out.stderr[-2000:]}", file=sys.stderr)
+            return None
+        return json.loads(out.stdout.strip().splitlines()[-1])
+
+    rows = []
     for model in args.models.split(","):
-        steps = args.steps or {"mlp": 200, "lenet": 50, "resnet32": 5}[model]
-        for impl in impls:
-            for method in args.methods.split(","):
-                cmd = [sys.executable, __file__, "--threads", str(args.threads), "--child", impl, model, method, str(steps)]
-                out = subprocess.run(cmd, capture_output=True, text=True)
-                if out.returncode != 0:
-                    print(f"{impl} {model} {method} failed:\n{out.stderr[-2000:]}", file=sys.stderr)
-                    continue
-                r = json.loads(out.stdout.strip().splitlines()[-1])
-                results.append(r)
-                print(f"  {impl:10s} {model:9s} {method:6s} {r['ms']:9.2f} ms/step  extra {r['extra_mb']:8.1f} MB",
-                      flush=True)
+        rounds, steps = DEFAULT_SCHEDULE[model]
+        rounds, steps = args.rounds or rounds, args.steps or steps
+        for impl in ["metaweight"] + (["pytorch"] if have_torch else []):
+            ms = methods if impl == "metaweight" else list(dict.fromkeys(base_method(m) for m in methods))
+            timed = child("time", impl, model, ";".join(ms), str(rounds), str(steps)) or []
+            by_method = {r["method"]: r for r in timed}
+            for m in ms:
+                mem = child("mem", impl, model, m, "0", str(args.memory_steps))
+                r = {"impl": impl, **by_method.get(m, {"model": model, "method": m}),
+                     "extra_mb": mem["extra_mb"] if mem else float("nan")}
+                rows.append(r)
+                print(f"  {impl:10s} {model:9s} {m:18s} {r.get('ms', float('nan')):9.2f} ms/step "
+                      f"x{r.get('ratio', float('nan')):.2f}  extra {r['extra_mb']:8.1f} MB", flush=True)
+
+    def find(impl: str, model: str, method: str) -> dict | None:
+        return next((r for r in rows if r["impl"] == impl and r["model"] == model and r["method"] == method), None)
+
+    for r in rows:
+        erm = find(r["impl"], r["model"], "erm")
+        r["memory_ratio"] = r["extra_mb"] / erm["extra_mb"] if erm and erm["extra_mb"] > 0 else float("nan")
     print()
-    print(f"threads={args.threads}")
-    print("| impl | model | method | ms/step | × ERM time | extra MB | × ERM extra memory |")
-    print("|---|---|---|---|---|---|---|")
-    for r in results:
-        erm = next((e for e in results if e["impl"] == r["impl"] and e["model"] == r["model"] and e["method"] == "erm"), None)
-        tr = r["ms"] / erm["ms"] if erm else float("nan")
-        mr = r["extra_mb"] / erm["extra_mb"] if erm and erm["extra_mb"] > 0 else float("nan")
-        print(f"| {r['impl']} | {r['model']} | {r['method']} | {r['ms']:.2f} | {tr:.2f} | {r['extra_mb']:.1f} | {mr:.2f} |")
+    print(f"threads={args.threads}; × ERM time: median over rounds of the per-round ratio (interquartile range)")
+    torch_cols = " PyTorch × ERM time | PyTorch × ERM extra memory |" if have_torch else ""
+    print(f"| model | method | ms/step | × ERM time | extra MB | × ERM extra memory |{torch_cols}")
+    print("|---|---|---|---|---|---|" + ("---|---|" if have_torch else ""))
+    nan = float("nan")
+    for r in rows:
+        if r["impl"] != "metaweight":
+            continue
+        line = (f"| {r['model']} | {r['method']} | {r.get('ms', nan):.2f} | {r.get('ratio', nan):.2f} "
+                f"({r.get('ratio_lo', nan):.2f}–{r.get('ratio_hi', nan):.2f}) | {r['extra_mb']:.1f} | "
+                f"{r['memory_ratio']:.2f} |")
+        if have_torch:
+            t = find("pytorch", r["model"], base_method(r["method"])) or {}
+            line += f" {t.get('ratio', nan):.2f} | {t.get('memory_ratio', nan):.2f} |"
+        print(line)
+    if args.json:
+        with open(args.json, "w") as f:
+            json.dump({"threads": args.threads, "rows": rows}, f, indent=1)
 
 
 if __name__ == "__main__":

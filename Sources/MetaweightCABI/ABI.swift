@@ -28,6 +28,15 @@ public func _mw_set_threads(_ n: Int32) -> mw_status {
 @_cdecl("mw_get_threads")
 public func _mw_get_threads() -> Int32 { Int32(Parallel.threads) }
 
+/// The most handle calls running at once since the last reset (see `InFlight`).
+@_cdecl("mw_calls_in_flight_peak")
+public func _mw_calls_in_flight_peak(_ reset: Int32) -> Int64 { Int64(InFlight.shared.peak(reset: reset != 0)) }
+
+@_cdecl("mw_live_handles")
+public func _mw_live_handles(_ out: UnsafeMutablePointer<Int64>?) -> mw_status {
+  guarded { try require(out, "out").pointee = Int64(Registry.shared.count) }
+}
+
 // MARK: - Networks
 
 @_cdecl("mw_network_create")

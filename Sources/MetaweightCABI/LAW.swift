@@ -133,7 +133,14 @@ public func _mw_law_set_data(
 public func _mw_law_run_stage(_ h: mw_law, _ out: UnsafeMutablePointer<mw_law_stage_log>?) -> mw_status {
   guarded {
     try using(h, as: LAWSearch.self, "law") { s in
-      let l = try s.runStage()
+      let l: LAWStageLog
+      do {
+        l = try s.runStage()
+      } catch is LAWCancelledError {
+        throw ABIError(
+          code: MW_E_INTERRUPTED,
+          message: "law: interrupted (mw_law_cancel) at a step boundary of stage \(s.nextStage) of round \(s.round); the next mw_law_run_stage continues it")
+      }
       if let o = out {
         o.pointee = mw_law_stage_log(
           round: Int64(l.round), stage: Int32(l.stage), round_done: l.roundDone ? 1 : 0, warmup: l.warmup ? 1 : 0,
@@ -143,6 +150,34 @@ public func _mw_law_run_stage(_ h: mw_law, _ out: UnsafeMutablePointer<mw_law_st
           buffer_size: Int64(l.bufferSize), seconds: l.seconds, fdu_seconds: l.fduSeconds)
       }
     }
+  }
+}
+
+@_cdecl("mw_law_cancel")
+public func _mw_law_cancel(_ h: mw_law, _ on: Int32) -> mw_status {
+  guarded {
+    // No object lock: this is called from another thread while mw_law_run_stage holds it.
+    guard let e = Registry.shared.entry(h), let s = e.object as? LAWSearch else {
+      throw ABIError(code: MW_E_HANDLE, message: "law: handle \(h) is closed, freed or was never created")
+    }
+    s.cancellation.set(on != 0)
+  }
+}
+
+@_cdecl("mw_law_save")
+public func _mw_law_save(_ h: mw_law, _ path: UnsafePointer<CChar>?) -> mw_status {
+  guarded {
+    let p = try lawPath(path)
+    try using(h, as: LAWSearch.self, "law") { s in try s.save(to: p) }
+  }
+}
+
+@_cdecl("mw_law_load")
+public func _mw_law_load(_ h: mw_law, _ path: UnsafePointer<CChar>?) -> mw_status {
+  guarded {
+    let p = try lawPath(path)
+    let ck = try Checkpoint.read(from: p)
+    try using(h, as: LAWSearch.self, "law") { s in try s.restore(ck) }
   }
 }
 

@@ -53,11 +53,69 @@ final class TryLock: @unchecked Sendable {
   func unlock() { pthread_mutex_unlock(m) }
 }
 
-/// A registered object and the lock that serialises its use.
+/// The exclusion lock of one underlying object, shared by every handle that touches it.
+///
+/// A trainer and the network it trains share one lock (the network's), as do all network
+/// handles to one network (`mw_trainer_network` hands out more) and all trainers built on it, so
+/// two threads can never run calls on the same parameters at once through different handles.
+final class SharedLock: @unchecked Sendable {
+  /// The try-lock every call on any of the object's handles takes.
+  let busy = TryLock()
+  /// Guards `holder` (a short critical section, never held across a call).
+  private let guardLock = TryLock()
+  private var holderText = ""
+  /// Handles registered against this lock; the registry drops the lock at zero.
+  var references = 0
+  /// What kind of object the lock guards ("network", "LAW search", ...), for messages.
+  let kind: String
+
+  init(kind: String) { self.kind = kind }
+
+  /// The call holding `busy` right now (e.g. "mw_trainer_step on trainer 3"), or "".
+  var holder: String {
+    get {
+      guardLock.lock()
+      defer { guardLock.unlock() }
+      return holderText
+    }
+    set {
+      guardLock.lock()
+      holderText = newValue
+      guardLock.unlock()
+    }
+  }
+}
+
+/// A registered object and the lock that serialises its use (shared with every other handle
+/// whose object touches the same underlying object; see `SharedLock`).
 final class Entry: @unchecked Sendable {
   let object: AnyObject
-  let busy = TryLock()
-  init(_ object: AnyObject) { self.object = object }
+  let shared: SharedLock
+  let key: ObjectIdentifier
+  var busy: TryLock { shared.busy }
+  init(_ object: AnyObject, shared: SharedLock, key: ObjectIdentifier) {
+    self.object = object
+    self.shared = shared
+    self.key = key
+  }
+}
+
+/// The kind of a registered object, for messages.
+func kindName(_ o: AnyObject) -> String {
+  switch o {
+  case is Trainer: return "trainer"
+  case is Network: return "network"
+  case is LAWSearch: return "LAW search"
+  case is LAWStrategy: return "strategy"
+  default: return String(describing: type(of: o))
+  }
+}
+
+/// The underlying object whose lock `o`'s handle takes: a trainer locks the network it trains
+/// (its parameters, batch-norm statistics and tape live there); anything else locks itself.
+func lockOwner(_ o: AnyObject) -> AnyObject {
+  if let t = o as? Trainer { return t.network }
+  return o
 }
 
 /// Maps opaque 64-bit handles to live objects; freed or unknown handles are errors, not traps.
@@ -65,14 +123,27 @@ final class Registry: @unchecked Sendable {
   static let shared = Registry()
   private let lock = TryLock()
   private var entries: [UInt64: Entry] = [:]
+  /// One lock per underlying object that some live handle touches (keys stay valid: the entries
+  /// hold their objects, which hold the owners, strongly).
+  private var locks: [ObjectIdentifier: SharedLock] = [:]
   private var next: UInt64 = 1
 
   func add(_ object: AnyObject) -> UInt64 {
+    let owner = lockOwner(object)
+    let key = ObjectIdentifier(owner)
     lock.lock()
     defer { lock.unlock() }
     let id = next
     next += 1
-    entries[id] = Entry(object)
+    let shared: SharedLock
+    if let s = locks[key] {
+      shared = s
+    } else {
+      shared = SharedLock(kind: kindName(owner))
+      locks[key] = shared
+    }
+    shared.references += 1
+    entries[id] = Entry(object, shared: shared, key: key)
     return id
   }
 
@@ -82,36 +153,115 @@ final class Registry: @unchecked Sendable {
     return entries[id]
   }
 
+  /// Number of live handles.
+  var count: Int {
+    lock.lock()
+    defer { lock.unlock() }
+    return entries.count
+  }
+
   func remove(_ id: UInt64) -> Entry? {
     lock.lock()
     defer { lock.unlock() }
-    return entries.removeValue(forKey: id)
+    guard let e = entries.removeValue(forKey: id) else { return nil }
+    e.shared.references -= 1
+    if e.shared.references <= 0 { locks.removeValue(forKey: e.key) }
+    return e
+  }
+
+  /// Handles registered against the lock of `id`'s underlying object (tests and messages).
+  func sharers(_ id: UInt64) -> Int {
+    lock.lock()
+    defer { lock.unlock() }
+    return entries[id]?.shared.references ?? 0
   }
 }
 
-/// Looks up `id` as a `T` and runs `body` holding the object's lock.
-func using<T: AnyObject>(_ id: UInt64, as: T.Type, _ what: String, _ body: (T) throws -> Void) throws {
+/// "mw_trainer_step" from a `#function` such as "_mw_trainer_step(_:_:_:)".
+func callName(_ function: String) -> String {
+  var s = Substring(function)
+  if let p = s.firstIndex(of: "(") { s = s[..<p] }
+  while s.hasPrefix("_") { s = s.dropFirst() }
+  return String(s)
+}
+
+/// The BusyError of a call on `id` (a `what`) refused because `e`'s lock is taken.
+func busyError(_ id: UInt64, _ what: String, _ e: Entry, call: String) -> ABIError {
+  let holder = e.shared.holder
+  let kind = kindName(e.object)
+  let via = kind == e.shared.kind ? "" : " (its \(e.shared.kind), which it shares)"
+  let by = holder.isEmpty ? "another thread" : "another thread (\(holder))"
+  return ABIError(
+    code: MW_E_BUSY,
+    message: "\(call): \(what) \(id) is in use by \(by)\(via); one object (a network and every trainer or "
+      + "handle on it) may run one call at a time: use one per thread or guard it with a lock")
+}
+
+/// Counts the calls on handles running right now and the most at once (diagnostics: shows that
+/// callers in different threads overlap, i.e. that the Python extension releases the GIL).
+final class InFlight: @unchecked Sendable {
+  static let shared = InFlight()
+  private let lock = TryLock()
+  private var running = 0
+  private var most = 0
+
+  func enter() {
+    lock.lock()
+    running += 1
+    most = max(most, running)
+    lock.unlock()
+  }
+
+  func leave() {
+    lock.lock()
+    running -= 1
+    lock.unlock()
+  }
+
+  /// The peak since the last reset; `reset` starts a new count from the calls running now.
+  func peak(reset: Bool) -> Int {
+    lock.lock()
+    defer { lock.unlock() }
+    let p = most
+    if reset { most = running }
+    return p
+  }
+}
+
+/// Looks up `id` as a `T` and runs `body` holding the lock of its underlying object (shared by
+/// every handle that touches that object); MW_E_BUSY, naming the object and the call, when
+/// another thread holds it.
+func using<T: AnyObject>(
+  _ id: UInt64, as: T.Type, _ what: String, function: String = #function, _ body: (T) throws -> Void
+) throws {
   guard let e = Registry.shared.entry(id) else {
     throw ABIError(code: MW_E_HANDLE, message: "\(what): handle \(id) is closed, freed or was never created")
   }
   guard let obj = e.object as? T else {
     throw ABIError(code: MW_E_HANDLE, message: "\(what): handle \(id) is not a \(T.self)")
   }
-  guard e.busy.tryLock() else {
-    throw ABIError(code: MW_E_BUSY, message: "\(what): the object is in use by another thread; use one object per thread or a lock")
+  let call = callName(function)
+  guard e.busy.tryLock() else { throw busyError(id, what, e, call: call) }
+  guard Registry.shared.entry(id) === e else {  // freed by another thread just before we got the lock
+    e.busy.unlock()
+    throw ABIError(code: MW_E_HANDLE, message: "\(what): handle \(id) is closed, freed or was never created")
   }
-  defer { e.busy.unlock() }
+  e.shared.holder = "\(call) on \(kindName(e.object)) \(id)"
+  InFlight.shared.enter()
+  defer {
+    InFlight.shared.leave()
+    e.shared.holder = ""
+    e.busy.unlock()
+  }
   try body(obj)
 }
 
-/// Frees handle `id` if it holds a `T`.
+/// Frees handle `id` if it holds a `T` (MW_E_BUSY while any handle on its object runs a call).
 func free<T: AnyObject>(_ id: UInt64, as: T.Type, _ what: String) throws {
   guard let e = Registry.shared.entry(id), e.object is T else {
     throw ABIError(code: MW_E_HANDLE, message: "\(what): handle \(id) is closed, freed or was never created")
   }
-  guard e.busy.tryLock() else {
-    throw ABIError(code: MW_E_BUSY, message: "\(what): the object is in use by another thread")
-  }
+  guard e.busy.tryLock() else { throw busyError(id, kindName(e.object), e, call: what) }
   _ = Registry.shared.remove(id)
   e.busy.unlock()
 }

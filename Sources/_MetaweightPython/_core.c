@@ -26,6 +26,7 @@ static PyObject *raise_status(mw_status s) {
     case MW_E_STATE: type = StateError; break;
     case MW_E_IO: type = CheckpointError; break;
     case MW_E_BUSY: type = BusyError; break;
+    case MW_E_INTERRUPTED: type = PyExc_KeyboardInterrupt; break;
     default: break;
   }
   const char *msg = mw_last_error();
@@ -88,6 +89,11 @@ static PyObject *py_version(PyObject *self, PyObject *args) { return PyUnicode_F
 static PyObject *py_blas_core(PyObject *self, PyObject *args) { return PyUnicode_FromString(mw_blas_core()); }
 static PyObject *py_blas_config(PyObject *self, PyObject *args) { return PyUnicode_FromString(mw_blas_config()); }
 static PyObject *py_get_threads(PyObject *self, PyObject *args) { return PyLong_FromLong(mw_get_threads()); }
+static PyObject *py_calls_in_flight_peak(PyObject *self, PyObject *args) {
+  int reset = 0;
+  if (!PyArg_ParseTuple(args, "|p", &reset)) return NULL;
+  return PyLong_FromLongLong(mw_calls_in_flight_peak(reset ? 1 : 0));
+}
 static PyObject *py_set_threads(PyObject *self, PyObject *args) {
   int n;
   if (!PyArg_ParseTuple(args, "i", &n)) return NULL;
@@ -603,6 +609,23 @@ static PyObject *law_with_path(PyObject *args, law_path_fn fn) {
 static PyObject *py_law_save_strategy(PyObject *self, PyObject *args) { return law_with_path(args, mw_law_save_strategy); }
 static PyObject *py_law_load_strategy(PyObject *self, PyObject *args) { return law_with_path(args, mw_law_load_strategy); }
 static PyObject *py_strategy_save(PyObject *self, PyObject *args) { return law_with_path(args, mw_strategy_save); }
+static PyObject *py_law_save(PyObject *self, PyObject *args) { return law_with_path(args, mw_law_save); }
+static PyObject *py_law_load(PyObject *self, PyObject *args) { return law_with_path(args, mw_law_load); }
+
+static PyObject *py_law_cancel(PyObject *self, PyObject *args) {
+  PyObject *ho; uint64_t h; int on;
+  if (!PyArg_ParseTuple(args, "Op", &ho, &on) || handle_arg(ho, &h)) return NULL;
+  mw_status s = mw_law_cancel(h, on ? 1 : 0); /* never blocks: no GIL release needed */
+  if (s != MW_OK) return raise_status(s);
+  Py_RETURN_NONE;
+}
+
+static PyObject *py_live_handles(PyObject *self, PyObject *args) {
+  int64_t n = 0;
+  mw_status s = mw_live_handles(&n);
+  if (s != MW_OK) return raise_status(s);
+  return PyLong_FromLongLong((long long)n);
+}
 
 static PyObject *py_law_strategy(PyObject *self, PyObject *args) {
   PyObject *ho; uint64_t h;
@@ -728,6 +751,9 @@ static PyMethodDef methods[] = {
     {"blas_core", py_blas_core, METH_NOARGS, "OpenBLAS core in use."},
     {"blas_config", py_blas_config, METH_NOARGS, "OpenBLAS configuration."},
     {"get_threads", py_get_threads, METH_NOARGS, "Kernel thread count."},
+    {"calls_in_flight_peak", py_calls_in_flight_peak, METH_VARARGS,
+     "calls_in_flight_peak(reset=False) -> most handle calls running at once since the last reset."},
+    {"live_handles", py_live_handles, METH_NOARGS, "Number of live native handles (leak checks)."},
     {"set_threads", py_set_threads, METH_VARARGS, "Set kernel and BLAS thread count."},
     {"network_create", py_network_create, METH_VARARGS, "network_create(spec, input_shape, seed) -> handle"},
     {"network_free", py_network_free, METH_VARARGS, "Free a network handle."},
@@ -766,6 +792,9 @@ static PyMethodDef methods[] = {
      "law_episode_log(h, slot, out float64[stages*11]) -> (episode, round, stages_done)"},
     {"law_episode_actions", py_law_episode_actions, METH_VARARGS, "Actions [stages x action_dim] into out."},
     {"law_episode_weights", py_law_episode_weights, METH_VARARGS, "Per-example weights [stages x N] into out."},
+    {"law_cancel", py_law_cancel, METH_VARARGS, "law_cancel(h, on): request/clear cancellation (thread-safe)."},
+    {"law_save", py_law_save, METH_VARARGS, "Save the whole search state (atomic)."},
+    {"law_load", py_law_load, METH_VARARGS, "Restore a saved search state."},
     {"law_save_strategy", py_law_save_strategy, METH_VARARGS, "Save the current strategy (atomic)."},
     {"law_load_strategy", py_law_load_strategy, METH_VARARGS, "Load a strategy file into the search's actor."},
     {"law_strategy", py_law_strategy, METH_VARARGS, "Snapshot of the current strategy -> strategy handle."},

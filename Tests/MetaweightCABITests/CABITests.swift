@@ -1,6 +1,6 @@
 import CMetaweight
 import Foundation
-import MetaweightCABI  // the Swift implementations of the C entry points (linked through this import)
+@testable import MetaweightCABI  // the Swift implementations of the C entry points (linked through this import)
 import XCTest
 
 /// The exported C functions, called through the `CMetaweight` header: bad input returns the
@@ -597,6 +597,82 @@ final class MetaweightCABITests: XCTestCase {
     let tr = try makeTrainer(net)
     defer { _ = mw_trainer_free(tr); _ = mw_network_free(net) }
     expect(mw_trainer_save(tr, path("no/such/dir/x.mwckpt")), MW_E_IO, naming: "no/such/dir")
+  }
+
+  // MARK: - One lock per underlying object
+
+  func testHandlesSharingANetworkShareOneLockAndRefuseWithANamedBusyError() throws {
+    let net = try makeNetwork()
+    let tr = try makeTrainer(net)
+    var net2: mw_network = 0
+    ok(mw_trainer_network(tr, &net2))
+    defer {
+      _ = mw_network_free(net2)
+      _ = mw_trainer_free(tr)
+      _ = mw_network_free(net)
+    }
+    XCTAssertEqual(Registry.shared.sharers(tr), 3, "network, trainer and trainer_network handles share one lock")
+    let other = try makeNetwork()
+    defer { _ = mw_network_free(other) }
+    XCTAssertEqual(Registry.shared.sharers(other), 1)
+
+    // Hold the network's lock as a running call on `net` would; every handle on it is refused.
+    guard let entry = Registry.shared.entry(net) else { return XCTFail("no entry for the network handle") }
+    XCTAssertTrue(entry.busy.tryLock())
+    entry.shared.holder = "mw_trainer_step on trainer \(tr)"
+    let b = batch(4)
+    var np: Int64 = 0
+    expect(mw_network_info(net2, &np, nil, nil, nil, nil), MW_E_BUSY, naming: "mw_network_info", "network \(net2)", "mw_trainer_step on trainer")
+    expect(step(tr, b.x, b.shape, b.y).0, MW_E_BUSY, naming: "mw_trainer_step", "trainer \(tr)", "its network")
+    expect(mw_trainer_free(tr), MW_E_BUSY, naming: "mw_trainer_free")
+    XCTAssertEqual(mw_network_info(other, &np, nil, nil, nil, nil), MW_OK, "an unrelated network is not affected")
+    entry.shared.holder = ""
+    entry.busy.unlock()
+
+    XCTAssertEqual(step(tr, b.x, b.shape, b.y).0, MW_OK, "free again afterwards")
+    XCTAssertEqual(steps(tr), 1)
+  }
+
+  func testConcurrentStepsAndReadsThroughTwoHandlesAreSerialised() throws {
+    final class Box: @unchecked Sendable {
+      var okSteps = 0
+      var badStatus: [mw_status] = []
+      var finite = true
+    }
+    let net = try makeNetwork()
+    let tr = try makeTrainer(net)
+    var net2: mw_network = 0
+    ok(mw_trainer_network(tr, &net2))
+    defer {
+      _ = mw_network_free(net2)
+      _ = mw_trainer_free(tr)
+      _ = mw_network_free(net)
+    }
+    var count: Int64 = 0
+    ok(mw_network_info(net, &count, nil, nil, nil, nil))
+    let reader = net2
+    let box = Box()
+    let b = batch(64)
+    let group = DispatchGroup()
+    let n = Int(count)
+    DispatchQueue.global().async(group: group) {
+      var r = mw_step_result()
+      for _ in 0..<200 {
+        let st = mw_trainer_step(tr, b.x, b.shape, 2, b.y, Int64(b.y.count), nil, &r)
+        if st == MW_OK { box.okSteps += 1 } else if st != MW_E_BUSY { box.badStatus.append(st) }
+      }
+    }
+    DispatchQueue.global().async(group: group) {
+      var out = [Float](repeating: 0, count: n)
+      for _ in 0..<400 {
+        let st = mw_network_get_flat(reader, 0, &out, Int64(n))
+        if st == MW_OK { box.finite = box.finite && out.allSatisfy { $0.isFinite } } else if st != MW_E_BUSY { box.badStatus.append(st) }
+      }
+    }
+    XCTAssertEqual(group.wait(timeout: .now() + 120), .success)
+    XCTAssertEqual(box.badStatus, [], "every call works or is MW_E_BUSY")
+    XCTAssertTrue(box.finite)
+    XCTAssertEqual(steps(tr), Int64(box.okSteps), "every accepted step took exactly one step")
   }
 
   // MARK: - Thread-local error

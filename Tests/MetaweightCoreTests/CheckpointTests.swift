@@ -411,3 +411,111 @@ final class CheckpointTests: XCTestCase {
     XCTAssertEqual(Snapshot(b), before)
   }
 }
+
+// MARK: - LAW search checkpoints and cancellation
+
+final class LAWSearchCheckpointTests: XCTestCase {
+  private func data(n: Int, nVal: Int, seed: UInt64) -> LAWData {
+    var rng = RNG(seed: seed)
+    func sample(_ count: Int) -> ([Float], [Int64]) {
+      var x: [Float] = [], y: [Int64] = []
+      for _ in 0..<count {
+        let c = rng.int(below: 3)
+        for j in 0..<6 { x.append(rng.normal() * 0.7 + (j % 3 == c ? 2 : 0)) }
+        y.append(Int64(rng.uniform() < 0.3 ? (c + 1) % 3 : c))
+      }
+      return (x, y)
+    }
+    let (x, y) = sample(n)
+    let (vx, vy) = sample(nVal)
+    return LAWData(x: x, y: y, corrupted: nil, valX: vx, valY: vy)
+  }
+
+  private func config() throws -> LAWConfig {
+    var c = LAWConfig()
+    c.stages = 3
+    c.warmupStages = 1
+    c.parallel = 2
+    c.epochs = 4
+    c.batchSize = 16
+    c.embeddingDim = 4
+    c.actorHidden = 8
+    c.criticHidden = 8
+    c.fduEpochs = 2
+    c.fduBatch = 4
+    try c.validate()
+    return c
+  }
+
+  private func search() throws -> LAWSearch {
+    try LAWSearch(config: try config(), networkSpec: "mlp(hidden=8, classes=3)", inputLayout: .flat(6), seed: 9)
+  }
+
+  /// Stages to run: 3 rounds of 3 stages.
+  private let totalStages = 9
+
+  func testCancellingMidStageAndRestoringIntoANewSearchFinishesBitIdentically() throws {
+    let d = data(n: 96, nVal: 30, seed: 1)
+    let full = try search()
+    try full.setData(d)
+    for _ in 0..<totalStages { _ = try full.runStage() }
+    let expected = full.checkpoint().encoded()
+
+    var s = try search()
+    try s.setData(d)
+    var finished = 0, cancels = 0, checks = 3
+    while finished < totalStages {
+      s.cancellation.arm(afterChecks: checks)
+      checks = checks * 7 % 23 + 2  // a spread of interruption points, some inside stages
+      do {
+        _ = try s.runStage()
+        finished += 1
+      } catch is LAWCancelledError {
+        cancels += 1
+        XCTAssertEqual(s.nextStage, finished % 3, "an interrupted stage is not counted as done")
+        // Every other time, move to a new search object through a file-less checkpoint.
+        if cancels % 2 == 0 {
+          let ck = try Checkpoint(decoding: s.checkpoint().encoded())
+          let t = try search()
+          try t.restore(ck)
+          try t.setData(d)  // same data: the round in progress continues
+          s = t
+        }
+      }
+      s.cancellation.set(false)
+    }
+    XCTAssertGreaterThan(cancels, 3)
+    XCTAssertEqual(s.checkpoint().encoded(), expected)
+  }
+
+  func testRestoredRoundWithDifferentDataIsAbandonedAndSearchGoesOn() throws {
+    let s = try search()
+    try s.setData(data(n: 96, nVal: 30, seed: 1))
+    _ = try s.runStage()
+    let ck = s.checkpoint()
+    let t = try search()
+    try t.restore(ck)
+    XCTAssertThrowsError(try t.runStage())  // no data yet: names what is missing
+    try t.setData(data(n: 96, nVal: 30, seed: 2))
+    XCTAssertEqual(t.nextStage, 0)
+    XCTAssertEqual(t.round, 1)
+    _ = try t.runStage()
+  }
+
+  func testRestoringAMismatchingSearchCheckpointThrowsAndChangesNothing() throws {
+    let s = try search()
+    try s.setData(data(n: 96, nVal: 30, seed: 1))
+    _ = try s.runStage()
+    let ck = s.checkpoint()
+    let other = try LAWSearch(config: try config(), networkSpec: "mlp(hidden=8, classes=3)", inputLayout: .flat(6), seed: 10)
+    let before = other.checkpoint().encoded()
+    XCTAssertThrowsError(try other.restore(ck)) { XCTAssertTrue("\($0)".contains("seed mismatch"), "\($0)") }
+    var broken = ck
+    broken.floats["law.agent.critic"] = [1, 2, 3]
+    let same = try search()
+    let before2 = same.checkpoint().encoded()
+    XCTAssertThrowsError(try same.restore(broken)) { XCTAssertTrue("\($0)".contains("law.agent.critic"), "\($0)") }
+    XCTAssertEqual(other.checkpoint().encoded(), before)
+    XCTAssertEqual(same.checkpoint().encoded(), before2)
+  }
+}

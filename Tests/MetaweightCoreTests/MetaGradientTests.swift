@@ -422,15 +422,28 @@ final class MetaGradientTests: XCTestCase {
   /// Runs one MW-Net step with V frozen (weight-net lr 0) and compares V's gradient with central
   /// differences of F(Θ) = L_meta(θ − α·d(Σ cᵢ(Θ) ∇lᵢ)), cᵢ the configured step coefficients and d
   /// the virtual direction (plain, or the optimizer's momentum and weight decay).
+  /// (In both memory modes: a separate meta tape, and one tape with the train forward recomputed.)
   private func checkMWNet(
     _ arch: MGArch, optimizer: OptimizerConfig = OptimizerConfig(), warmUp: Bool = false, lr: Float = 0.5,
     _ configure: (inout WeightingConfig) -> Void, _ label: String,
     file: StaticString = #filePath, line: UInt = #line
   ) throws {
+    for memory in WeightingConfig.Memory.allCases {
+      try checkMWNet(
+        arch, optimizer: optimizer, warmUp: warmUp, lr: lr, memory: memory, configure, "\(label), memory \(memory)",
+        file: file, line: line)
+    }
+  }
+
+  private func checkMWNet(
+    _ arch: MGArch, optimizer: OptimizerConfig, warmUp: Bool, lr: Float, memory: WeightingConfig.Memory,
+    _ configure: (inout WeightingConfig) -> Void, _ label: String, file: StaticString, line: UInt
+  ) throws {
     let fx = try MGFixture(arch, lr: lr, optimizer: optimizer)
     if warmUp { try fx.warmUpStep() }
     var cfg = WeightingConfig()
     cfg.method = .mwnet
+    cfg.memory = memory
     cfg.weightNetHidden = 10
     cfg.weightNetLR = 0
     configure(&cfg)
@@ -542,15 +555,28 @@ final class MetaGradientTests: XCTestCase {
   /// central differences of G(ω) = L_meta(θ − α·d(Σ ω_ic (p̃_ic − y_ic)/n ∂z_ic/∂θ)); V's gradient
   /// against central differences of G(constrain(V(l; φ)·1)); the second-stage update's direction;
   /// the constraint on ω′; and the real step's gradient.
+  /// (In both memory modes.)
   private func checkGDW(
     _ arch: MGArch, optimizer: OptimizerConfig = OptimizerConfig(), warmUp: Bool = false, lr: Float = 0.5,
     _ configure: (inout WeightingConfig) -> Void, _ label: String,
     file: StaticString = #filePath, line: UInt = #line
   ) throws {
+    for memory in WeightingConfig.Memory.allCases {
+      try checkGDW(
+        arch, optimizer: optimizer, warmUp: warmUp, lr: lr, memory: memory, configure, "\(label), memory \(memory)",
+        file: file, line: line)
+    }
+  }
+
+  private func checkGDW(
+    _ arch: MGArch, optimizer: OptimizerConfig, warmUp: Bool, lr: Float, memory: WeightingConfig.Memory,
+    _ configure: (inout WeightingConfig) -> Void, _ label: String, file: StaticString, line: UInt
+  ) throws {
     let fx = try MGFixture(arch, lr: lr, optimizer: optimizer)
     if warmUp { try fx.warmUpStep() }
     var cfg = WeightingConfig()
     cfg.method = .gdw
+    cfg.memory = memory
     cfg.weightNetHidden = 10
     cfg.weightNetLR = 0
     cfg.gdwEta = 0.05
@@ -686,11 +712,15 @@ final class MetaGradientTests: XCTestCase {
     }
   }
 
-  /// After a full L2RW / MW-Net / GDW step, the running statistics equal those of a twin network
-  /// after exactly one ERM `.train` forward of the same batch (so they were updated exactly once).
+  /// After a full L2RW / MW-Net / GDW step (either memory mode), the running statistics equal
+  /// those of a twin network after exactly one ERM `.train` forward of the same batch (so they
+  /// were updated exactly once).
   func testWeightedStepUpdatesRunningStatisticsExactlyLikeOneTrainForward() throws {
     for arch in [MGArch.conv, .resnet] {
-      for method in [WeightingConfig.Method.l2rw, .mwnet, .gdw] {
+      for (method, memory) in [
+        (WeightingConfig.Method.l2rw, WeightingConfig.Memory.fast), (.mwnet, .fast), (.mwnet, .low), (.gdw, .fast),
+        (.gdw, .low),
+      ] {
         let a = try MGFixture(arch)
         let b = try MGFixture(arch)
         try a.warmUpStep()
@@ -699,11 +729,13 @@ final class MetaGradientTests: XCTestCase {
         let initial = a.stateBits
         var cfg = WeightingConfig()
         cfg.method = method
+        cfg.memory = memory
         let ws = try WeightingState(config: cfg, network: a.network, seed: 1)
         _ = try a.weightedStep(ws)
         b.trainer.forwardTrainBatch(x: b.x.pointer, n: b.n, labels: b.y.pointer)
-        XCTAssertNotEqual(a.stateBits, initial, "\(arch) \(method): the step did not update running statistics")
-        XCTAssertEqual(a.stateBits, b.stateBits, "\(arch) \(method): running statistics differ from one ERM train forward")
+        XCTAssertNotEqual(a.stateBits, initial, "\(arch) \(method) \(memory): the step did not update running statistics")
+        XCTAssertEqual(
+          a.stateBits, b.stateBits, "\(arch) \(method) \(memory): running statistics differ from one ERM train forward")
       }
     }
   }

@@ -45,6 +45,7 @@ from .errors import (
     BusyError,
     CheckpointError,
     ClosedError,
+    DataFileError,
     DTypeError,
     InvalidArgumentError,
     LabelError,
@@ -76,7 +77,7 @@ from .models import (
     wide_resnet,
 )
 from .optim import SGD, Adam, Constant, Cosine, MultiStep, Optimizer, Schedule
-from .trainer import Augment, EpochRecord, History, StepResult, Trainer
+from .trainer import Augment, EpochRecord, History, SkippedStep, StepResult, Trainer
 
 
 def set_threads(n: int) -> None:
@@ -125,6 +126,7 @@ __all__ = [
     "Conv2d",
     "Cosine",
     "DTypeError",
+    "DataFileError",
     "Dropout",
     "EpochRecord",
     "FineTune",
@@ -154,6 +156,7 @@ __all__ = [
     "Sequential",
     "ShapeError",
     "ShortcutA",
+    "SkippedStep",
     "StateError",
     "StepResult",
     "Trainer",

@@ -23,7 +23,9 @@ user-given per-example weights) and how the native core names it (:meth:`Method.
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+import dataclasses
+import numbers
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any, ClassVar
 
@@ -60,7 +62,51 @@ def _check(ok: bool, message: str) -> None:
         raise InvalidArgumentError(message)
 
 
-class Method:
+def _is_real(v: Any) -> bool:
+    return isinstance(v, numbers.Real) and not isinstance(v, (bool, np.bool_))
+
+
+def _option_type_ok(annotation: str, v: Any) -> bool | None:
+    """Whether ``v`` fits an option annotated ``annotation`` (None: an annotation not checked)."""
+    a = annotation.replace(" ", "")
+    if a.endswith("|None"):
+        return True if v is None else _option_type_ok(a[: -len("|None")], v)
+    if a == "bool":
+        return isinstance(v, (bool, np.bool_)) or (isinstance(v, numbers.Integral) and int(v) in (0, 1))
+    if a == "int":
+        return isinstance(v, numbers.Integral) and not isinstance(v, (bool, np.bool_))
+    if a == "float":
+        return _is_real(v)
+    if a == "str":
+        return isinstance(v, str)
+    if a.startswith("tuple["):
+        if isinstance(v, (str, bytes, Mapping)) or not isinstance(v, (Sequence, np.ndarray)):
+            return False
+        items = list(np.asarray(v).reshape(-1)) if isinstance(v, np.ndarray) else list(v)
+        if a == "tuple[float,float]" and len(items) != 2:
+            return False
+        return all(_is_real(x) for x in items)
+    return None
+
+
+class _OptionTypes:
+    """Checks, at construction, that every option of a method dataclass has its annotated type
+    (values are checked by ``spec()``); InvalidArgumentError naming the option otherwise."""
+
+    def __post_init__(self) -> None:
+        for f in dataclasses.fields(self):  # type: ignore[arg-type]
+            v = getattr(self, f.name)
+            if _option_type_ok(str(f.type), v) is False:
+                raise InvalidArgumentError(
+                    f"{type(self).__name__}.{f.name}: expected {f.type}, got {v!r} ({type(v).__name__})")
+            if str(f.type).startswith("float") and isinstance(v, numbers.Integral) and not isinstance(v, bool):
+                try:  # an int for a float option: store it as a float (checks then work on huge ints)
+                    object.__setattr__(self, f.name, float(v))
+                except OverflowError:
+                    raise InvalidArgumentError(f"{type(self).__name__}.{f.name}: {v} is too large") from None
+
+
+class Method(_OptionTypes):
     """Base class of the training methods."""
 
     #: The name accepted by ``Trainer(method=...)``.
@@ -142,6 +188,11 @@ class MWNet(Method):
         momentum: V's SGD momentum (imbalance code: 0.9).
         virtual_momentum: Include the classifier optimizer's momentum/weight decay in θ̂.
         virtual_lr: Look-ahead step size α; None uses the classifier's current learning rate.
+        memory: ``"low"`` (default) lets the meta batch reuse the train batch's activation
+            storage of the network's first layers and recomputes that part of the train forward
+            pass afterwards (peak: about 1.25 activation tapes, part of one more forward pass per
+            step); ``"fast"`` keeps a second tape for the meta batch while the train batch's stays
+            alive (peak: two tapes). Results are the same either way.
     """
 
     name: ClassVar[str] = "mwnet"
@@ -156,8 +207,10 @@ class MWNet(Method):
     momentum: float = 0.0
     virtual_momentum: bool = False
     virtual_lr: float | None = None
+    memory: str = "low"
 
     def _weight_net(self) -> list[str]:
+        _check(self.memory in ("fast", "low"), f"memory: expected 'fast' or 'low', got {self.memory!r}")
         _check(self.optimizer in ("adam", "sgd"), f"optimizer: expected 'adam' or 'sgd', got {self.optimizer!r}")
         _check(isinstance(self.hidden, (int, np.integer)) and 0 < int(self.hidden) <= 100_000,
                f"hidden: expected a width in 1..100000, got {self.hidden!r}")
@@ -166,7 +219,8 @@ class MWNet(Method):
                f"weight_decay: expected a finite value >= 0, got {self.weight_decay}")
         _check(0 <= self.momentum < 1, f"momentum: expected 0 <= momentum < 1, got {self.momentum}")
         parts = [f"hidden={int(self.hidden)}", f"wn_opt={self.optimizer}", f"wn_lr={_f(self.lr)}",
-                 f"wn_wd={_f(self.weight_decay)}", f"wn_momentum={_f(self.momentum)}"]
+                 f"wn_wd={_f(self.weight_decay)}", f"wn_momentum={_f(self.momentum)}",
+                 f"memory={self.memory}"]
         _virtual(parts, self.virtual_momentum, self.virtual_lr)
         return parts
 
@@ -188,7 +242,7 @@ class GDW(MWNet):
         clip: Clip of the second-stage update.
         clamp: Range ω′ is clamped to.
         prob_clamp: Probabilities are clamped to at most this in p − y and in the constraint.
-        hidden, optimizer, lr, weight_decay, momentum, virtual_momentum, virtual_lr: as MW-Net.
+        hidden, optimizer, lr, weight_decay, momentum, virtual_momentum, virtual_lr, memory: as MW-Net.
     """
 
     name: ClassVar[str] = "gdw"
@@ -303,7 +357,9 @@ class SelfPaced(Method):
     """Self-paced learning (Kumar et al. 2010): examples with loss below λ count; λ grows.
 
     Args:
-        threshold: Initial λ₀; None = ln(C), the loss of a uniform prediction.
+        threshold: Initial λ₀; None = 1.3·ln(C), a little above the loss of a uniform prediction, so
+            training starts from (nearly) every example and drops those the model cannot fit (a
+            threshold at or below ln(C) selects a few easy classes early and never recovers).
         growth: λ is multiplied by this every ``interval`` steps (≥ 1).
         interval: Steps between growths.
     """
@@ -347,20 +403,28 @@ class Bootstrap(Method):
 class FineTune(Method):
     """Baseline: ERM on the training set, then ERM on the clean meta set for ``epochs`` more epochs.
 
-    ``Trainer.fit(..., meta=(x_meta, y_meta))`` runs the fine-tuning after the main epochs.
+    ``Trainer.fit(..., meta=(x_meta, y_meta))`` runs the fine-tuning after the main epochs, with
+    its own constant learning rate and a fresh optimizer of the trainer's kind and settings
+    (momentum, weight decay), so it does not inherit the main run's decayed (e.g. cosine → 0) rate.
 
     Args:
         epochs: Fine-tuning epochs over the meta set.
         batch_size: Fine-tuning batch size (None: the main batch size, capped at the meta set size).
+        lr: Fine-tuning learning rate (None: a tenth of the optimizer's base rate).
     """
 
     name: ClassVar[str] = "fine_tune"
     supports_sample_weights: ClassVar[bool] = True
     epochs: int = 10
     batch_size: int | None = None
+    lr: float | None = None
 
     def spec(self) -> str:
         _check(int(self.epochs) >= 0, f"epochs: expected >= 0, got {self.epochs}")
+        _check(self.batch_size is None or int(self.batch_size) >= 1,
+               f"batch_size: expected >= 1 or None, got {self.batch_size}")
+        _check(self.lr is None or (np.isfinite(self.lr) and self.lr > 0),
+               f"lr: expected > 0 or None, got {self.lr}")
         return "erm"
 
 

@@ -304,4 +304,7 @@ def as_shape(value: Any, name: str) -> tuple[int, ...]:
         raise ShapeError(f"{name}: expected (D,) or (C, H, W), got {len(dims)} dimensions {dims}")
     if any(d <= 0 for d in dims):
         raise ShapeError(f"{name}: expected positive sizes, got {dims}")
+    limit = 2**28 if len(dims) == 1 else 2**16
+    if any(d >= limit for d in dims):
+        raise ShapeError(f"{name}: expected sizes below {limit}, got {dims}")
     return dims

@@ -66,6 +66,19 @@ __all__ = [
 # ----------------------------------------------------------------------------------------------
 
 
+#: Largest class count of the conditions (they build dense C × C transition matrices).
+MAX_CLASSES = 10_000
+
+
+def _classes(num_classes: Any, minimum: int = 1) -> int:
+    c = _check_num_classes(num_classes, minimum)
+    if c > MAX_CLASSES:
+        raise _core.InvalidArgumentError(
+            f"num_classes: expected at most {MAX_CLASSES} (a C x C transition matrix is built), got {c}"
+        )
+    return c
+
+
 @dataclass(frozen=True)
 class Corruption:
     """Result of a label-noise process.
@@ -231,7 +244,7 @@ def uniform_noise(
         InvalidArgumentError: For a rate outside [0, 1], ``num_classes`` < 2 or a bad seed
             (LabelError for labels outside ``[0, num_classes)``).
     """
-    c = _check_num_classes(num_classes, 2)
+    c = _classes(num_classes, 2)
     labels = _as_labels(y, c)
     r = _check_fraction(rate, "rate")
     rng = _rng(seed)
@@ -333,7 +346,7 @@ def flip_noise(
     t = _check_int(targets, "targets", 1)
     if t not in (1, 2):
         raise _core.InvalidArgumentError(f"targets: expected 1 or 2, got {targets!r}")
-    c = _check_num_classes(num_classes, t + 1)
+    c = _classes(num_classes, t + 1)
     labels = _as_labels(y, c)
     r = _check_fraction(rate, "rate")
     rng = _rng(seed)
@@ -400,6 +413,11 @@ def background_flip(y: np.ndarray, rate: float, background_class: int, seed: See
     rng = _rng(seed)
     n = labels.shape[0]
     c = max(int(labels.max()) if n else 0, b) + 1
+    if c > MAX_CLASSES:
+        raise _core.InvalidArgumentError(
+            f"y, background_class: they give {c} classes; expected at most {MAX_CLASSES} (a C x C transition "
+            f"matrix is built), got background_class {b} and labels up to {int(labels.max()) if n else 0}"
+        )
     k = int(np.floor(r * n + 1e-9))
     chosen = rng.choice(n, size=k, replace=False) if k else np.empty(0, dtype=np.int64)
     resampled = np.zeros(n, dtype=bool)
@@ -433,7 +451,12 @@ def transition_noise(y: np.ndarray, transition: np.ndarray, seed: SeedLike = 0) 
         ShapeError: If ``transition`` is not square.
         InvalidArgumentError: If a row has negative entries or does not sum to 1.
     """
-    t = np.asarray(transition, dtype=np.float64)
+    try:
+        t = np.asarray(transition, dtype=np.float64)
+    except (TypeError, ValueError):
+        raise _core.DTypeError(
+            f"transition: expected a (C, C) matrix of real numbers, got {transition!r:.80}"
+        ) from None
     if t.ndim != 2 or t.shape[0] != t.shape[1] or t.shape[0] < 1:
         raise _core.ShapeError(f"transition: expected a square (C, C) matrix, got shape {t.shape}")
     c = t.shape[0]
@@ -499,7 +522,7 @@ def long_tailed(
         InvalidArgumentError: For ``imbalance_factor`` < 1, a bad ``n_max``, or a class with fewer
             examples than its target (or none at all).
     """
-    c = _check_num_classes(num_classes)
+    c = _classes(num_classes)
     labels = _as_labels(y, c)
     f = _check_at_least_one(imbalance_factor, "imbalance_factor")
     rng = _rng(seed)
@@ -644,7 +667,7 @@ def meta_split(y: np.ndarray, per_class: int, num_classes: int, seed: SeedLike =
         InvalidArgumentError: If some class has fewer than ``per_class`` examples, or for bad
             arguments.
     """
-    c = _check_num_classes(num_classes)
+    c = _classes(num_classes)
     labels = _as_labels(y, c)
     k = _check_int(per_class, "per_class", 0)
     rng = _rng(seed)
@@ -719,7 +742,7 @@ def compose(
         ShapeError: If ``x`` and ``y`` disagree on N.
     """
     xa = np.asarray(x)
-    c = _check_num_classes(num_classes)
+    c = _classes(num_classes)
     labels = _as_labels(y, c)
     _check_xy(xa, labels)
     if noise is not None and noise not in _NOISES:

@@ -33,6 +33,7 @@ from typing import Any, Union
 import numpy as np
 
 from . import _core
+from .errors import DataFileError
 
 __all__ = [
     "Dataset",
@@ -95,7 +96,12 @@ def _check_fraction(value: Any, name: str, *, open_low: bool = False, open_high:
 
 def _as_labels(y: Any, num_classes: int | None = None, name: str = "y") -> np.ndarray:
     """Validates a 1-D integer label array and returns it as a new int64 array."""
-    arr = np.asarray(y)
+    try:
+        arr = np.asarray(y)
+    except (TypeError, ValueError):
+        raise _core.ShapeError(
+            f"{name}: expected a 1-D label array, got a ragged {type(y).__name__}"
+        ) from None
     if arr.ndim != 1:
         raise _core.ShapeError(f"{name}: expected a 1-D label array, got shape {arr.shape}")
     if arr.size and not np.issubdtype(arr.dtype, np.integer):
@@ -111,12 +117,19 @@ def _as_labels(y: Any, num_classes: int | None = None, name: str = "y") -> np.nd
     return out
 
 
+#: Largest class count the helpers accept (per-class arrays of this length are allocated).
+MAX_CLASSES = 1_000_000
+
+
 def _check_num_classes(num_classes: Any, minimum: int = 1) -> int:
-    return _check_int(num_classes, "num_classes", minimum)
+    c = _check_int(num_classes, "num_classes", minimum)
+    if c > MAX_CLASSES:
+        raise _core.InvalidArgumentError(f"num_classes: expected at most {MAX_CLASSES}, got {c}")
+    return c
 
 
 def _check_xy(x: np.ndarray, y: np.ndarray) -> None:
-    if x.ndim < 1 or x.shape[0] != y.shape[0]:
+    if x.ndim < 1 or y.ndim < 1 or x.shape[0] != y.shape[0]:
         raise _core.ShapeError(
             f"x and y: expected the same number of examples, got x {x.shape} and y {y.shape}"
         )
@@ -342,8 +355,23 @@ def batches(
 # ----------------------------------------------------------------------------------------------
 
 
+def _real_array(value: Any, name: str) -> np.ndarray:
+    """``value`` as a NumPy array of real numbers (bool, int or float); DTypeError otherwise."""
+    try:
+        a = np.asarray(value)
+    except (TypeError, ValueError):
+        raise _core.DTypeError(
+            f"{name}: expected an array of real numbers, got {type(value).__name__}"
+        ) from None
+    if a.dtype.kind not in "biuf":
+        raise _core.DTypeError(f"{name}: expected an array of real numbers, got dtype {a.dtype}")
+    return a
+
+
 def _stat_shape(x: np.ndarray) -> tuple[int, ...]:
     """The broadcast shape of per-channel / per-feature statistics for ``x``."""
+    if x.ndim in (2, 4) and 0 in x.shape[1:]:
+        raise _core.ShapeError(f"x_train: expected non-empty examples, got shape {x.shape}")
     if x.ndim == 4:
         return (1, x.shape[1], 1, 1)
     if x.ndim == 2:
@@ -386,7 +414,14 @@ def normalize(
             the wrong shape.
         NonFiniteError: For NaN/inf in given statistics or in ``x_train`` when fitting them.
     """
-    xt = np.asarray(x_train)
+    if (
+        isinstance(eps, (bool, np.bool_))
+        or not isinstance(eps, (int, float, np.integer, np.floating))
+        or not (np.isfinite(eps) and eps >= 0)
+    ):
+        raise _core.InvalidArgumentError(f"eps: expected a finite number >= 0, got {eps!r}")
+    xt = _real_array(x_train, "x_train")
+    others = tuple(_real_array(o, f"others[{i}]") for i, o in enumerate(others))
     bshape = _stat_shape(xt)
     for i, o in enumerate(others):
         if np.asarray(o).shape[1:] != xt.shape[1:]:
@@ -407,11 +442,14 @@ def normalize(
         return fitted
 
     def given(value: Any, name: str) -> np.ndarray:
-        v = (
-            np.asarray(value, dtype=np.float64).reshape(-1)
-            if np.ndim(value)
-            else np.full(width, float(value))
-        )
+        try:
+            v = (
+                np.asarray(value, dtype=np.float64).reshape(-1)
+                if np.ndim(value)
+                else np.full(width, float(value))
+            )
+        except (TypeError, ValueError):
+            raise _core.DTypeError(f"{name}: expected real numbers, got {value!r:.80}") from None
         if v.shape != (width,):
             raise _core.ShapeError(f"{name}: expected shape ({width},), got {np.asarray(value).shape}")
         if not np.all(np.isfinite(v)):
@@ -515,8 +553,13 @@ _IDX_DTYPES: dict[int, str] = {
 
 
 def _read_maybe_gzip(path: Path) -> bytes:
-    with open(path, "rb") as f:
-        raw = f.read()
+    try:
+        with open(path, "rb") as f:
+            raw = f.read()
+    except FileNotFoundError:
+        raise DataFileError(f"{path}: no such file") from None
+    except OSError as e:  # a directory, no permission, an I/O error
+        raise DataFileError(f"{path}: cannot read the file ({e.strerror or e})") from None
     if raw[:2] != b"\x1f\x8b":
         return raw
     try:
@@ -549,7 +592,7 @@ def load_idx(path: PathLike) -> np.ndarray:
         if gz.exists():
             p = gz
         else:
-            raise FileNotFoundError(f"IDX file not found: {p} (nor {gz.name})")
+            raise DataFileError(f"IDX file not found: {p} (nor {gz.name})")
     raw = _read_maybe_gzip(p)
     if len(raw) < 4:
         raise _core.InvalidArgumentError(
@@ -600,7 +643,7 @@ def _mnist_pair(
         return None
     if img_path is None or lbl_path is None:
         missing = f"{prefix}-images-idx3-ubyte" if img_path is None else f"{prefix}-labels-idx1-ubyte"
-        raise FileNotFoundError(f"{directory}: found one {prefix} MNIST file but not {missing}[.gz]")
+        raise DataFileError(f"{directory}: found one {prefix} MNIST file but not {missing}[.gz]")
     images = load_idx(img_path)
     labels = load_idx(lbl_path)
     if images.ndim != 3:
@@ -654,7 +697,7 @@ def load_mnist_t10k(
     d = Path(directory)
     pair = _mnist_pair(d, "t10k", normalize, flatten)
     if pair is None:
-        raise FileNotFoundError(f"{d}: no t10k-images-idx3-ubyte[.gz] / t10k-labels-idx1-ubyte[.gz]")
+        raise DataFileError(f"{d}: no t10k-images-idx3-ubyte[.gz] / t10k-labels-idx1-ubyte[.gz]")
     x, y = pair
     tr, te = split_indices(y, frac, seed, stratify=True)
     return Dataset(x[tr], y[tr], x[te], y[te], 10, "mnist-t10k", tuple(str(i) for i in range(10)))
@@ -690,14 +733,14 @@ def load_mnist(
     """
     d = Path(directory)
     if not d.is_dir():
-        raise FileNotFoundError(f"MNIST directory not found: {d}")
+        raise DataFileError(f"MNIST directory not found: {d}")
     train = _mnist_pair(d, "train", normalize, flatten)
     test = _mnist_pair(d, "t10k", normalize, flatten)
     names = tuple(str(i) for i in range(10))
     if train is not None and test is not None:
         return Dataset(train[0], train[1], test[0], test[1], 10, "mnist", names)
     if train is None and test is None:
-        raise FileNotFoundError(
+        raise DataFileError(
             f"{d}: no MNIST IDX files (train-images-idx3-ubyte, t10k-images-idx3-ubyte, ... or their .gz)"
         )
     frac = _check_fraction(test_fraction, "test_fraction", open_low=True, open_high=True)
@@ -741,7 +784,9 @@ def _unpickle(path: Path) -> dict[str, Any]:
         with open(path, "rb") as f:
             obj = _RestrictedUnpickler(f, encoding="latin1").load()
     except FileNotFoundError:
-        raise
+        raise DataFileError(f"{path}: no such file") from None
+    except OSError as e:  # a directory, no permission, an I/O error
+        raise DataFileError(f"{path}: cannot read the file ({e.strerror or e})") from None
     except (pickle.UnpicklingError, EOFError, ValueError, TypeError, AttributeError, IndexError) as e:
         raise _core.InvalidArgumentError(f"{path}: not a readable CIFAR python batch ({e})") from None
     if not isinstance(obj, dict):
@@ -815,7 +860,7 @@ def load_cifar(directory: PathLike, num_classes: int = 10, flatten: bool = False
         label_key, meta_path, names_key = "fine_labels", d / "meta", "fine_label_names"
     missing = [p.name for p in (*train_files, *test_files) if not p.is_file()]
     if missing:
-        raise FileNotFoundError(f"{d}: missing CIFAR-{num_classes} batch file(s): {', '.join(missing)}")
+        raise DataFileError(f"{d}: missing CIFAR-{num_classes} batch file(s): {', '.join(missing)}")
 
     def read(files: list[Path]) -> tuple[np.ndarray, np.ndarray]:
         parts = [_cifar_batch(p, label_key) for p in files]

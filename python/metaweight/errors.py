@@ -12,13 +12,15 @@ exception a Python user would expect, so ``except ValueError`` or ``except TypeE
     ├── StateError (RuntimeError)           the call is not allowed in the object's current state
     │   ├── ClosedError                     the network or trainer was closed
     │   └── BusyError                       the object is in use by another thread
-    └── CheckpointError (OSError)           a checkpoint is missing, truncated, corrupt or mismatched
+    ├── CheckpointError (OSError)           a checkpoint is missing, truncated, corrupt or mismatched
+    └── DataFileError (FileNotFoundError)   a dataset file or folder (MNIST, CIFAR, IDX) is missing or unreadable
 
 Messages name the argument at fault, what was expected and what came, e.g.
 ``ShapeError("x: expected per-example shape (64,), got (8, 8) ...")``.
 
 The classes are defined by the native extension (so errors raised deep inside the Swift core
-arrive as these same types) and re-exported here and from the top-level ``metaweight`` package.
+arrive as these same types) and re-exported here and from the top-level ``metaweight`` package;
+:class:`DataFileError` (raised by the pure-Python dataset loaders) is defined here.
 """
 
 from __future__ import annotations
@@ -36,11 +38,17 @@ from ._core import (
     StateError,
 )
 
+
+class DataFileError(MetaweightError, FileNotFoundError):
+    """A dataset file or folder is missing or cannot be read (also a ``FileNotFoundError``, as before)."""
+
+
 __all__ = [
     "BusyError",
     "CheckpointError",
     "ClosedError",
     "DTypeError",
+    "DataFileError",
     "InvalidArgumentError",
     "LabelError",
     "MetaweightError",

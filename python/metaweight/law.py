@@ -34,6 +34,7 @@ import dataclasses
 import hashlib
 import math
 import os
+import threading
 import time
 import warnings
 from collections.abc import Sequence
@@ -370,8 +371,13 @@ def roc_auc(weights: Any, corrupted: Any) -> float:
         ShapeError: the mask's length differs from the weights' last dimension.
         DTypeError: the mask is not boolean or 0/1 integers.
     """
-    w = np.asarray(weights, dtype=np.float64)
-    c = np.asarray(corrupted)
+    try:
+        w = np.asarray(weights, dtype=np.float64)
+        c = np.asarray(corrupted)
+    except (TypeError, ValueError):
+        raise DTypeError(
+            f"weights, corrupted: expected real weights and a boolean mask, got {weights!r:.60}"
+        ) from None
     if c.dtype.kind not in "biu":
         raise DTypeError(f"corrupted: expected a boolean mask, got dtype {c.dtype}")
     if c.ndim != 1:
@@ -507,6 +513,16 @@ def _tqdm() -> Callable[..., Any] | None:
     return tqdm  # type: ignore[no-any-return]
 
 
+def _check_trainer(trainer: Any, what: str) -> None:
+    """InvalidArgumentError unless ``trainer`` is a :class:`~metaweight.Trainer`."""
+    from .trainer import Trainer
+
+    if not isinstance(trainer, Trainer):
+        raise InvalidArgumentError(
+            f"{what}: trainer: expected a metaweight.Trainer, got {type(trainer).__name__}"
+        )
+
+
 def _fspath(path: Any, name: str = "path") -> str:
     try:
         p = os.fspath(path)
@@ -516,6 +532,8 @@ def _fspath(path: Any, name: str = "path") -> str:
         ) from None
     if isinstance(p, bytes):
         p = os.fsdecode(p)
+    if "\x00" in p:
+        raise InvalidArgumentError(f"{name}: expected a file path, got one with a NUL character")
     if not p:
         raise InvalidArgumentError(f"{name}: expected a file path, got an empty string")
     return p
@@ -716,6 +734,7 @@ class Strategy:
             InvalidArgumentError: a class-count mismatch or bad validation data.
         """
         h = self._use("attach")
+        _check_trainer(trainer, "attach")
         total = as_int(total_steps, "total_steps", minimum=1, maximum=2**48)
         if getattr(trainer, "_provisional", False):
             raise StateError(
@@ -743,12 +762,15 @@ class Strategy:
             )
         with trainer._use("attach_strategy") as th:
             _core.trainer_set_strategy(th, h, total, xv, yv)
+        trainer._strategy = self
 
     @staticmethod
     def detach(trainer: Any) -> None:
         """Removes a strategy from a trainer (its steps are unweighted again)."""
+        _check_trainer(trainer, "detach")
         with trainer._use("detach_strategy") as th:
             _core.trainer_set_strategy(th, 0, 1, None, None)
+        trainer._strategy = None
 
     def train(self, model: Any, x: Any, y: Any, **kwargs: Any) -> StrategyRun:
         """Trains ``model`` with this strategy: :func:`train` with ``strategy=self``."""
@@ -767,6 +789,12 @@ class StrategyRun:
         weight_corrupted, weight_clean: mean weight of corrupted / clean examples per stage (NaN
             without ``corrupted``).
         seconds: wall time.
+        warmup_stages: the strategy's warm-up stages (unweighted).
+        train_loss, train_accuracy: per epoch, the mean over its steps (measured before each
+            update, weighted by batch size).
+        test_loss, test_accuracy: per epoch, on ``(x_test, y_test)`` (empty without them).
+        epoch_weights: ``(epochs, N)`` mean weight of each training example in each epoch (NaN
+            where not drawn).
     """
 
     trainer: Any
@@ -776,6 +804,11 @@ class StrategyRun:
     weight_clean: np.ndarray
     seconds: float
     warmup_stages: int = 0
+    train_loss: list[float] = field(default_factory=list)
+    train_accuracy: list[float] = field(default_factory=list)
+    test_loss: list[float] = field(default_factory=list)
+    test_accuracy: list[float] = field(default_factory=list)
+    epoch_weights: np.ndarray | None = field(default=None, repr=False)
 
     @property
     def model(self) -> Any:
@@ -804,6 +837,8 @@ def train(
     seed: int = 0,
     corrupted: Any = None,
     progress: bool = False,
+    x_test: Any = None,
+    y_test: Any = None,
 ) -> StrategyRun:
     """Trains a network, weighting every step with ``strategy`` (or unweighted when None), without
     any search: the strategy's actor is applied deterministically, once per stage.
@@ -831,6 +866,8 @@ def train(
         seed: network initialisation (spec strings), trainer and batch-order seed.
         corrupted: optional mask of known-corrupted examples, for the per-stage weight means.
         progress: print one line per epoch.
+        x_test, y_test: optional held-out data evaluated after every epoch (test curves; never
+            seen by the strategy).
 
     Raises:
         InvalidArgumentError, ShapeError, DTypeError, LabelError, NonFiniteError: bad arguments or a
@@ -845,8 +882,10 @@ def train(
     if config is not None and not isinstance(config, LAWConfig):
         raise InvalidArgumentError(f"config: expected a LAWConfig or None, got {type(config).__name__}")
     cfg = config if config is not None else strategy.config if strategy is not None else LAWConfig()
-    epochs = as_int(cfg.epochs if epochs is None else epochs, "epochs", minimum=1)
-    batch_size = as_int(cfg.batch_size if batch_size is None else batch_size, "batch_size", minimum=1)
+    epochs = as_int(cfg.epochs if epochs is None else epochs, "epochs", minimum=1, maximum=100000)
+    batch_size = as_int(
+        cfg.batch_size if batch_size is None else batch_size, "batch_size", minimum=1, maximum=2**20
+    )
     seed = as_int(seed, "seed", minimum=0, maximum=2**63 - 1)
     progress = as_bool(progress, "progress")
     milestones = cfg.lr_milestones if lr_milestones is None else tuple(lr_milestones)
@@ -879,6 +918,12 @@ def train(
     if x_val is not None:
         xv = as_features(x_val, "x_val", net.input_shape)
         yv = as_labels(y_val, "y_val", net.num_classes, n=len(xv), x_name="x_val")
+    xt = yt = None
+    if (x_test is None) != (y_test is None):
+        raise InvalidArgumentError("x_test, y_test: pass both or neither")
+    if x_test is not None:
+        xt = as_features(x_test, "x_test", net.input_shape)
+        yt = as_labels(y_test, "y_test", net.num_classes, n=len(xt), x_name="x_test")
     spe = math.ceil(n / batch_size)
     total = epochs * spe
     # Same rounding as the core's search (half away from zero), duplicates merged.
@@ -894,28 +939,51 @@ def train(
     wcnt = np.zeros((stages, n), dtype=np.int64)
     wbuf = np.zeros(batch_size, dtype=np.float32)
     val_acc: list[float] = []
+    tr_loss: list[float] = []
+    tr_acc: list[float] = []
+    te_loss: list[float] = []
+    te_acc: list[float] = []
+    epoch_w = np.full((epochs, n), np.nan, dtype=np.float32)
     t0 = time.perf_counter()
     step = 0
     for e in range(epochs):
         perm = rng.permutation(n)
+        esum = np.zeros(n, dtype=np.float64)
+        ecnt = np.zeros(n, dtype=np.int64)
+        loss_sum = acc_sum = 0.0
         for b in range(spe):
             idx = perm[b * batch_size : (b + 1) * batch_size]
-            trainer.step(xa[idx], ya[idx])
+            r = trainer.step(xa[idx], ya[idx])
+            k = len(idx)
+            loss_sum += r.loss * k
+            acc_sum += r.accuracy * k
             if strategy is not None:
                 with trainer._use("strategy_state") as th:
                     stage, _, _, _ = _core.trainer_strategy_state(th, wbuf)
                 stage = int(stage)
-                wsum[stage, idx] += wbuf[: len(idx)]
+                wsum[stage, idx] += wbuf[:k]
+                esum[idx] += wbuf[:k]
             else:
                 stage = 0
                 wsum[0, idx] += 1.0
+                esum[idx] += 1.0
             wcnt[stage, idx] += 1
+            ecnt[idx] += 1
             step += 1
+        tr_loss.append(loss_sum / n)
+        tr_acc.append(acc_sum / n)
+        seen = ecnt > 0
+        epoch_w[e, seen] = (esum[seen] / ecnt[seen]).astype(np.float32)
         if xv is not None and yv is not None:
             val_acc.append(float(trainer.evaluate(xv, yv)["accuracy"]))
+        if xt is not None and yt is not None:
+            ev = trainer.evaluate(xt, yt)
+            te_loss.append(float(ev["loss"]))
+            te_acc.append(float(ev["accuracy"]))
         if progress:
             extra = f"  val_acc {val_acc[-1]:.4f}" if val_acc else ""
-            print(f"law.train epoch {e + 1}/{epochs}{extra}", flush=True)
+            extra += f"  test_acc {te_acc[-1]:.4f}" if te_acc else ""
+            print(f"law.train epoch {e + 1}/{epochs}  loss {tr_loss[-1]:.4f}{extra}", flush=True)
     with np.errstate(invalid="ignore", divide="ignore"):
         ew = np.where(wcnt > 0, wsum / np.maximum(wcnt, 1), np.nan).astype(np.float32)
     wc = np.full(stages, np.nan)
@@ -935,6 +1003,11 @@ def train(
         weight_clean=wk,
         seconds=time.perf_counter() - t0,
         warmup_stages=warm,
+        train_loss=tr_loss,
+        train_accuracy=tr_acc,
+        test_loss=te_loss,
+        test_accuracy=te_acc,
+        epoch_weights=epoch_w,
     )
 
 
@@ -1064,6 +1137,83 @@ class LAWSearch:
         """
         _core.law_load_strategy(self._use("load_strategy"), _fspath(path))
 
+    # -- search checkpoints
+
+    def save(self, path: PathLike) -> None:
+        """Saves the whole search state so that a resumed search is bit-identical to one never stopped.
+
+        The file (atomic, versioned, checksummed) holds the strategy model (actor, stage embedding,
+        critic, their target copies and Adam states), the replay buffer, the random generators, the
+        round and stage counters and, in the middle of a round (also after an interrupted stage),
+        every episode's classifiers, optimizers, generators, noise, logs and progress. The data is
+        not saved: pass the same arrays to :meth:`search` after :meth:`load`.
+
+        Raises:
+            StateError: the search has no native state yet (no data and no ``input_shape``).
+            CheckpointError: the file cannot be written.
+        """
+        _core.law_save(self._use("save"), _fspath(path))
+
+    def load(self, path: PathLike) -> None:
+        """Restores a state written by :meth:`save` into this search.
+
+        The search must have the same model spec, input shape, configuration and seed (pass
+        ``input_shape`` when creating it). A round in progress continues at the next :meth:`search`
+        with the same data (with different data it is abandoned, as when the data changes).
+
+        Raises:
+            CheckpointError: missing, truncated, corrupt, wrong-version or mismatching file (the
+                message names which); the search is then unchanged.
+            StateError: the search has no native state yet (pass ``input_shape``).
+        """
+        _core.law_load(self._use("load"), _fspath(path))
+        self._data_key = None  # the next search() hands the data over again
+
+    def _run_stage(self, h: int) -> tuple[dict[str, Any] | None, bool]:
+        """Runs one native stage; returns (its log or None, whether Ctrl-C interrupted it).
+
+        On the main thread the stage runs in a worker thread, so that a KeyboardInterrupt reaches
+        this thread at once; it then asks the core to stop every episode before its next optimizer
+        step (the stage keeps its progress: the next call continues it bit-identically).
+        """
+        if threading.current_thread() is not threading.main_thread():
+            return _core.law_run_stage(h), False  # signals are delivered to the main thread only
+        _core.law_cancel(h, False)
+        box: dict[str, Any] = {}
+        done = threading.Event()
+
+        def work() -> None:
+            try:
+                box["log"] = _core.law_run_stage(h)
+            except BaseException as err:  # noqa: BLE001 - handed to the main thread
+                box["err"] = err
+            finally:
+                done.set()
+
+        worker = threading.Thread(target=work, name="metaweight-law-stage", daemon=True)
+        interrupted = False
+        try:
+            worker.start()
+            while not done.wait(0.05):
+                pass
+        except KeyboardInterrupt:
+            interrupted = True
+        if interrupted:
+            _core.law_cancel(h, True)
+            idle = 0
+            while not done.is_set():
+                with contextlib.suppress(KeyboardInterrupt):
+                    if not done.wait(0.05) and worker.ident is None and not worker.is_alive():
+                        idle += 1  # Ctrl-C came inside start(), maybe before the thread was spawned
+                        if idle > 40:
+                            return None, True
+        err = box.get("err")
+        if isinstance(err, KeyboardInterrupt):  # the core stopped the stage (MW_E_INTERRUPTED)
+            return None, True
+        if err is not None:
+            raise err
+        return box.get("log"), interrupted
+
     # -- searching
 
     def _episode_logs(self, h: int, example_weights: bool, n: int) -> list[EpisodeLog]:
@@ -1118,9 +1268,12 @@ class LAWSearch:
         Each native call runs one stage of the round's parallel episodes plus the FDU with the GIL
         released; between calls the progress display is updated, ``callback(stage_log)`` is called
         (returning True stops the search), and Ctrl-C is honoured: a KeyboardInterrupt (from the
-        keyboard or raised by the callback) stops the search cleanly at the stage boundary and the
-        result is returned with ``interrupted=True`` (the unfinished round's episodes are logged as
-        incomplete; calling :meth:`search` again with the same arrays continues that round).
+        keyboard or raised by the callback) stops the search cleanly and the result is returned
+        with ``interrupted=True`` (the unfinished round's episodes are logged as incomplete). Ctrl-C
+        during a stage stops every episode before its next optimizer step (the stage runs in a
+        worker thread; the core polls a cancellation flag) and keeps the stage's progress. Calling
+        :meth:`search` again with the same arrays (or :meth:`save`, then :meth:`load` in a new
+        process) continues where it stopped, bit-identically to an uninterrupted search.
 
         Args:
             x, y: training data (``y`` may be noisy).
@@ -1142,7 +1295,7 @@ class LAWSearch:
             NonFiniteError: a classifier diverged (the round is abandoned).
         """
         t0 = time.perf_counter()
-        episodes = as_int(episodes, "episodes", minimum=1)
+        episodes = as_int(episodes, "episodes", minimum=1, maximum=2**31)
         progress = as_bool(progress, "progress")
         example_weights = as_bool(example_weights, "example_weights")
         if callback is not None and not callable(callback):
@@ -1176,7 +1329,10 @@ class LAWSearch:
         try:
             while done_stages < total_stages:
                 try:
-                    d = _core.law_run_stage(h)
+                    d, stopped = self._run_stage(h)
+                    if d is None:  # interrupted inside the stage (its progress is kept)
+                        interrupted = True
+                        break
                     log = StageLog(**d)
                     logs.append(log)
                     done_stages += 1
@@ -1197,7 +1353,7 @@ class LAWSearch:
                         bar.update(1)
                     elif progress:
                         print(_stage_line(log, na, stages), flush=True)
-                    if callback is not None and callback(log) is True:
+                    if stopped or (callback is not None and callback(log) is True):
                         interrupted = True
                         break
                 except KeyboardInterrupt:

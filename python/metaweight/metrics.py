@@ -12,9 +12,13 @@ from typing import Any
 import numpy as np
 
 from ._validate import as_int, as_labels
-from .errors import LabelError, ShapeError
+from .errors import InvalidArgumentError, LabelError, ShapeError
 
 __all__ = ["accuracy", "confusion_matrix", "per_class_accuracy"]
+
+
+#: Largest class count of a confusion matrix (a dense C x C int64 array is built).
+MAX_CLASSES = 10_000
 
 
 def _pair(y_true: Any, y_pred: Any, num_classes: int | None) -> tuple[np.ndarray, np.ndarray]:
@@ -64,12 +68,16 @@ def confusion_matrix(y_true: Any, y_pred: Any, num_classes: int | None = None) -
         LabelError: a label outside ``[0, num_classes)``.
     """
     if num_classes is not None:
-        num_classes = as_int(num_classes, "num_classes", minimum=1)
+        num_classes = as_int(num_classes, "num_classes", minimum=1, maximum=MAX_CLASSES)
     t, p = _pair(y_true, y_pred, num_classes)
     if num_classes is None:
         if t.min() < 0 or p.min() < 0:
             raise LabelError("y_true, y_pred: expected non-negative labels")
         num_classes = int(max(t.max(), p.max())) + 1
+        if num_classes > MAX_CLASSES:
+            raise InvalidArgumentError(
+                f"y_true, y_pred: labels up to {num_classes - 1} imply {num_classes} classes; at most {MAX_CLASSES} are supported"
+            )
     cm = np.zeros((num_classes, num_classes), dtype=np.int64)
     np.add.at(cm, (t, p), 1)
     return cm

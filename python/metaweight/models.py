@@ -374,6 +374,8 @@ class Network:
     def __init__(self, spec: str, input_shape: ShapeLike, seed: int = 0) -> None:
         if not isinstance(spec, str):
             raise InvalidArgumentError(f"spec: expected a string, got {type(spec).__name__}")
+        if "\x00" in spec:
+            raise InvalidArgumentError("spec: expected a spec string, got one with a NUL character")
         shape = as_shape(input_shape, "input_shape")
         seed = as_int(seed, "seed", minimum=0, maximum=2**64 - 1)
         self._lock = threading.Lock()
@@ -520,7 +522,7 @@ class Network:
             InvalidArgumentError: a non-positive batch size.
             ClosedError: the network was closed.
         """
-        batch_size = as_int(batch_size, "batch_size", minimum=1)
+        batch_size = as_int(batch_size, "batch_size", minimum=1, maximum=2**20)
         with self._use("activation_bytes") as h:
             return int(_core.network_activation_bytes(h, batch_size))
 
@@ -577,7 +579,12 @@ class Network:
     def _as_values(
         self, values: Any, name: str, shape: tuple[int, ...], allow_reshape: bool = False
     ) -> np.ndarray:
-        a = np.asarray(values) if not isinstance(values, np.ndarray) else values
+        try:
+            a = np.asarray(values) if not isinstance(values, np.ndarray) else values
+        except (TypeError, ValueError):  # ragged or unconvertible nested sequences
+            raise DTypeError(
+                f"{name}: expected a float array, got a {type(values).__name__} that is not one"
+            ) from None
         if a.dtype.kind not in "fiu":
             raise DTypeError(f"{name}: expected a float array, got dtype {a.dtype}")
         if allow_reshape:

@@ -164,12 +164,18 @@ class Schedule:
 
     def _to_steps(self, value: float, steps_per_epoch: int | None) -> int:
         if self.unit == "step":
-            return round(value)
-        if steps_per_epoch is None:
+            steps = round(value)
+        elif steps_per_epoch is None:
             raise InvalidArgumentError(
                 f"{type(self).__name__}: positions are in epochs; the number of steps per epoch is unknown"
             )
-        return round(value * steps_per_epoch)
+        else:
+            steps = round(value * steps_per_epoch)
+        if steps > 2**62:
+            raise InvalidArgumentError(
+                f"{type(self).__name__}: position {value} {self.unit}s is {steps} steps, beyond the limit of 2^62 steps"
+            )
+        return steps
 
     def _config(self, lr: float, steps_per_epoch: int | None, total_steps: int | None) -> ScheduleConfig:
         """``(kind, milestones, gamma, total_steps, min_lr, warmup_steps)`` in steps."""

@@ -32,6 +32,7 @@ One trainer, or one network, used from two threads at the same moment raises
 from __future__ import annotations
 
 import contextlib
+import math
 import os
 import tempfile
 import time
@@ -58,7 +59,7 @@ from .optim import SGD, Constant, Optimizer, Schedule, _steps_per_epoch
 if TYPE_CHECKING:
     from typing_extensions import Self
 
-__all__ = ["Augment", "EpochRecord", "History", "StepResult", "Trainer"]
+__all__ = ["Augment", "EpochRecord", "History", "SkippedStep", "StepResult", "Trainer"]
 
 #: The default optimizer and schedule of :class:`Trainer` (immutable settings objects).
 DEFAULT_OPTIMIZER = SGD()
@@ -100,7 +101,7 @@ class StepResult:
         step: number of updates taken so far (including this one).
         meta_loss: loss on the meta batch (meta-weighting methods; 0 otherwise).
         weights: per-example weights ``(N,)`` the method used (1 for unweighted ERM; GDW: ω′ at
-            the label).
+            the label; an attached LAW strategy's weights).
         class_weights: GDW's class-level weights ω′ ``(N, C)`` (None for other methods).
     """
 
@@ -111,6 +112,22 @@ class StepResult:
     meta_loss: float = 0.0
     weights: np.ndarray | None = field(default=None, repr=False, compare=False)
     class_weights: np.ndarray | None = field(default=None, repr=False, compare=False)
+    #: True when the step was skipped because its loss, a gradient or a weight was NaN or
+    #: infinite (only with ``Trainer(on_nonfinite="skip")``; nothing was updated).
+    skipped: bool = False
+
+
+@dataclass(frozen=True)
+class SkippedStep:
+    """A step skipped by ``Trainer(on_nonfinite="skip")``.
+
+    Attributes:
+        step: the number the update would have had (``step_count + 1`` when it was tried).
+        reason: the core's message naming what was NaN or infinite.
+    """
+
+    step: int
+    reason: str
 
 
 @dataclass(frozen=True)
@@ -310,6 +327,11 @@ class Trainer:
             None.
         steps_per_epoch: steps per epoch used to convert an epoch-based schedule when you train
             with :meth:`step` yourself. Not needed with :meth:`fit`.
+        on_nonfinite: what a step whose loss, gradient or weight becomes NaN or infinite does:
+            ``"raise"`` (default) raises :class:`~metaweight.NonFiniteError` naming the step and
+            the cause; ``"skip"`` leaves parameters, optimizer and method state unchanged, warns
+            (``RuntimeWarning`` naming the step and cause), records a :class:`SkippedStep` in
+            :attr:`skipped_steps` and goes on. Either way nothing trains on NaN.
 
     Raises:
         InvalidArgumentError: a bad argument (named in the message).
@@ -333,7 +355,13 @@ class Trainer:
         seed: int = 0,
         augment: Augment | None = None,
         steps_per_epoch: int | None = None,
+        on_nonfinite: str = "raise",
     ) -> None:
+        if on_nonfinite not in ("raise", "skip"):
+            raise InvalidArgumentError(f"on_nonfinite: expected 'raise' or 'skip', got {on_nonfinite!r}")
+        self._on_nonfinite = on_nonfinite
+        #: Steps skipped because of NaN/inf (``on_nonfinite="skip"``), in order.
+        self.skipped_steps: list[SkippedStep] = []
         if not isinstance(model, Network):
             raise InvalidArgumentError(f"model: expected a metaweight Network, got {type(model).__name__}")
         if model.closed:
@@ -363,6 +391,7 @@ class Trainer:
             None if steps_per_epoch is None else as_int(steps_per_epoch, "steps_per_epoch", minimum=1)
         )
         self._loaded = False
+        self._strategy: Any = None  # an attached metaweight.law.Strategy
         self._last_spe: int | None = None
         self._warned_spe: int | None = None
         #: Statistics of every epoch :meth:`fit` ran on this trainer, across calls.
@@ -602,10 +631,16 @@ class Trainer:
     ) -> StepResult:
         """One native step on already validated arrays."""
         if self._spec == "erm":
+            used = weights
             with self._use("step") as h:
                 loss, acc, lr, step, meta_loss = _core.trainer_step(h, x, y, weights)
+                if weights is None and self._strategy is not None:
+                    # An attached LAW strategy weighted this step: report its weights.
+                    wbuf = np.empty(len(y), dtype=np.float32)
+                    _, _, _, nw = _core.trainer_strategy_state(h, wbuf)
+                    used = wbuf if int(nw) == len(y) else None
             return StepResult(loss, acc, lr, int(step), meta_loss,
-                              weights if weights is not None else np.ones(len(y), dtype=np.float32))
+                              used if used is not None else np.ones(len(y), dtype=np.float32))
         wout = np.empty(len(y), dtype=np.float32)
         cwout = (
             np.empty((len(y), self._model.num_classes), dtype=np.float32)
@@ -705,7 +740,32 @@ class Trainer:
                 )
             w = as_weights(sample_weights, "sample_weights", len(xa))
         xm, ym = self._meta_batch_arrays(x_meta, y_meta)
-        return self._raw_step(xa, ya, w, xm, ym)
+        return self._checked_step(xa, ya, w, xm, ym, "")
+
+    def _checked_step(
+        self,
+        x: np.ndarray,
+        y: np.ndarray,
+        weights: np.ndarray | None,
+        x_meta: np.ndarray | None,
+        y_meta: np.ndarray | None,
+        where: str,
+    ) -> StepResult:
+        """A native step applying the ``on_nonfinite`` policy (``where`` is added to messages)."""
+        try:
+            return self._raw_step(x, y, weights, x_meta, y_meta)
+        except NonFiniteError as err:
+            if self._on_nonfinite == "raise":
+                if where:
+                    raise NonFiniteError(f"{err} ({where}; try a lower learning rate)") from err
+                raise
+            step = self.step_count + 1
+            reason = f"{err} ({where})" if where else str(err)
+            self.skipped_steps.append(SkippedStep(step, reason))
+            warnings.warn(f"step {step} skipped (on_nonfinite='skip'): {reason}", RuntimeWarning, stacklevel=3)
+            n = len(y)
+            return StepResult(math.nan, math.nan, self.learning_rate, step - 1, math.nan,
+                              np.zeros(n, dtype=np.float32), None, skipped=True)
 
     def _meta_batch_arrays(self, x_meta: Any, y_meta: Any) -> tuple[np.ndarray | None, np.ndarray | None]:
         if not self._method.needs_meta:
@@ -786,7 +846,7 @@ class Trainer:
         """
         if self._handle is None:
             raise ClosedError("fit: the trainer was closed; create a new one")
-        epochs = as_int(epochs, "epochs", minimum=1)
+        epochs = as_int(epochs, "epochs", minimum=1, maximum=2**31)
         batch_size = as_int(batch_size, "batch_size", minimum=1)
         progress = as_bool(progress, "progress")
         record_weights = as_bool(record_weights, "record_weights")
@@ -830,10 +890,7 @@ class Trainer:
                            _plain=True)
             ft_epochs = int(self._method.epochs)  # type: ignore[attr-defined]
             if ft_epochs > 0 and len(run) == epochs:
-                ft_bs = min(int(self._method.batch_size or batch_size), len(ft_x))  # type: ignore[attr-defined]
-                more = self.fit(ft_x, ft_y, epochs=ft_epochs, batch_size=ft_bs, x_val=xv, y_val=yv,
-                                progress=progress, callbacks=callbacks, _plain=True)
-                for record in more:
+                for record in self._fine_tune(ft_x, ft_y, ft_epochs, batch_size, xv, yv, progress, cbs):
                     run._append(record)
             return run
         self._prepare_fit(spe, epochs)
@@ -870,12 +927,11 @@ class Trainer:
                     xb = np.take(xa, idx, axis=0)
                     yb = np.take(ya, idx)
                     mxb, myb = meta_iter.next() if meta_iter is not None else (None, None)
-                    try:
-                        r = self._raw_step(xb, yb, None, mxb, myb)
-                    except NonFiniteError as err:
-                        raise NonFiniteError(
-                            f"{err} (fit: epoch {epoch_no}, batch {b + 1}/{spe}; try a lower learning rate)"
-                        ) from err
+                    r = self._checked_step(xb, yb, None, mxb, myb, f"fit: epoch {epoch_no}, batch {b + 1}/{spe}")
+                    if r.skipped:
+                        if bar is not None:
+                            bar.update(1)
+                        continue
                     k = len(idx)
                     if wsum is not None and wcnt is not None and r.weights is not None:
                         np.add.at(wsum, idx, r.weights)
@@ -899,13 +955,13 @@ class Trainer:
                 record = EpochRecord(
                     epoch=epoch_no,
                     step=self.step_count,
-                    train_loss=loss_sum / seen,
-                    train_accuracy=acc_sum / seen,
+                    train_loss=loss_sum / (seen or math.nan),
+                    train_accuracy=acc_sum / (seen or math.nan),
                     lr=lr,
                     time=time.perf_counter() - t0,
                     val_loss=val_loss,
                     val_accuracy=val_acc,
-                    meta_loss=meta_sum / seen if xm is not None else None,
+                    meta_loss=meta_sum / (seen or math.nan) if xm is not None else None,
                     example_weights=(
                         np.where(wcnt > 0, wsum / np.maximum(wcnt, 1), np.nan).astype(np.float32)
                         if wsum is not None and wcnt is not None
@@ -932,6 +988,53 @@ class Trainer:
             if stop:
                 break
         return run
+
+    def _fine_tune(
+        self,
+        x: np.ndarray,
+        y: np.ndarray,
+        epochs: int,
+        batch_size: int,
+        xv: np.ndarray | None,
+        yv: np.ndarray | None,
+        progress: bool,
+        callbacks: list[Callback],
+    ) -> History:
+        """FineTune's second phase: a fresh optimizer of this trainer's kind at the method's
+        constant rate over the meta set; the records continue this trainer's epoch and step count."""
+        import dataclasses as _dc
+
+        from .optim import Constant
+
+        method = self._method
+        lr = method.lr if method.lr is not None else self._optimizer.lr * 0.1  # type: ignore[attr-defined]
+        bs = min(int(method.batch_size or batch_size), len(x))  # type: ignore[attr-defined]
+        opt = _dc.replace(self._optimizer, lr=float(lr))  # type: ignore[type-var]
+        epoch0 = len(self.history)
+        step0 = self.step_count
+        out = History()
+
+        def shift(r: EpochRecord) -> EpochRecord:
+            return _dc.replace(r, epoch=epoch0 + r.epoch, step=step0 + r.step)
+
+        stop = {"now": False}
+
+        def relay(_t: Any, r: EpochRecord) -> bool:
+            rec = shift(r)
+            self.history._append(rec)
+            out._append(rec)
+            for cb in callbacks:
+                if cb(self, rec) is True:
+                    stop["now"] = True
+            return stop["now"]
+
+        ft = Trainer(self._model, opt, Constant(), seed=self._seed, augment=self._augment)
+        try:
+            ft.fit(x, y, epochs=epochs, batch_size=bs, x_val=xv, y_val=yv, progress=progress,
+                   callbacks=[relay])
+        finally:
+            ft.close()
+        return out
 
     def _meta_set(self, meta: Any) -> tuple[np.ndarray, np.ndarray]:
         try:
@@ -1112,6 +1215,8 @@ def _path(path: Any) -> str:
         raise InvalidArgumentError(f"path: expected a str or path-like, got {type(path).__name__}") from None
     if isinstance(p, bytes):
         p = os.fsdecode(p)
+    if "\x00" in p:
+        raise InvalidArgumentError("path: expected a file path, got one with a NUL character")
     if not p:
         raise InvalidArgumentError("path: expected a file path, got an empty string")
     return p

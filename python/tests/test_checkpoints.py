@@ -191,3 +191,170 @@ def test_bad_paths_raise_invalid_argument():
     with pytest.raises(mw.InvalidArgumentError, match="path"):
         trainer.load(42)  # type: ignore[arg-type]
     assert isinstance(Path("x"), os.PathLike)
+
+
+# ---- every method, LAW searches and strategies ---------------------------------------------------------
+
+COUNTS = [10] * 10
+
+
+def _all_methods():
+    return [
+        mw.ERM(),
+        mw.L2RW(),
+        mw.MWNet(),
+        mw.GDW(),
+        mw.Focal(),
+        mw.ClassBalanced(class_counts=COUNTS),
+        mw.InverseFrequency(class_counts=COUNTS),
+        mw.HardMining(),
+        mw.RandomWeights(),
+        mw.SelfPaced(interval=3),
+        mw.Bootstrap(),
+        mw.Bootstrap(hard=True),
+        mw.FineTune(epochs=1),
+        mw.ClassBalancedSampling(),
+    ]
+
+
+@pytest.mark.parametrize("method", _all_methods(), ids=lambda m: repr(m)[:40])
+def test_resuming_fit_is_bit_identical_for_every_method(digits, tmp_path, method):
+    x, y, _, _ = digits
+    xb, yb = x[:256], y[:256]
+    meta = (x[300:360], y[300:360])
+
+    def make():
+        return mw.Trainer(mw.mlp(64, hidden=(32,), num_classes=10, dropout=0.1, seed=1), method=method, seed=3)
+
+    def go(t, epochs):
+        uses_meta = t.method.needs_meta or isinstance(t.method, mw.FineTune)
+        t.fit(xb, yb, epochs=epochs, batch_size=64, meta=meta if uses_meta else None, progress=False)
+
+    a = make()
+    go(a, 2)
+    path = tmp_path / "ck.mw"
+    a.save(path)
+    go(a, 2)
+    b = make()
+    b.load(path)
+    go(b, 2)
+    np.testing.assert_array_equal(a.model.get_flat(), b.model.get_flat())
+    for k, v in a.model.state_dict().items():
+        np.testing.assert_array_equal(v, b.model.state_dict()[k])
+
+
+def _law_setup():
+    from metaweight.law import LAWConfig
+
+    x, y, _, _ = digits_split(seed=0)
+    cfg = LAWConfig(stages=4, warmup_stages=1, epochs=4, batch_size=32, parallel=2, fdu_epochs=1,
+                    actor_hidden=16, critic_hidden=16)
+    return cfg, x[:320], y[:320], x[400:560], y[400:560]
+
+
+def _sha(path) -> str:
+    import hashlib
+
+    return hashlib.sha256(Path(path).read_bytes()).hexdigest()
+
+
+@pytest.mark.parametrize("stop_after", [2, 4, 5])  # mid-round, at a round's end, after a round
+def test_resuming_a_law_search_from_its_checkpoint_is_bit_identical(tmp_path, stop_after):
+    from metaweight.law import LAWSearch
+
+    cfg, x, y, xv, yv = _law_setup()
+    spec = "mlp(hidden=32, classes=10)"
+    full = LAWSearch(spec, cfg, seed=3)
+    full.search(x, y, xv, yv, episodes=6, progress=False)
+    full.save(tmp_path / "full.ckpt")
+
+    part = LAWSearch(spec, cfg, seed=3)
+    stages = []
+    res = part.search(x, y, xv, yv, episodes=6, progress=False,
+                      callback=lambda log: stages.append(log) or len(stages) == stop_after)
+    assert res.interrupted
+    part.save(tmp_path / "mid.ckpt")
+    part.close()
+
+    resumed = LAWSearch(spec, cfg, seed=3, input_shape=(64,))
+    resumed.load(tmp_path / "mid.ckpt")
+    done_rounds = stop_after // cfg.stages
+    resumed.search(x, y, xv, yv, episodes=6 - done_rounds * cfg.parallel, progress=False)
+    resumed.save(tmp_path / "resumed.ckpt")
+    assert _sha(tmp_path / "resumed.ckpt") == _sha(tmp_path / "full.ckpt")
+    assert resumed.rounds_completed == full.rounds_completed == 3
+
+
+def test_law_search_checkpoint_errors_name_the_problem(tmp_path):
+    from metaweight.law import LAWConfig, LAWSearch
+
+    cfg, x, y, xv, yv = _law_setup()
+    spec = "mlp(hidden=32, classes=10)"
+    s = LAWSearch(spec, cfg, seed=3)
+    s.search(x, y, xv, yv, episodes=2, progress=False, callback=lambda log: log.stage == 1)
+    path = tmp_path / "s.ckpt"
+    s.save(path)
+    data = path.read_bytes()
+    fresh = LAWSearch(spec, cfg, seed=3, input_shape=(64,))
+    (tmp_path / "trunc").write_bytes(data[: len(data) // 2])
+    with pytest.raises(mw.CheckpointError, match="truncated|checksum"):
+        fresh.load(tmp_path / "trunc")
+    bad = bytearray(data)
+    bad[len(bad) // 2] ^= 0xFF
+    (tmp_path / "corrupt").write_bytes(bytes(bad))
+    with pytest.raises(mw.CheckpointError, match="checksum"):
+        fresh.load(tmp_path / "corrupt")
+    ver = bytearray(data)
+    ver[8] = 99
+    (tmp_path / "version").write_bytes(bytes(ver))
+    with pytest.raises(mw.CheckpointError, match="version 99"):
+        fresh.load(tmp_path / "version")
+    with pytest.raises(mw.CheckpointError, match="architecture"):
+        LAWSearch("mlp(hidden=16, classes=10)", cfg, seed=3, input_shape=(64,)).load(path)
+    with pytest.raises(mw.CheckpointError, match="configuration"):
+        LAWSearch(spec, LAWConfig(stages=5), seed=3, input_shape=(64,)).load(path)
+    with pytest.raises(mw.CheckpointError, match="seed"):
+        LAWSearch(spec, cfg, seed=4, input_shape=(64,)).load(path)
+    trainer = mw.Trainer(small_mlp(), seed=0)
+    trainer.save(tmp_path / "trainer.ckpt")
+    with pytest.raises(mw.CheckpointError, match="not a LAW search"):
+        fresh.load(tmp_path / "trainer.ckpt")
+    with pytest.raises(mw.StateError, match="input_shape"):
+        LAWSearch(spec, cfg, seed=3).load(path)
+    fresh.load(path)  # the failed loads changed nothing; the good file still loads
+
+
+def _strategy_trainer(strategy, x_val, y_val, total):
+    t = mw.Trainer(mw.mlp(64, hidden=(32,), num_classes=10, seed=2), mw.SGD(lr=0.05), seed=5)
+    strategy.attach(t, total, x_val, y_val)
+    return t
+
+
+def test_a_trainer_with_a_law_strategy_resumes_bit_identically(tmp_path):
+    from metaweight.law import LAWSearch
+
+    cfg, x, y, xv, yv = _law_setup()
+    search = LAWSearch("mlp(hidden=32, classes=10)", cfg, seed=1)
+    search.search(x, y, xv, yv, episodes=2, progress=False)
+    strategy = search.strategy()
+    batches = [(x[i : i + 32], y[i : i + 32]) for i in range(0, 320, 32)]
+    total = 2 * len(batches)
+    a = _strategy_trainer(strategy, xv, yv, total)
+    for xb, yb in batches:
+        a.step(xb, yb)
+    a.save(tmp_path / "a.ckpt")
+    wa = [a.step(xb, yb).weights for xb, yb in batches]
+    b = _strategy_trainer(strategy, xv, yv, total)
+    b.load(tmp_path / "a.ckpt")
+    wb = [b.step(xb, yb).weights for xb, yb in batches]
+    np.testing.assert_array_equal(a.model.get_flat(), b.model.get_flat())
+    np.testing.assert_array_equal(np.concatenate(wa), np.concatenate(wb))
+    plain = mw.Trainer(mw.mlp(64, hidden=(32,), num_classes=10, seed=2), mw.SGD(lr=0.05), seed=5)
+    with pytest.raises(mw.CheckpointError, match="attach the same strategy"):
+        plain.load(tmp_path / "a.ckpt")
+    other = _strategy_trainer(strategy, xv, yv, total + 1)
+    with pytest.raises(mw.CheckpointError, match="strategy mismatch"):
+        other.load(tmp_path / "a.ckpt")
+    plain.save(tmp_path / "plain.ckpt")
+    with pytest.raises(mw.CheckpointError, match="without a LAW strategy"):
+        _strategy_trainer(strategy, xv, yv, total).load(tmp_path / "plain.ckpt")

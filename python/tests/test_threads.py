@@ -3,6 +3,8 @@ used from two threads at once is refused with BusyError, never corrupted."""
 
 from __future__ import annotations
 
+import contextlib
+import re
 import threading
 from concurrent.futures import ThreadPoolExecutor
 
@@ -123,3 +125,159 @@ def test_reading_parameters_while_another_thread_trains_is_safe(digits):
     _run_in_threads([train, read])
     assert all(np.isfinite(s).all() for s in snapshots)
     assert np.isfinite(net.get_flat()).all()
+
+
+# -- the core's exclusion is per underlying object (not per handle) ----------------------------------
+
+from metaweight import _core
+
+_SGD = (
+    0,
+    0.05,
+    0.0,
+    0,
+    0.0,
+    0,
+    0.9,
+    0.999,
+    1e-8,
+)  # (kind, lr, momentum, nesterov, wd, decoupled, b1, b2, eps)
+_CONSTANT = (0, [], 0.1, 0, 0.0, 0)
+
+
+def _core_trainer(seed: int = 3) -> tuple[int, int, int]:
+    """(network handle, trainer handle, second network handle from trainer_network) on one network."""
+    net = _core.network_create("mlp(hidden=64, classes=10)", (64,), seed)
+    tr = _core.trainer_create(net, _SGD, _CONSTANT, seed)
+    return net, tr, _core.trainer_network(tr)
+
+
+def _flat(h: int) -> np.ndarray:
+    out = np.empty(_core.network_info(h)[0], np.float32)
+    _core.network_get_flat(h, 0, out)
+    return out
+
+
+def test_core_refuses_a_network_handle_while_the_trainer_on_it_steps_with_a_named_busy_error(digits):
+    """Handles that share a network share one lock: a read through another handle while a step runs
+    is MW_E_BUSY (BusyError) naming the call refused and the call holding the network."""
+    x, y = digits
+    xb = np.ascontiguousarray(np.tile(x, (20, 1)), dtype=np.float32)  # a long step (12,000 examples)
+    yb = np.ascontiguousarray(np.tile(y, 20), dtype=np.int64)
+    net, tr, net2 = _core_trainer()
+    errors: list[BaseException] = []
+    stop = threading.Event()
+
+    def read():
+        while not stop.is_set():
+            for h in (net, net2):
+                try:
+                    _flat(h)
+                except mw.BusyError as e:
+                    errors.append(e)
+
+    reader = threading.Thread(target=read)
+    reader.start()
+    try:
+        for _ in range(20):
+            with contextlib.suppress(mw.BusyError):  # the reader may hold the network: retry
+                _core.trainer_step(tr, xb, yb, None)
+            if any("mw_trainer_step on trainer" in str(e) for e in errors):
+                break
+    finally:
+        stop.set()
+        reader.join()
+    assert errors, "no read was refused while steps ran (the lock is not shared by the handles?)"
+    named = [str(e) for e in errors if "mw_trainer_step on trainer" in str(e)]
+    assert named, [str(e) for e in errors[:3]]
+    msg = named[0]
+    assert isinstance(errors[0], mw.StateError)
+    assert re.search(
+        r"mw_network_(info|get_flat): network \d+ is in use by another thread \(mw_trainer_step on trainer \d+\)",
+        msg,
+    ), msg
+    for h in (net2, tr, net):
+        (_core.trainer_free if h == tr else _core.network_free)(h)
+
+
+def test_core_steps_and_reads_through_two_handles_are_serial_and_never_torn(digits):
+    """Thread A steps the trainer (same batch every step), thread B reads the parameters through the
+    network handle from trainer_network: every call works or raises BusyError, each snapshot B got
+    equals the parameters after some whole number of steps of a serial replay (no torn read), and
+    the final parameters equal the serial replay of exactly the steps that succeeded."""
+    x, y = digits
+    xb = np.ascontiguousarray(x[:200], dtype=np.float32)
+    yb = np.ascontiguousarray(y[:200], dtype=np.int64)
+    steps = 40
+    # serial replay: parameters after k steps, k = 0..steps
+    net, tr, net2 = _core_trainer(seed=5)
+    replay = [_flat(net)]
+    for _ in range(steps):
+        _core.trainer_step(tr, xb, yb, None)
+        replay.append(_flat(net))
+    for h in (net2, net):
+        _core.network_free(h)
+    _core.trainer_free(tr)
+
+    net, tr, net2 = _core_trainer(seed=5)
+    ok_steps = 0
+    busy = {"step": 0, "read": 0}
+    snapshots: list[np.ndarray] = []
+    done = threading.Event()
+
+    def train():
+        nonlocal ok_steps
+        try:
+            for _ in range(steps):
+                try:
+                    _core.trainer_step(tr, xb, yb, None)
+                    ok_steps += 1
+                except mw.BusyError:
+                    busy["step"] += 1
+        finally:
+            done.set()
+
+    def read():
+        while not done.is_set():
+            try:
+                snapshots.append(_flat(net2))
+            except mw.BusyError:
+                busy["read"] += 1
+
+    _run_in_threads([train, read])
+    index = {r.tobytes(): k for k, r in enumerate(replay)}
+    seen = [index.get(s.tobytes()) for s in snapshots]
+    assert None not in seen, "a snapshot matched no whole number of steps (a torn read)"
+    assert seen == sorted(seen), "snapshots went back in time"
+    np.testing.assert_array_equal(_flat(net), replay[ok_steps])
+    assert _core.trainer_state(tr)[0] == ok_steps
+    for h in (net2, net):
+        _core.network_free(h)
+    _core.trainer_free(tr)
+
+
+def test_independent_trainers_in_two_threads_overlap_inside_the_core(digits):
+    """The GIL is released around compute: two threads' calls are inside the core at the same moment
+    (the core's in-flight peak reaches 2), and each thread's result equals its serial run."""
+    x, y = digits
+    xb = np.ascontiguousarray(np.tile(x, (4, 1)), dtype=np.float32)
+    yb = np.ascontiguousarray(np.tile(y, 4), dtype=np.int64)
+
+    def run(seed: int) -> np.ndarray:
+        net, tr, net2 = _core_trainer(seed)
+        for _ in range(15):
+            _core.trainer_step(tr, xb, yb, None)
+        out = _flat(net)
+        for h in (net2, net):
+            _core.network_free(h)
+        _core.trainer_free(tr)
+        return out
+
+    serial = {s: run(s) for s in (11, 12)}
+    _core.calls_in_flight_peak(True)
+    assert _core.calls_in_flight_peak(False) <= 1
+    parallel: dict[int, np.ndarray] = {}
+    _run_in_threads([lambda s=s: parallel.__setitem__(s, run(s)) for s in (11, 12)])
+    assert _core.calls_in_flight_peak(False) >= 2, "the two trainers never ran inside the core at once"
+    for s in (11, 12):
+        np.testing.assert_array_equal(parallel[s], serial[s])

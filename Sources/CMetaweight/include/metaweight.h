@@ -32,6 +32,7 @@ typedef int32_t mw_status;
 #define MW_E_STATE 6      /* call not allowed in the object's current state          */
 #define MW_E_IO 7         /* file missing, unreadable, truncated, corrupt, mismatch  */
 #define MW_E_BUSY 8       /* the object is in use by another thread                  */
+#define MW_E_INTERRUPTED 9 /* stopped by a cancellation request (mw_law_cancel)     */
 #define MW_E_INTERNAL 99  /* a bug: please report                                    */
 
 typedef uint64_t mw_network; /* a network: architecture, parameters, running statistics */
@@ -49,8 +50,15 @@ const char *mw_blas_config(void);
 /* Threads used by metaweight's kernels and OpenBLAS (n >= 1). */
 mw_status mw_set_threads(int32_t n);
 int32_t mw_get_threads(void);
+/* Diagnostics: the most calls on handles that were running at the same moment (in any threads)
+ * since the last reset; reset != 0 sets it back to the number running now. Two threads that
+ * each call into the library concurrently push it to >= 2 (shows that callers overlap). */
+int64_t mw_calls_in_flight_peak(int32_t reset);
 /* Sets the thread-local error (used by the Python extension for its own checks). */
 void mw_set_last_error(const char *message);
+/* Number of live handles of every kind (networks, trainers, searches, strategies), for leak
+ * checks: it returns to its earlier value once every handle created since was freed. */
+mw_status mw_live_handles(int64_t *out);
 
 /* ---- networks --------------------------------------------------------------------------- */
 
@@ -155,14 +163,17 @@ mw_status mw_trainer_load(mw_trainer tr, const char *path);
  *   erm                                   plain ERM (sample weights allowed in mw_trainer_step)
  *   l2rw(virtual_momentum=0, virtual_lr=0)
  *   mwnet(normalize=0, detach=1, hidden=100, wn_opt=adam, wn_lr=1e-3, wn_wd=1e-4, wn_momentum=0,
- *         virtual_momentum=0, virtual_lr=0)
+ *         virtual_momentum=0, virtual_lr=0, memory=low)
  *   gdw(eta=auto: 100 for <= 10 classes else 1000, clip=0.2, clamp_min=1e-6, clamp_max=1e6,
  *       prob_clamp=0.999, + the mwnet options but normalize/detach)
  *   focal(gamma=2)  class_balanced(beta=0.9999, counts=AxBx...)  inverse_frequency(counts=...)
  *   hard_mining(fraction=0.5)  random_gaussian  self_paced(threshold=ln C, growth=1.1, interval=100)
  *   bootstrap_soft(beta=0.95)  bootstrap_hard(beta=0.8)
  * virtual_lr <= 0 means the classifier's current learning rate; virtual_momentum=1 includes the
- * optimizer's momentum and weight decay in the virtual step.
+ * optimizer's momentum and weight decay in the virtual step. memory=low (default) shares the train
+ * batch's activation storage of the first layers with the meta batch and recomputes that part of
+ * the train forward pass (about 1.25 tapes instead of 2); memory=fast keeps a second tape for the
+ * meta batch. Results are the same either way.
  */
 mw_status mw_trainer_set_method(mw_trainer tr, const char *spec, uint64_t seed);
 /* The current method's name into buf (needed length in *length). */
@@ -247,9 +258,23 @@ mw_status mw_law_set_data(mw_law law, const float *x, const int64_t *x_shape, in
  * N_a > 1 the process-wide kernel/BLAS thread count is 1, restored afterwards), stores their
  * transitions and runs the FDU. A new
  * round starts automatically after the last stage. A diverging classifier fails the call with
- * MW_E_NONFINITE and abandons the round.
+ * MW_E_NONFINITE and abandons the round. When mw_law_cancel(law, 1) is called from another thread
+ * during the call, every episode stops before its next optimizer step and the call fails with
+ * MW_E_INTERRUPTED; the stage's progress is kept, and the next call (after mw_law_cancel(law, 0))
+ * continues it, bit-identically to an uninterrupted run.
  */
 mw_status mw_law_run_stage(mw_law law, mw_law_stage_log *out);
+/* Requests (on != 0) or clears (on == 0) cancellation of the search's running or next stage.
+ * Thread-safe: meant to be called while another thread is inside mw_law_run_stage. */
+mw_status mw_law_cancel(mw_law law, int32_t on);
+/* Saves the whole search state (strategy model, critic, optimizers, replay buffer, generators,
+ * counters and, mid-round, every episode's classifiers and progress; not the data): atomic,
+ * versioned, checksummed. */
+mw_status mw_law_save(mw_law law, const char *path);
+/* Restores a mw_law_save file into a search with the same configuration, network spec, input
+ * shape and seed (MW_E_IO naming the mismatch otherwise). A round in progress continues after
+ * mw_law_set_data with the same data. */
+mw_status mw_law_load(mw_law law, const char *path);
 /* Episode `slot` (0..N_a-1) of the current or last completed round: its global index and round,
  * and its [stages x MW_LAW_LOG_COLUMNS] log (count must equal stages*MW_LAW_LOG_COLUMNS). */
 mw_status mw_law_episode_log(mw_law law, int32_t slot, int64_t *episode, int64_t *round, int64_t *stages_done,

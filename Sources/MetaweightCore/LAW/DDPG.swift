@@ -301,6 +301,37 @@ public final class LAWAgent: @unchecked Sendable {
     }
     ck.ints["\(prefix).updates"] = [updates]
   }
+
+  /// Restores what `save(into:prefix:)` wrote (bit-exact); nothing changes when it throws.
+  /// - Throws: `MetaweightError.io` naming a missing section or a size mismatch.
+  public func restore(_ ck: Checkpoint, prefix: String = "law.agent") throws {
+    let a = try ck.requireFloats("\(prefix).actor", count: actor.mlp.params.count)
+    let e = try ck.requireFloats("\(prefix).embedding", count: actor.embedding.count)
+    let c = try ck.requireFloats("\(prefix).critic", count: critic.params.count)
+    let ta = try ck.requireFloats("\(prefix).target_actor", count: targetActor.count)
+    let te = try ck.requireFloats("\(prefix).target_embedding", count: targetEmbedding.count)
+    let tc = try ck.requireFloats("\(prefix).target_critic", count: targetCritic.count)
+    var opts: [(Optimizer, [Float], [Float], Int64)] = []
+    for (name, opt) in [("actor", actorOptimizer), ("embedding", embeddingOptimizer), ("critic", criticOptimizer)] {
+      let m = try ck.requireFloats("\(prefix).opt.\(name).m", count: opt.first.count)
+      let v = try ck.requireFloats("\(prefix).opt.\(name).v", count: opt.second.count)
+      let steps = try ck.requireInts("\(prefix).opt.\(name).steps", count: 1)[0]
+      opts.append((opt, m, v, steps))
+    }
+    let u = try ck.requireInts("\(prefix).updates", count: 1)[0]
+    actor.mlp.params.pointer.update(from: a, count: a.count)
+    actor.embedding.pointer.update(from: e, count: e.count)
+    critic.params.pointer.update(from: c, count: c.count)
+    targetActor.pointer.update(from: ta, count: ta.count)
+    targetEmbedding.pointer.update(from: te, count: te.count)
+    targetCritic.pointer.update(from: tc, count: tc.count)
+    for (opt, m, v, steps) in opts {
+      opt.first.pointer.update(from: m, count: m.count)
+      opt.second.pointer.update(from: v, count: v.count)
+      opt.steps = steps
+    }
+    updates = u
+  }
 }
 
 /// Runs the Full Data Update (Algorithm 1 of the paper): `epochs` passes over every transition of

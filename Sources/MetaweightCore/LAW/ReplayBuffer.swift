@@ -68,6 +68,47 @@ public struct LAWReplayBuffer: Sendable {
     head = 0
   }
 
+  /// Saves the buffer exactly as stored (slot order, ring head, count added) under `prefix`.
+  public func save(into ck: inout Checkpoint, prefix: String) {
+    let a = items.first?.action.count ?? 0
+    var ints: [Int64] = [], floats: [Float] = [], actions: [Float] = []
+    for t in items {
+      ints += [Int64(t.state.stage), Int64(t.next.stage), t.done ? 1 : 0]
+      floats += [t.state.lossSmooth, t.state.accSmooth, t.reward, t.next.lossSmooth, t.next.accSmooth]
+      actions += t.action
+    }
+    ck.ints[prefix + "meta"] = [Int64(capacity), Int64(items.count), Int64(head), added, Int64(a)]
+    ck.ints[prefix + "ints"] = ints
+    ck.floats[prefix + "floats"] = floats
+    ck.floats[prefix + "actions"] = actions
+  }
+
+  /// Restores what `save(into:prefix:)` wrote, bit-exactly (same slots, head and count).
+  /// - Throws: `MetaweightError.io` naming an inconsistent or missing section.
+  public mutating func restore(_ ck: Checkpoint, prefix: String) throws {
+    let meta = try ck.requireInts(prefix + "meta", count: 5)
+    let n = Int(meta[1]), a = Int(meta[4])
+    guard meta[0] == Int64(capacity), n >= 0, n <= capacity, meta[2] >= 0, Int(meta[2]) < max(n, 1), a >= 0 else {
+      throw MetaweightError.io("checkpoint: replay buffer section is inconsistent (capacity \(meta[0]), this search's \(capacity))")
+    }
+    let ints = try ck.requireInts(prefix + "ints", count: 3 * n)
+    let floats = try ck.requireFloats(prefix + "floats", count: 5 * n)
+    let actions = try ck.requireFloats(prefix + "actions", count: a * n)
+    var loaded: [LAWTransition] = []
+    loaded.reserveCapacity(n)
+    for i in 0..<n {
+      loaded.append(
+        LAWTransition(
+          state: LAWStageState(stage: Int(ints[3 * i]), lossSmooth: floats[5 * i], accSmooth: floats[5 * i + 1]),
+          action: Array(actions[(a * i)..<(a * i + a)]), reward: floats[5 * i + 2],
+          next: LAWStageState(stage: Int(ints[3 * i + 1]), lossSmooth: floats[5 * i + 3], accSmooth: floats[5 * i + 4]),
+          done: ints[3 * i + 2] != 0))
+    }
+    items = loaded
+    head = Int(meta[2])
+    added = meta[3]
+  }
+
   /// Restores from saved contents (oldest first, at most `capacity` are kept: the newest).
   public mutating func load(_ transitions: [LAWTransition], added: Int64) {
     removeAll()

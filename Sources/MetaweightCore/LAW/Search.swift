@@ -1,4 +1,5 @@
 import Dispatch
+import Synchronization
 
 #if canImport(Glibc)
   import Glibc
@@ -162,6 +163,11 @@ final class LAWEpisode: @unchecked Sendable {
   var exCount: [Int32]
   /// The episode's exploration noise ε (AR(1) across stages); empty until the first weighted stage.
   var noise: [Float] = []
+  /// The running sums of an interrupted stage (nil between stages).
+  var progress: LAWStageProgress?
+  /// The outcome of the current stage once this episode finished it (cleared when the search
+  /// finishes the stage; kept when other episodes were interrupted).
+  var completed: LAWStageOutcome?
 
   /// Advances ε: ε ← ρ·ε + √(1−ρ²)·σ·ξ (ε ← σ·ξ at the first weighted stage).
   func nextNoise(count: Int, sigma: Float, rho: Float) -> [Float] {
@@ -253,8 +259,12 @@ final class LAWEpisode: @unchecked Sendable {
     tr.applyUpdate()
   }
 
-  /// Runs stage `t` with action `action` (nil: warm-up, K = 1).
-  func runStage(_ t: Int, action: [Float]?) throws -> LAWStageOutcome {
+  /// Runs stage `t` with action `action` (nil: warm-up, K = 1). Checks `cancel` before every
+  /// optimizer step: when it is set, the stage's progress is kept and `LAWCancelledError` is
+  /// thrown; the next call continues at the same step (so an interrupted and resumed stage gives
+  /// bit-identical results). A stage that already finished returns its stored outcome.
+  func runStage(_ t: Int, action: [Float]?, cancel: LAWCancellation? = nil) throws -> LAWStageOutcome {
+    if let done = completed { return done }
     let warm = action == nil
     if !warm && !referenceSynced {
       // Warm-up trains both networks identically, so only the target was trained: copy it.
@@ -266,14 +276,20 @@ final class LAWEpisode: @unchecked Sendable {
     let b = config.batchSize
     let start = LAWStages.start(ofStage: t, total: totalSteps, stages: config.stages)
     let end = LAWStages.start(ofStage: t + 1, total: totalSteps, stages: config.stages)
-    for i in 0..<n {
-      exSum[i] = 0
-      exCount[i] = 0
+    if progress == nil {
+      for i in 0..<n {
+        exSum[i] = 0
+        exCount[i] = 0
+      }
+      progress = LAWStageProgress(step: start)
     }
-    var gap: Double = 0, tLoss: Double = 0, rLoss: Double = 0
-    var wCor: Double = 0, nCor = 0, wClean: Double = 0, nClean = 0, wAll: Double = 0
-    var step = start
-    while step < end {
+    guard var p = progress else { throw MetaweightError.invalidState("law: lost the stage's progress") }
+    while p.step < end {
+      if let c = cancel, c.isSet {
+        progress = p
+        throw LAWCancelledError()
+      }
+      let step = p.step
       let within = Int(step % Int64(stepsPerEpoch))
       if within == 0 || perm.isEmpty { perm = dataRNG.permutation(n) }
       let lo = within * b, hi = min(lo + b, n)
@@ -302,27 +318,30 @@ final class LAWEpisode: @unchecked Sendable {
         for i in 0..<m { coef[i] = inv }
         try update(reference, stage: t)
       }
-      gap += lt - lr
-      tLoss += lt
-      rLoss += lr
+      p.gap += lt - lr
+      p.tLoss += lt
+      p.rLoss += lr
       for i in 0..<m {
         let ex = perm[lo + i]
         let wi = w[i]
         exSum[ex] += wi
         exCount[ex] += 1
-        wAll += Double(wi)
+        p.wAll += Double(wi)
         if let cm = data.corrupted {
           if cm[ex] {
-            wCor += Double(wi)
-            nCor += 1
+            p.wCor += Double(wi)
+            p.nCor += 1
           } else {
-            wClean += Double(wi)
-            nClean += 1
+            p.wClean += Double(wi)
+            p.nClean += 1
           }
         }
       }
-      step += 1
+      p.step += 1
     }
+    progress = nil
+    let gap = p.gap, tLoss = p.tLoss, rLoss = p.rLoss, wCor = p.wCor, wClean = p.wClean, wAll = p.wAll
+    let nCor = p.nCor, nClean = p.nClean
     let steps = Double(max(end - start, 1))
     let accT = accuracy(target)
     let accR = warm ? accT : accuracy(reference)
@@ -344,10 +363,148 @@ final class LAWEpisode: @unchecked Sendable {
     for i in 0..<n where exCount[i] > 0 { log.exampleWeights[t * n + i] = exSum[i] / Float(exCount[i]) }
     log.stagesDone = t + 1
     state = after
-    return LAWStageOutcome(
+    let outcome = LAWStageOutcome(
       before: before, after: after, reward: reward, targetAcc: accT, referenceAcc: accR, lossGap: gap / steps,
       weightCorrupted: nCor > 0 ? wCor / Double(nCor) : .nan, weightClean: nClean > 0 ? wClean / Double(nClean) : .nan)
+    completed = outcome
+    return outcome
   }
+
+  /// Everything that evolves during the episode: both trainers, the episode's generators and
+  /// exploration noise, its state and log, and the progress of an interrupted stage.
+  func snapshot() -> Checkpoint {
+    var ck = Checkpoint()
+    ck.merge(target.checkpoint(), prefix: "target.")
+    ck.merge(reference.checkpoint(), prefix: "reference.")
+    ck.ints["rng.data"] = dataRNG.stateWords.map { Int64(bitPattern: $0) }
+    ck.ints["rng.noise"] = noiseRNG.stateWords.map { Int64(bitPattern: $0) }
+    ck.floats["noise"] = noise
+    ck.ints["state.stage"] = [Int64(state.stage)]
+    ck.floats["state.values"] = [state.lossSmooth, state.accSmooth]
+    ck.ints["synced"] = [referenceSynced ? 1 : 0]
+    ck.ints["perm"] = perm.map { Int64($0) }
+    ck.ints["log.stages_done"] = [Int64(log.stagesDone)]
+    ck.setDoubles("log.table", log.table)
+    ck.floats["log.actions"] = log.actions
+    ck.floats["log.example_weights"] = log.exampleWeights
+    if let p = progress {
+      ck.ints["progress.step"] = [p.step, Int64(p.nCor), Int64(p.nClean)]
+      ck.setDoubles("progress.sums", [p.gap, p.tLoss, p.rLoss, p.wCor, p.wClean, p.wAll])
+      ck.floats["progress.ex_sum"] = exSum
+      ck.ints["progress.ex_count"] = exCount.map { Int64($0) }
+    }
+    if let o = completed {
+      ck.ints["completed.stages"] = [Int64(o.before.stage), Int64(o.after.stage)]
+      ck.floats["completed.states"] = [o.before.lossSmooth, o.before.accSmooth, o.after.lossSmooth, o.after.accSmooth]
+      ck.setDoubles(
+        "completed.values",
+        [o.reward, o.targetAcc, o.referenceAcc, o.lossGap, o.weightCorrupted, o.weightClean])
+    }
+    return ck
+  }
+
+  /// Restores a `snapshot()` of an episode with the same index, data and settings.
+  /// - Throws: `MetaweightError.io` naming a missing or mis-sized section.
+  func restore(_ ck: Checkpoint) throws {
+    let n = data.count
+    let dr = try ck.requireInts("rng.data", count: 4).map { UInt64(bitPattern: $0) }
+    let nr = try ck.requireInts("rng.noise", count: 4).map { UInt64(bitPattern: $0) }
+    let nz = try ck.requireFloats("noise")
+    let st = try ck.requireInts("state.stage", count: 1)[0]
+    let sv = try ck.requireFloats("state.values", count: 2)
+    let synced = try ck.requireInts("synced", count: 1)[0] != 0
+    let pm = try ck.requireInts("perm").map { Int($0) }
+    guard pm.isEmpty || (pm.count == n && pm.allSatisfy { $0 >= 0 && $0 < n }) else {
+      throw MetaweightError.io("checkpoint: an episode's batch order does not match the data (\(pm.count) entries, \(n) examples)")
+    }
+    let done = try ck.requireInts("log.stages_done", count: 1)[0]
+    let table = try ck.requireDoubles("log.table", count: log.table.count)
+    let acts = try ck.requireFloats("log.actions", count: log.actions.count)
+    let ew = try ck.requireFloats("log.example_weights", count: log.exampleWeights.count)
+    var prog: LAWStageProgress? = nil
+    var exS: [Float]? = nil, exC: [Int32]? = nil
+    if ck.ints["progress.step"] != nil {
+      let ps = try ck.requireInts("progress.step", count: 3)
+      let sums = try ck.requireDoubles("progress.sums", count: 6)
+      var p = LAWStageProgress(step: ps[0])
+      p.nCor = Int(ps[1])
+      p.nClean = Int(ps[2])
+      (p.gap, p.tLoss, p.rLoss, p.wCor, p.wClean, p.wAll) = (sums[0], sums[1], sums[2], sums[3], sums[4], sums[5])
+      prog = p
+      exS = try ck.requireFloats("progress.ex_sum", count: n)
+      exC = try ck.requireInts("progress.ex_count", count: n).map { Int32(truncatingIfNeeded: $0) }
+    }
+    var comp: LAWStageOutcome? = nil
+    if ck.ints["completed.stages"] != nil {
+      let cs = try ck.requireInts("completed.stages", count: 2)
+      let cf = try ck.requireFloats("completed.states", count: 4)
+      let cv = try ck.requireDoubles("completed.values", count: 6)
+      comp = LAWStageOutcome(
+        before: LAWStageState(stage: Int(cs[0]), lossSmooth: cf[0], accSmooth: cf[1]),
+        after: LAWStageState(stage: Int(cs[1]), lossSmooth: cf[2], accSmooth: cf[3]), reward: cv[0], targetAcc: cv[1],
+        referenceAcc: cv[2], lossGap: cv[3], weightCorrupted: cv[4], weightClean: cv[5])
+    }
+    try target.restore(ck.extract(prefix: "target."))
+    try reference.restore(ck.extract(prefix: "reference."))
+    dataRNG = RNG(state: dr)
+    noiseRNG = RNG(state: nr)
+    noise = nz
+    state = LAWStageState(stage: Int(st), lossSmooth: sv[0], accSmooth: sv[1])
+    referenceSynced = synced
+    perm = pm
+    log.stagesDone = Int(done)
+    log.table = table
+    log.actions = acts
+    log.exampleWeights = ew
+    progress = prog
+    if let s = exS, let c = exC {
+      exSum = s
+      exCount = c
+    }
+    completed = comp
+  }
+}
+
+/// Running sums of a stage in progress (kept when the stage is interrupted).
+struct LAWStageProgress {
+  var step: Int64
+  var gap: Double = 0, tLoss: Double = 0, rLoss: Double = 0
+  var wCor: Double = 0, wClean: Double = 0, wAll: Double = 0
+  var nCor = 0, nClean = 0
+  init(step: Int64) { self.step = step }
+}
+
+/// Thrown by a search stage that stopped because cancellation was requested.
+public struct LAWCancelledError: Error, CustomStringConvertible {
+  /// Creates the error.
+  public init() {}
+  /// The message.
+  public var description: String { "law: the stage was interrupted (cancel requested)" }
+}
+
+/// A flag another thread (or a signal handler's thread) sets to stop a running search stage at
+/// the next optimizer step.
+public final class LAWCancellation: Sendable {
+  private let flag = Atomic<Bool>(false)
+  private let countdown = Atomic<Int>(0)
+  /// A cleared flag.
+  public init() {}
+  /// Whether cancellation was requested (each check also advances an armed countdown).
+  public var isSet: Bool {
+    if flag.load(ordering: .acquiring) { return true }
+    if countdown.load(ordering: .relaxed) > 0, countdown.subtract(1, ordering: .acquiringAndReleasing).newValue == 0 {
+      flag.store(true, ordering: .releasing)
+      return true
+    }
+    return false
+  }
+  /// Requests (true) or clears (false) cancellation (clearing also disarms a countdown).
+  public func set(_ on: Bool) {
+    if !on { countdown.store(0, ordering: .releasing) }
+    flag.store(on, ordering: .releasing)
+  }
+  /// Sets the flag at the `checks`-th check from now (tests: deterministic interruption points).
+  func arm(afterChecks checks: Int) { countdown.store(max(checks, 1), ordering: .releasing) }
 }
 
 /// Collects the first error thrown by the bodies of a parallel loop.
@@ -364,10 +521,12 @@ final class LAWErrorBox: @unchecked Sendable {
     errors[i] = e
     pthread_mutex_unlock(lock)
   }
-  /// The error of the lowest slot that failed.
+  /// The error of the lowest slot that failed (a real failure before a cancellation).
   var first: Error? {
     pthread_mutex_lock(lock)
     defer { pthread_mutex_unlock(lock) }
+    let failed = errors.filter { !($0.value is LAWCancelledError) }
+    if let k = failed.keys.min() { return failed[k] }
     return errors.keys.min().flatMap { errors[$0] }
   }
 }
@@ -409,6 +568,16 @@ public final class LAWSearch: @unchecked Sendable {
   var data: LAWData?
   var episodes: [LAWEpisode] = []
   var fduRNG: RNG
+  /// Set from another thread to stop `runStage` at the next optimizer step (see `runStage`).
+  public let cancellation = LAWCancellation()
+  /// The actions of the stage `nextStage` once it has started (nil between stages); a stage
+  /// interrupted by `cancellation` keeps them so that the next call continues it.
+  var pendingActions: [[Float]?]?
+  /// Fingerprint of the data set by `setData`.
+  var dataFingerprint: UInt64 = 0
+  /// Episodes of a round in progress restored from a checkpoint, waiting for `setData` with
+  /// the same data (fingerprint) to be rebuilt.
+  var pendingEpisodes: (fingerprint: UInt64, snapshot: Checkpoint)?
 
   /// Creates a search for classifiers built from `networkSpec` (see `SpecParser`).
   /// - Throws: `MetaweightError.invalidArgument` for an invalid spec or configuration.
@@ -446,12 +615,55 @@ public final class LAWSearch: @unchecked Sendable {
       throw MetaweightError.invalidArgument(
         "stages: a run of \(config.epochs) epochs of \(d.count) examples in batches of \(config.batchSize) has \(total) steps, fewer than the \(config.stages) stages; use more epochs, a smaller batch or fewer stages")
     }
-    if nextStage != 0 {
-      episodes = []
-      nextStage = 0
-      round += 1
+    let fp = LAWSearch.fingerprint(d)
+    if let pending = pendingEpisodes {
+      pendingEpisodes = nil
+      if pending.fingerprint == fp {
+        data = d
+        dataFingerprint = fp
+        try rebuildEpisodes(pending.snapshot)
+        return
+      }
+      discardRound()
+    } else if nextStage != 0 || pendingActions != nil {
+      // The same data again (e.g. after restoring a checkpoint): the round goes on.
+      if data != nil && fp == dataFingerprint {
+        data = d
+        return
+      }
+      discardRound()
     }
     data = d
+    dataFingerprint = fp
+  }
+
+  /// Abandons the round in progress (its transitions already in the buffer stay).
+  func discardRound() {
+    episodes = []
+    nextStage = 0
+    pendingActions = nil
+    round += 1
+  }
+
+  /// A 64-bit fingerprint of every value of the data (to recognise it after a restore).
+  static func fingerprint(_ d: LAWData) -> UInt64 {
+    var h: UInt64 = 0xCBF2_9CE4_8422_2325
+    @inline(__always) func mix(_ v: UInt64) { h = (h ^ v) &* 0x0000_0100_0000_01B3 }
+    func floats(_ b: FloatBuffer) {
+      mix(UInt64(b.count))
+      for i in 0..<b.count { mix(UInt64(b[i].bitPattern)) }
+    }
+    floats(d.x)
+    floats(d.valX)
+    mix(UInt64(d.y.count))
+    for v in d.y { mix(UInt64(bitPattern: v)) }
+    mix(UInt64(d.valY.count))
+    for v in d.valY { mix(UInt64(bitPattern: v)) }
+    if let c = d.corrupted {
+      mix(1)
+      for v in c { mix(v ? 1 : 0) }
+    }
+    return h
   }
 
   /// σ of the exploration noise in round `r`: σ₀ · decay^r.
@@ -494,48 +706,63 @@ public final class LAWSearch: @unchecked Sendable {
     guard let d = data else {
       throw MetaweightError.invalidState("law: no data; call set_data (or search with data) first")
     }
+    guard pendingEpisodes == nil else {
+      throw MetaweightError.invalidState(
+        "law: the restored round in progress needs its data; call set_data with the same arrays first")
+    }
     let clock0 = LAWClock.now()
     let t = nextStage
     let na = config.parallel
-    if t == 0 {
-      var made: [LAWEpisode] = []
-      for slot in 0..<na {
-        let index = round * na + slot
-        made.append(
-          try LAWEpisode(
-            index: index, round: round, slot: slot, config: config, spec: networkSpec, input: inputLayout,
-            features: features, data: d, seed: episodeSeed(index)))
-      }
-      episodes = made
-      try runParallel(na) { made[$0].begin() }
-    }
     let warm = t < config.warmupStages
     let sigma = noiseSigma(round: round)
-    var actions: [[Float]?] = []
-    for ep in episodes {
-      if warm {
-        actions.append(nil)
-        continue
+    let actions: [[Float]?]
+    if let started = pendingActions {
+      actions = started  // continuing an interrupted stage
+    } else {
+      if cancellation.isSet { throw LAWCancelledError() }
+      if t == 0 {
+        var made: [LAWEpisode] = []
+        for slot in 0..<na {
+          let index = round * na + slot
+          made.append(
+            try LAWEpisode(
+              index: index, round: round, slot: slot, config: config, spec: networkSpec, input: inputLayout,
+              features: features, data: d, seed: episodeSeed(index)))
+        }
+        episodes = made
+        try runParallel(na) { made[$0].begin() }
       }
-      var a = agent.actor.action(ep.state)
-      let s = config.actionScale
-      let eps = ep.nextNoise(count: a.count, sigma: sigma, rho: config.noiseCorrelation)
-      for k in 0..<a.count { a[k] = min(max(a[k] + eps[k], -s), s) }
-      actions.append(a)
+      var drawn: [[Float]?] = []
+      for ep in episodes {
+        if warm {
+          drawn.append(nil)
+          continue
+        }
+        var a = agent.actor.action(ep.state)
+        let s = config.actionScale
+        let eps = ep.nextNoise(count: a.count, sigma: sigma, rho: config.noiseCorrelation)
+        for k in 0..<a.count { a[k] = min(max(a[k] + eps[k], -s), s) }
+        drawn.append(a)
+      }
+      actions = drawn
+      pendingActions = drawn
     }
     let eps = episodes
     var outcomes = [LAWStageOutcome?](repeating: nil, count: na)
+    let cancel = cancellation
     do {
       try outcomes.withUnsafeMutableBufferPointer { ob in
         let out = UncheckedSendable(ob)
-        try runParallel(na) { i in out.value[i] = try eps[i].runStage(t, action: actions[i]) }
+        try runParallel(na) { i in out.value[i] = try eps[i].runStage(t, action: actions[i], cancel: cancel) }
       }
+    } catch let e as LAWCancelledError {
+      throw e  // the stage stays in progress; the next call continues it
     } catch {
-      episodes = []
-      nextStage = 0
-      round += 1
+      discardRound()
       throw error
     }
+    pendingActions = nil
+    for ep in eps { ep.completed = nil }
     var log = LAWStageLog()
     log.round = round
     log.stage = t
@@ -604,6 +831,150 @@ public final class LAWSearch: @unchecked Sendable {
     agent.targetActor.copy(from: s.actor.mlp.params)
     agent.targetEmbedding.copy(from: s.actor.embedding)
   }
+}
+
+extension LAWSearch {
+  /// Everything needed to continue the search bit-identically: the strategy model (actor,
+  /// critic, targets, their Adam states), the replay buffer, the FDU generator, the round and
+  /// stage counters and, when a round is in progress (also mid-stage after an interruption),
+  /// every episode's classifiers, generators, noise, log and progress. The data is not saved;
+  /// a fingerprint of it is, and the round continues when `setData` gets the same data.
+  public func checkpoint() -> Checkpoint {
+    var ck = Checkpoint()
+    ck.setString("law.kind", "search")
+    ck.setString("law.config", config.spec)
+    ck.setString("law.network_spec", networkSpec)
+    ck.ints["law.identity"] = [Int64(bitPattern: seed), Int64(inputLayout.size), Int64(classes)]
+    agent.save(into: &ck)
+    buffer.save(into: &ck, prefix: "law.buffer.")
+    ck.ints["law.rng.fdu"] = fduRNG.stateWords.map { Int64(bitPattern: $0) }
+    ck.ints["law.counters"] = [Int64(round), Int64(nextStage), Int64(roundsCompleted)]
+    if let pending = pendingEpisodes {
+      ck.merge(pending.snapshot, prefix: "")
+      return ck
+    }
+    let inProgress = nextStage != 0 || pendingActions != nil
+    if inProgress {
+      var ep = Checkpoint()
+      ep.ints["law.round.fingerprint"] = [Int64(bitPattern: dataFingerprint)]
+      ep.ints["law.round.examples"] = [Int64(data?.count ?? 0)]
+      if let acts = pendingActions {
+        ep.ints["law.round.pending"] = acts.map { $0 == nil ? 0 : 1 }
+        ep.floats["law.round.pending_actions"] = acts.flatMap { $0 ?? [] }
+      }
+      for (slot, e) in episodes.enumerated() { ep.merge(e.snapshot(), prefix: "law.episode.\(slot).") }
+      ck.merge(ep, prefix: "")
+    }
+    return ck
+  }
+
+  /// Restores a search checkpoint made by a search with the same configuration, network spec,
+  /// input layout and seed. A round in progress continues once `setData` gets the same data
+  /// (at once when this search already holds it).
+  /// - Throws: `MetaweightError.io` naming the mismatch or the bad section; nothing changes then.
+  public func restore(_ ck: Checkpoint) throws {
+    guard ck.string("law.kind") == "search" else {
+      throw MetaweightError.io("checkpoint: not a LAW search checkpoint (a trainer or strategy file?)")
+    }
+    guard let cfg = ck.string("law.config"), cfg == config.spec else {
+      throw MetaweightError.io(
+        "checkpoint: LAW configuration mismatch (file: \(ck.string("law.config") ?? "none"); this search: \(config.spec))")
+    }
+    guard ck.string("law.network_spec") == networkSpec else {
+      throw MetaweightError.io(
+        "checkpoint: architecture mismatch (file: '\(ck.string("law.network_spec") ?? "none")', this search: '\(networkSpec)')")
+    }
+    let id = try ck.requireInts("law.identity", count: 3)
+    guard id[1] == Int64(inputLayout.size), id[2] == Int64(classes) else {
+      throw MetaweightError.io(
+        "checkpoint: architecture mismatch (file: input size \(id[1]), \(id[2]) classes; this search: \(inputLayout.size), \(classes))")
+    }
+    guard UInt64(bitPattern: id[0]) == seed else {
+      throw MetaweightError.io("checkpoint: seed mismatch (file: \(UInt64(bitPattern: id[0])), this search: \(seed))")
+    }
+    let fdu = try ck.requireInts("law.rng.fdu", count: 4).map { UInt64(bitPattern: $0) }
+    let counters = try ck.requireInts("law.counters", count: 3)
+    guard counters.allSatisfy({ $0 >= 0 }), counters[1] < Int64(config.stages) else {
+      throw MetaweightError.io("checkpoint: LAW counters are inconsistent (\(counters))")
+    }
+    var newBuffer = LAWReplayBuffer(capacity: config.bufferSize)
+    try newBuffer.restore(ck, prefix: "law.buffer.")
+    // Validate the agent by restoring into a scratch copy first, so a failure changes nothing.
+    let scratch = LAWAgent(config: config, actionCount: features.actionCount, seed: 0)
+    try scratch.restore(ck)
+    let inProgress = ck.ints["law.round.fingerprint"] != nil
+    var round: Checkpoint? = nil
+    if inProgress {
+      var r = Checkpoint()
+      for (k, v) in ck.ints where k.hasPrefix("law.round.") || k.hasPrefix("law.episode.") { r.ints[k] = v }
+      for (k, v) in ck.floats where k.hasPrefix("law.round.") || k.hasPrefix("law.episode.") { r.floats[k] = v }
+      for (k, v) in ck.bytes where k.hasPrefix("law.round.") || k.hasPrefix("law.episode.") { r.bytes[k] = v }
+      round = r
+    }
+    try agent.restore(ck)
+    buffer = newBuffer
+    fduRNG = RNG(state: fdu)
+    self.round = Int(counters[0])
+    nextStage = Int(counters[1])
+    roundsCompleted = Int(counters[2])
+    episodes = []
+    pendingActions = nil
+    pendingEpisodes = nil
+    if let r = round {
+      let fp = UInt64(bitPattern: try r.requireInts("law.round.fingerprint", count: 1)[0])
+      if data != nil, fp == dataFingerprint {
+        try rebuildEpisodes(r)
+      } else {
+        pendingEpisodes = (fp, r)
+      }
+    }
+  }
+
+  /// Recreates the current round's episodes on the current data and restores their snapshots.
+  func rebuildEpisodes(_ r: Checkpoint) throws {
+    guard let d = data else { throw MetaweightError.invalidState("law: no data to rebuild the round on") }
+    let examples = try r.requireInts("law.round.examples", count: 1)[0]
+    guard examples == Int64(d.count) else {
+      throw MetaweightError.io("checkpoint: the round in progress was run on \(examples) examples, the data has \(d.count)")
+    }
+    let na = config.parallel
+    var made: [LAWEpisode] = []
+    for slot in 0..<na {
+      let index = round * na + slot
+      let e = try LAWEpisode(
+        index: index, round: round, slot: slot, config: config, spec: networkSpec, input: inputLayout,
+        features: features, data: d, seed: episodeSeed(index))
+      try e.restore(r.extract(prefix: "law.episode.\(slot)."))
+      made.append(e)
+    }
+    var acts: [[Float]?]? = nil
+    if let mask = r.ints["law.round.pending"] {
+      guard mask.count == na else { throw MetaweightError.io("checkpoint: pending actions for \(mask.count) episodes, expected \(na)") }
+      let a = features.actionCount
+      let flat = try r.requireFloats("law.round.pending_actions", count: mask.filter { $0 != 0 }.count * a)
+      var k = 0
+      var list: [[Float]?] = []
+      for m in mask {
+        if m != 0 {
+          list.append(Array(flat[k..<(k + a)]))
+          k += a
+        } else {
+          list.append(nil)
+        }
+      }
+      acts = list
+    }
+    episodes = made
+    pendingActions = acts
+  }
+
+  /// Writes `checkpoint()` atomically (temporary file, fsync, rename) with a checksum.
+  /// - Throws: `MetaweightError.io` when the file cannot be written.
+  public func save(to path: String) throws { try checkpoint().write(to: path) }
+
+  /// Reads a search checkpoint and restores it (see `restore`).
+  /// - Throws: `MetaweightError.io` for an unreadable, truncated, corrupt or mismatching file.
+  public func load(from path: String) throws { try restore(try Checkpoint.read(from: path)) }
 }
 
 /// Monotonic seconds.

@@ -278,6 +278,54 @@ public final class LAWStrategyWeighting: TrainerStepWeighting, @unchecked Sendab
     let warm = t < strategy.warmupStages
     return weigher.compute(trainer: trainer, n: n, action: warm ? nil : action)
   }
+
+  /// A fingerprint of the strategy, the run length and the validation set (to refuse restoring
+  /// the state into a trainer with a different strategy attached).
+  var identity: [Int64] {
+    var bytes: [UInt8] = []
+    strategy.actor.mlp.params.array.withUnsafeBytes { bytes += $0 }
+    strategy.actor.embedding.array.withUnsafeBytes { bytes += $0 }
+    return [Int64(CRC32.checksum(bytes)), totalSteps, Int64(valY.count)]
+  }
+
+  /// Saves the weighting's running state (stage state, action, the stage's running sums).
+  public func save(into ck: inout Checkpoint) {
+    ck.ints["law_strategy.identity"] = identity
+    ck.ints["law_strategy.stage"] = [Int64(state?.stage ?? -1), Int64(stageSteps)]
+    ck.floats["law_strategy.state"] = [state?.lossSmooth ?? 0, state?.accSmooth ?? 0]
+    ck.floats["law_strategy.action"] = action
+    ck.setDoubles("law_strategy.sums", [stageLoss, stageAcc])
+  }
+
+  /// Checks that `ck` holds this weighting's state (same strategy, run length, validation set).
+  /// - Throws: `MetaweightError.io` naming the mismatch.
+  public func validate(_ ck: Checkpoint) throws {
+    guard let id = ck.ints["law_strategy.identity"] else {
+      throw MetaweightError.io(
+        "checkpoint: the file was saved without a LAW strategy, but this trainer has one attached; detach it or load a file saved with it")
+    }
+    guard id == identity else {
+      throw MetaweightError.io(
+        "checkpoint: LAW strategy mismatch (the file was saved with a different strategy, total_steps or validation set; file \(id), trainer \(identity))")
+    }
+    _ = try ck.requireInts("law_strategy.stage", count: 2)
+    _ = try ck.requireFloats("law_strategy.state", count: 2)
+    _ = try ck.requireFloats("law_strategy.action")
+    _ = try ck.requireDoubles("law_strategy.sums", count: 2)
+  }
+
+  /// Restores the state saved by `save(into:)` (call `validate` first).
+  public func restore(_ ck: Checkpoint) throws {
+    try validate(ck)
+    let st = try ck.requireInts("law_strategy.stage", count: 2)
+    let sv = try ck.requireFloats("law_strategy.state", count: 2)
+    let sums = try ck.requireDoubles("law_strategy.sums", count: 2)
+    state = st[0] < 0 ? nil : LAWStageState(stage: Int(st[0]), lossSmooth: sv[0], accSmooth: sv[1])
+    stageSteps = Int(st[1])
+    action = try ck.requireFloats("law_strategy.action")
+    stageLoss = sums[0]
+    stageAcc = sums[1]
+  }
 }
 
 /// Validation accuracy helpers.

@@ -70,6 +70,9 @@ public final class Conv2D: LeafLayer, Layer {
     outWidth = ow
   }
 
+  /// False: the derivatives read the input and the parameters.
+  public var derivativesReadOutput: Bool { false }
+
   /// weight [Cout, Cin, k, k] (Kaiming normal) and optional bias.
   public var parameterSpecs: [ParameterSpec] {
     let fanIn = inChannels * kernel * kernel

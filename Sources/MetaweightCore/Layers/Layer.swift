@@ -109,6 +109,11 @@ public struct PassContext {
   public var rng: RNGBox
   /// Shared scratch for im2col and similar temporaries.
   public var scratch: Scratch
+  /// Buffers for the activation gradients and tangents flowing between layers, shared by every
+  /// composite layer of one nesting depth (see `ScratchPool.slot`).
+  public var buffers: ScratchPool
+  /// Nesting depth of the layer being run (0 for the network's root).
+  public var depth: Int = 0
   /// Batch-norm momentum for running statistics.
   public var bnMomentum: Float = 0.1
 
@@ -116,7 +121,7 @@ public struct PassContext {
   public init(
     batch: Int, params: UnsafePointer<Float>, state: UnsafeMutablePointer<Float>,
     grads: UnsafeMutablePointer<Float>? = nil, paramTangent: UnsafePointer<Float>? = nil,
-    mode: Mode, rng: RNGBox, scratch: Scratch
+    mode: Mode, rng: RNGBox, scratch: Scratch, buffers: ScratchPool = ScratchPool()
   ) {
     self.batch = batch
     self.params = params
@@ -126,7 +131,33 @@ public struct PassContext {
     self.mode = mode
     self.rng = rng
     self.scratch = scratch
+    self.buffers = buffers
   }
+}
+
+/// Scratch areas indexed by slot, for the gradients and tangents that composite layers pass
+/// between their children during backward and tangent passes.
+///
+/// A composite layer at nesting depth d uses only the slots `slot(d, 0...2)`: a `Sequential`
+/// ping-pongs between roles 0 and 1 and a `Residual` keeps its shortcut's result in role 2. What
+/// flows into and out of a composite layer lives in its parent's slots (depth d − 1) or in the
+/// caller's memory, so the blocks of one depth can share slots: passes run one at a time and
+/// a block's slots are dead when it returns. The buffers therefore scale with the largest
+/// activation, not with the number of blocks, and the backward and tangent passes share them.
+public final class ScratchPool: @unchecked Sendable {
+  private var areas: [Scratch] = []
+  /// Creates an empty pool.
+  public init() {}
+  /// The slot of `role` (0, 1 or 2) at nesting depth `depth`.
+  @inline(__always)
+  public static func slot(depth: Int, role: Int) -> Int { 3 * depth + role }
+  /// At least `count` floats in `slot` (contents undefined; a larger request reallocates it).
+  public func pointer(_ slot: Int, count: Int) -> UnsafeMutablePointer<Float> {
+    while areas.count <= slot { areas.append(Scratch()) }
+    return areas[slot].pointer(count: count)
+  }
+  /// Bytes currently held.
+  public var bytes: Int { areas.reduce(0) { $0 + $1.bytes } }
 }
 
 /// Storage one layer keeps between its forward pass and the matching backward/tangent pass
@@ -165,6 +196,11 @@ public protocol Layer: AnyObject {
   var children: [Layer] { get }
   /// Whether the layer behaves differently in train and eval modes (dropout, batch norm).
   var hasModeDependence: Bool { get }
+  /// Whether `backward` and `tangent` read the forward pass's input `x` (else only `y`, the tape
+  /// and the incoming derivative): when false, the input need not be kept after the forward pass.
+  var derivativesReadInput: Bool { get }
+  /// Whether `backward` and `tangent` read the forward pass's output `y`.
+  var derivativesReadOutput: Bool { get }
 
   /// Allocates the tape for batches of at most `batch` examples.
   func makeTape(batch: Int) -> LayerTape
@@ -199,6 +235,10 @@ extension Layer {
   public var parameterSpecs: [ParameterSpec] { [] }
   /// Default: same in every mode.
   public var hasModeDependence: Bool { false }
+  /// Default: the derivatives read the input.
+  public var derivativesReadInput: Bool { true }
+  /// Default: the derivatives read the output.
+  public var derivativesReadOutput: Bool { true }
   /// Default: an empty tape.
   public func makeTape(batch: Int) -> LayerTape { LayerTape() }
 

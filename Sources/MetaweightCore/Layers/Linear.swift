@@ -33,6 +33,9 @@ public final class Linear: LeafLayer, Layer {
     weightInit = kaiming ? .kaimingNormal(fanIn: inFeatures) : .uniform(bound: bound)
   }
 
+  /// False: the derivatives read the input and the parameters.
+  public var derivativesReadOutput: Bool { false }
+
   /// weight [out, in] and bias [out].
   public var parameterSpecs: [ParameterSpec] {
     var s = [ParameterSpec("weight", [outFeatures, inFeatures], weightInit)]
@@ -109,8 +112,11 @@ public final class Linear: LeafLayer, Layer {
 /// Elementwise max(x, 0) on any layout.
 ///
 ///     forward   y  = max(x, 0)
-///     backward  dx = dy · [x > 0]
-///     tangent   ty = tx · [x > 0]
+///     backward  dx = dy · [y > 0]
+///     tangent   ty = tx · [y > 0]
+///
+/// [y > 0] equals [x > 0] exactly (NaN and −0 included), so the derivatives read only the output
+/// and the input need not be kept.
 public final class ReLU: LeafLayer, Layer {
   /// The (unchanged) layout.
   public let layout: Layout
@@ -122,6 +128,8 @@ public final class ReLU: LeafLayer, Layer {
   public var outputLayout: Layout { layout }
   /// Creates a ReLU for `layout`.
   public init(_ layout: Layout) { self.layout = layout }
+  /// False: the derivatives use the output's sign.
+  public var derivativesReadInput: Bool { false }
 
   /// y = max(x, 0).
   public func forward(
@@ -142,7 +150,7 @@ public final class ReLU: LeafLayer, Layer {
     }
   }
 
-  /// out = g·[x > 0] (the backward and tangent map).
+  /// out = g·[y > 0] (the backward and tangent map; `y` the forward output).
   @inline(__always)
   private static func mask(
     _ x: UnsafePointer<Float>, _ g: UnsafePointer<Float>, _ out: UnsafeMutablePointer<Float>, count: Int
@@ -161,23 +169,23 @@ public final class ReLU: LeafLayer, Layer {
     }
   }
 
-  /// dx = dy·[x > 0].
+  /// dx = dy·[y > 0].
   public func backward(
     _ x: UnsafePointer<Float>, _ y: UnsafePointer<Float>, _ dy: UnsafePointer<Float>,
     _ dx: UnsafeMutablePointer<Float>?, _ ctx: inout PassContext, _ tape: LayerTape
   ) {
     guard let d = dx else { return }
-    ReLU.mask(x, dy, d, count: ctx.batch * layout.size)
+    ReLU.mask(y, dy, d, count: ctx.batch * layout.size)
   }
 
-  /// ty = tx·[x > 0].
+  /// ty = tx·[y > 0].
   public func tangent(
     _ x: UnsafePointer<Float>, _ y: UnsafePointer<Float>, _ tx: UnsafePointer<Float>?,
     _ ty: UnsafeMutablePointer<Float>, _ ctx: inout PassContext, _ tape: LayerTape
   ) {
     let count = ctx.batch * layout.size
     guard let t = tx else { ty.update(repeating: 0, count: count); return }
-    ReLU.mask(x, t, ty, count: count)
+    ReLU.mask(y, t, ty, count: count)
   }
 }
 
@@ -193,6 +201,8 @@ public final class Flatten: LeafLayer, Layer {
   public var outputLayout: Layout { .flat(input.size) }
   /// Creates a flatten layer.
   public init(_ input: Layout) { self.input = input }
+  /// False: a reordering.
+  public var derivativesReadInput: Bool { false }
 
   private var channelsAndPixels: (Int, Int) {
     if case .image(let c, let h, let w) = input { return (c, h * w) }

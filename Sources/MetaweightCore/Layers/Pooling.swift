@@ -43,6 +43,8 @@ public final class MaxPool2D: LeafLayer, Layer {
 
   /// Arg-max storage.
   public func makeTape(batch: Int) -> LayerTape { Tape(batch * outputLayout.size) }
+  /// False: the derivatives follow the stored arg-max.
+  public var derivativesReadInput: Bool { false }
 
   /// Window maxima.
   public func forward(
@@ -387,6 +389,8 @@ public final class Dropout: LeafLayer, Layer {
 
   /// Mask storage.
   public func makeTape(batch: Int) -> LayerTape { Tape(rate > 0 ? batch * layout.size : 0) }
+  /// False: the derivatives use the stored mask.
+  public var derivativesReadInput: Bool { false }
 
   /// y = x·mask.
   public func forward(

@@ -1,7 +1,8 @@
 /// Layers applied one after another.
 ///
-/// Its tape keeps every intermediate activation (needed by backward and tangent passes) plus two
-/// ping-pong scratch areas for the gradients and two for the tangents flowing between layers.
+/// Its tape keeps every intermediate activation (needed by backward and tangent passes). The
+/// gradients and tangents flowing between its layers ping-pong between two `ScratchPool` slots of
+/// its nesting depth, shared with every other block of that depth and between the two passes.
 public final class Sequential: LeafLayer, Layer {
   /// The layers in order.
   public let layers: [Layer]
@@ -37,18 +38,11 @@ public final class Sequential: LeafLayer, Layer {
   final class Tape: LayerTape {
     var acts: [FloatBuffer]
     var tapes: [LayerTape]
-    let gradA = Scratch()
-    let gradB = Scratch()
-    let tanA = Scratch()
-    let tanB = Scratch()
     init(acts: [FloatBuffer], tapes: [LayerTape]) {
       self.acts = acts
       self.tapes = tapes
     }
-    override var bytes: Int {
-      acts.reduce(0) { $0 + $1.count * 4 } + tapes.reduce(0) { $0 + $1.bytes }
-        + gradA.bytes + gradB.bytes + tanA.bytes + tanB.bytes
-    }
+    override var bytes: Int { acts.reduce(0) { $0 + $1.count * 4 } + tapes.reduce(0) { $0 + $1.bytes } }
   }
 
   /// Allocates activations for `batch` examples.
@@ -56,6 +50,80 @@ public final class Sequential: LeafLayer, Layer {
     var acts: [FloatBuffer] = []
     for i in 0..<(layers.count - 1) { acts.append(FloatBuffer(count: batch * layers[i].outputLayout.size)) }
     return Tape(acts: acts, tapes: layers.map { $0.makeTape(batch: batch) })
+  }
+
+  // MARK: Sharing a prefix of the activations between two tapes
+
+  /// Layers on the spine: this block's layers with nested `Sequential`s expanded (recursively);
+  /// other composite layers count as one. A spine prefix is what two tapes may share.
+  var spineCount: Int { layers.reduce(0) { $0 + (($1 as? Sequential)?.spineCount ?? 1) } }
+
+  /// Bytes each spine layer holds in `tape`: its tape and its output buffer (`outputBytes`, the
+  /// parent's buffer, for this block's last layer; 0 at the root, whose output the caller owns).
+  func spineBytes(_ tape: LayerTape, outputBytes: Int = 0, into out: inout [Int]) {
+    let t = tape as! Tape
+    for i in layers.indices {
+      let ob = i < layers.count - 1 ? t.acts[i].count * 4 : outputBytes
+      if let s = layers[i] as? Sequential {
+        s.spineBytes(t.tapes[i], outputBytes: ob, into: &out)
+      } else {
+        out.append(ob + t.tapes[i].bytes)
+      }
+    }
+  }
+
+  /// The spine layers and their tapes in `tape`, in order.
+  func spine(_ tape: LayerTape, into out: inout [(layer: Layer, tape: LayerTape)]) {
+    let t = tape as! Tape
+    for (i, layer) in layers.enumerated() {
+      if let s = layer as? Sequential { s.spine(t.tapes[i], into: &out) } else { out.append((layer, t.tapes[i])) }
+    }
+  }
+
+  /// A tape for batches of up to `batch` examples that uses `base`'s activation buffers and layer
+  /// tapes for the first `shared` spine layers (a pass through it overwrites what `base` recorded
+  /// there; they must hold `batch` examples) and its own for the others. `shared` < `spineCount`.
+  func makeTape(batch: Int, sharing base: LayerTape, spine shared: Int) -> LayerTape {
+    let b = base as! Tape
+    var acts: [FloatBuffer] = []
+    var tapes: [LayerTape] = []
+    var start = 0
+    for (i, layer) in layers.enumerated() {
+      let count = (layer as? Sequential)?.spineCount ?? 1
+      let whole = start + count <= shared
+      if i < layers.count - 1 {
+        acts.append(whole ? b.acts[i] : FloatBuffer(count: batch * layer.outputLayout.size))
+      }
+      if whole {
+        tapes.append(b.tapes[i])
+      } else if start < shared, let s = layer as? Sequential {
+        tapes.append(s.makeTape(batch: batch, sharing: b.tapes[i], spine: shared - start))
+      } else {
+        tapes.append(layer.makeTape(batch: batch))
+      }
+      start += count
+    }
+    return Tape(acts: acts, tapes: tapes)
+  }
+
+  /// Runs the first `count` spine layers only (`count` < `spineCount`): their outputs land in the
+  /// tape, later layers' activations and the block's output are left as they are.
+  func forward(_ x: UnsafePointer<Float>, spine count: Int, _ ctx: inout PassContext, _ tape: LayerTape) {
+    let t = tape as! Tape
+    var input = x
+    var start = 0
+    ctx.depth += 1
+    defer { ctx.depth -= 1 }
+    for (i, layer) in layers.enumerated() where start < count {
+      let n = (layer as? Sequential)?.spineCount ?? 1
+      if start + n <= count {
+        layers[i].forward(input, t.acts[i].pointer, &ctx, t.tapes[i])
+        input = UnsafePointer(t.acts[i].pointer)
+      } else if let s = layer as? Sequential {
+        s.forward(input, spine: count - start, &ctx, t.tapes[i])
+      }
+      start += n
+    }
   }
 
   @inline(__always)
@@ -70,6 +138,8 @@ public final class Sequential: LeafLayer, Layer {
   ) {
     let t = tape as! Tape
     var input = x
+    ctx.depth += 1
+    defer { ctx.depth -= 1 }
     for i in 0..<layers.count {
       let out = output(i, t, y)
       layers[i].forward(input, out, &ctx, t.tapes[i])
@@ -85,14 +155,17 @@ public final class Sequential: LeafLayer, Layer {
     let t = tape as! Tape
     let n = ctx.batch
     var upstream = dy
-    var useA = true
+    var role = 0
+    let depth = ctx.depth
+    ctx.depth += 1
+    defer { ctx.depth -= 1 }
     for i in stride(from: layers.count - 1, through: 0, by: -1) {
       let lx: UnsafePointer<Float> = i == 0 ? x : UnsafePointer(t.acts[i - 1].pointer)
       let ly: UnsafePointer<Float> = i == layers.count - 1 ? y : UnsafePointer(t.acts[i].pointer)
       var down: UnsafeMutablePointer<Float>? = nil
       if i > 0 {
-        down = (useA ? t.gradA : t.gradB).pointer(count: n * layers[i].inputLayout.size)
-        useA.toggle()
+        down = ctx.buffers.pointer(ScratchPool.slot(depth: depth, role: role), count: n * layers[i].inputLayout.size)
+        role = 1 - role
       } else {
         down = dx
       }
@@ -109,7 +182,10 @@ public final class Sequential: LeafLayer, Layer {
     let t = tape as! Tape
     let n = ctx.batch
     var tin = tx
-    var useA = true
+    var role = 0
+    let depth = ctx.depth
+    ctx.depth += 1
+    defer { ctx.depth -= 1 }
     for i in 0..<layers.count {
       let lx: UnsafePointer<Float> = i == 0 ? x : UnsafePointer(t.acts[i - 1].pointer)
       let ly: UnsafePointer<Float> = i == layers.count - 1 ? y : UnsafePointer(t.acts[i].pointer)
@@ -117,8 +193,8 @@ public final class Sequential: LeafLayer, Layer {
       if i == layers.count - 1 {
         out = ty
       } else {
-        out = (useA ? t.tanA : t.tanB).pointer(count: n * layers[i].outputLayout.size)
-        useA.toggle()
+        out = ctx.buffers.pointer(ScratchPool.slot(depth: depth, role: role), count: n * layers[i].outputLayout.size)
+        role = 1 - role
       }
       // A layer without parameters and a zero input tangent has a zero output tangent.
       layers[i].tangent(lx, ly, tin, out, &ctx, t.tapes[i])
@@ -169,7 +245,6 @@ public final class Residual: LeafLayer, Layer {
     let bodyOut: FloatBuffer
     let short: LayerTape?
     let shortOut: FloatBuffer?
-    let scratch = Scratch()
     init(body: LayerTape, bodyOut: FloatBuffer, short: LayerTape?, shortOut: FloatBuffer?) {
       self.body = body
       self.bodyOut = bodyOut
@@ -177,7 +252,7 @@ public final class Residual: LeafLayer, Layer {
       self.shortOut = shortOut
     }
     override var bytes: Int {
-      body.bytes + bodyOut.count * 4 + (short?.bytes ?? 0) + (shortOut?.count ?? 0) * 4 + scratch.bytes
+      body.bytes + bodyOut.count * 4 + (short?.bytes ?? 0) + (shortOut?.count ?? 0) * 4
     }
   }
 
@@ -214,7 +289,8 @@ public final class Residual: LeafLayer, Layer {
     let inCount = ctx.batch * inputLayout.size
     body.backward(x, UnsafePointer(t.bodyOut.pointer), dy, dx, &ctx, t.body)
     if let s = shortcut, let st = t.short, let so = t.shortOut {
-      let tmp: UnsafeMutablePointer<Float>? = dx == nil ? nil : t.scratch.pointer(count: inCount)
+      let tmp: UnsafeMutablePointer<Float>? =
+        dx == nil ? nil : ctx.buffers.pointer(ScratchPool.slot(depth: ctx.depth, role: 2), count: inCount)
       s.backward(x, UnsafePointer(so.pointer), dy, tmp, &ctx, st)
       if let d = dx, let tm = tmp { Elementwise.add(UnsafePointer(tm), into: d, count: inCount) }
     } else if let d = dx {
@@ -231,7 +307,7 @@ public final class Residual: LeafLayer, Layer {
     let outCount = ctx.batch * outputLayout.size
     body.tangent(x, UnsafePointer(t.bodyOut.pointer), tx, ty, &ctx, t.body)
     if let s = shortcut, let st = t.short, let so = t.shortOut {
-      let tmp = t.scratch.pointer(count: outCount)
+      let tmp = ctx.buffers.pointer(ScratchPool.slot(depth: ctx.depth, role: 2), count: outCount)
       s.tangent(x, UnsafePointer(so.pointer), tx, tmp, &ctx, st)
       Elementwise.add(UnsafePointer(tmp), into: ty, count: outCount)
     } else if let t0 = tx {

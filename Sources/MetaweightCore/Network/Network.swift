@@ -92,7 +92,63 @@ public final class Network: @unchecked Sendable {
   }
 
   /// Allocates activation storage for batches of up to `batch` examples.
-  public func makeTape(batch: Int) -> NetworkTape { NetworkTape(self, batch: batch) }
+  ///
+  /// With `sharing`, the new tape uses that tape's scratch areas (im2col columns, the gradients
+  /// and tangents flowing between layers) instead of its own: two tapes may share them when
+  /// their passes never run at the same time, which is always the case within one trainer.
+  public func makeTape(batch: Int, sharing: NetworkTape? = nil) -> NetworkTape {
+    NetworkTape(self, batch: batch, sharing: sharing)
+  }
+
+  /// A tape for a second batch that also shares `base`'s activations of the first `layers` spine
+  /// layers (the root's layers, nested sequential blocks expanded; see `Sequential.spineCount`)
+  /// and, when `layers` > 0, its input copy: a pass through it overwrites them, and
+  /// `forward(_:batch:tape:mode:rng:params:layers:)` on `base` restores them. The last spine
+  /// layer is never shared. `base` must hold at least `batch` examples.
+  func makeTape(batch: Int, sharing base: NetworkTape, layers: Int) -> NetworkTape {
+    NetworkTape(self, batch: batch, sharing: base, layers: min(layers, root.spineCount - 1))
+  }
+
+  /// Bytes each spine layer holds in `tape` (its tape and output buffer).
+  func spineBytes(_ tape: NetworkTape) -> [Int] {
+    var out: [Int] = []
+    root.spineBytes(tape.root, into: &out)
+    return out
+  }
+
+  /// How many of the first `shared` spine layers a forward pass must run again to restore what
+  /// later passes over `tape` read, after another pass overwrote those layers' storage: all of
+  /// them, less a tail of layers that keep no state of their own (a plain `LayerTape`) and whose
+  /// output neither they nor the next layer read (`derivativesReadOutput`, `derivativesReadInput`
+  /// false: e.g. a convolution followed by a ReLU); never fewer than one (the input copy).
+  func layersToRecompute(_ tape: NetworkTape, shared: Int) -> Int {
+    var spine: [(layer: Layer, tape: LayerTape)] = []
+    root.spine(tape.root, into: &spine)
+    var r = min(shared, spine.count - 1)
+    while r >= 2 && !spine[r].layer.derivativesReadInput && !spine[r - 1].layer.derivativesReadOutput
+      && type(of: spine[r - 1].tape) == LayerTape.self
+    {
+      r -= 1
+    }
+    return r
+  }
+
+  /// Activation bytes of `tape` (what it holds apart from its input copy and scratch).
+  func layerBytes(_ tape: NetworkTape) -> Int { spineBytes(tape).reduce(0, +) }
+
+  /// The most spine layers, counted from the first, whose activations a tape for `batch` examples
+  /// may share with `base` while what it holds apart (the later layers' activations and tapes)
+  /// stays within `budget` bytes; at most all but the last.
+  func shareableLayers(base: NetworkTape, batch: Int, budget: Int) -> Int {
+    let bytes = spineBytes(base).map { $0 * batch / max(base.capacity, 1) }
+    var shared = bytes.count - 1
+    var own = bytes.last ?? 0
+    while shared > 0 && own + bytes[shared - 1] <= budget {
+      own += bytes[shared - 1]
+      shared -= 1
+    }
+    return shared
+  }
 
   /// Forward pass: the logits [N, classes] land in `tape.logits`.
   ///
@@ -110,6 +166,21 @@ public final class Network: @unchecked Sendable {
     var ctx = context(tape, mode: mode, rng: rng)
     let x = tape.prepareInput(input, n: n)
     root.forward(x, tape.logits.pointer, &ctx, tape.root)
+  }
+
+  /// Forward pass through the first `layers` spine layers only (fewer than all of them): it
+  /// rewrites their activations in `tape` and leaves the later layers' and the logits as they are.
+  func forward(
+    _ input: UnsafePointer<Float>, batch n: Int, tape: NetworkTape, mode: Mode, rng: RNGBox,
+    params: UnsafePointer<Float>? = nil, layers: Int
+  ) {
+    precondition(n <= tape.capacity, "forward: batch \(n) exceeds tape capacity \(tape.capacity)")
+    tape.batch = n
+    tape.mode = mode
+    tape.params = params ?? UnsafePointer(self.params.pointer)
+    var ctx = context(tape, mode: mode, rng: rng)
+    let x = tape.prepareInput(input, n: n)
+    root.forward(x, spine: layers, &ctx, tape.root)
   }
 
   /// Backward pass from dlogits [N, classes]; writes ∂/∂θ into `grads` (overwriting).
@@ -132,7 +203,7 @@ public final class Network: @unchecked Sendable {
   private func context(_ tape: NetworkTape, mode: Mode, rng: RNGBox) -> PassContext {
     PassContext(
       batch: tape.batch, params: tape.params, state: state.pointer, mode: mode, rng: rng,
-      scratch: tape.scratch)
+      scratch: tape.scratch, buffers: tape.buffers)
   }
 }
 
@@ -151,15 +222,25 @@ public final class NetworkTape: @unchecked Sendable {
   public let logits: FloatBuffer
   let input: FloatBuffer
   var inputPointer: UnsafePointer<Float>
-  let scratch = Scratch()
+  /// im2col columns and similar temporaries of one layer.
+  let scratch: Scratch
+  /// Gradients and tangents flowing between layers.
+  let buffers: ScratchPool
   let layout: Layout
 
-  init(_ net: Network, batch: Int) {
+  init(_ net: Network, batch: Int, sharing: NetworkTape? = nil, layers shared: Int = 0) {
     capacity = batch
-    root = net.root.makeTape(batch: batch)
+    scratch = sharing?.scratch ?? Scratch()
+    buffers = sharing?.buffers ?? ScratchPool()
+    if let base = sharing, shared > 0 {
+      root = net.root.makeTape(batch: batch, sharing: base.root, spine: shared)
+      input = base.input
+    } else {
+      root = net.root.makeTape(batch: batch)
+      input = FloatBuffer(count: batch * net.inputLayout.size)
+    }
     logits = FloatBuffer(count: batch * net.classes)
     layout = net.inputLayout
-    input = FloatBuffer(count: batch * net.inputLayout.size)
     params = UnsafePointer(net.params.pointer)
     inputPointer = UnsafePointer(input.pointer)
   }
@@ -175,6 +256,6 @@ public final class NetworkTape: @unchecked Sendable {
     return inputPointer
   }
 
-  /// Bytes of activation storage held.
-  public var bytes: Int { root.bytes + logits.count * 4 + input.count * 4 + scratch.bytes }
+  /// Bytes of activation storage held (scratch areas included, also when shared).
+  public var bytes: Int { root.bytes + logits.count * 4 + input.count * 4 + scratch.bytes + buffers.bytes }
 }

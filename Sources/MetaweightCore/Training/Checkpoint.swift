@@ -45,6 +45,33 @@ public struct Checkpoint: Sendable {
     return v
   }
 
+  /// Stores doubles bit-exactly (as their IEEE-754 bit patterns in an integer section).
+  public mutating func setDoubles(_ key: String, _ values: [Double]) {
+    ints[key] = values.map { Int64(bitPattern: $0.bitPattern) }
+  }
+
+  /// Reads doubles stored by `setDoubles`, failing with a message naming the section.
+  public func requireDoubles(_ key: String, count: Int? = nil) throws -> [Double] {
+    try requireInts(key, count: count).map { Double(bitPattern: UInt64(bitPattern: $0)) }
+  }
+
+  /// Copies every section of `other` into this checkpoint with `prefix` prepended to its name.
+  public mutating func merge(_ other: Checkpoint, prefix: String) {
+    for (k, v) in other.floats { floats[prefix + k] = v }
+    for (k, v) in other.ints { ints[prefix + k] = v }
+    for (k, v) in other.bytes { bytes[prefix + k] = v }
+  }
+
+  /// The sections whose names start with `prefix`, with the prefix removed.
+  public func extract(prefix: String) -> Checkpoint {
+    var out = Checkpoint()
+    let n = prefix.count
+    for (k, v) in floats where k.hasPrefix(prefix) { out.floats[String(k.dropFirst(n))] = v }
+    for (k, v) in ints where k.hasPrefix(prefix) { out.ints[String(k.dropFirst(n))] = v }
+    for (k, v) in bytes where k.hasPrefix(prefix) { out.bytes[String(k.dropFirst(n))] = v }
+    return out
+  }
+
   /// Serialises to bytes.
   public func encoded() -> [UInt8] {
     var out = Checkpoint.magic

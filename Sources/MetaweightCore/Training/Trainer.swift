@@ -264,6 +264,7 @@ public final class Trainer: @unchecked Sendable {
     ck.ints["rng.dropout"] = dropoutRNG.rng.stateWords.map { Int64(bitPattern: $0) }
     ck.ints["rng.data"] = dataRNG.stateWords.map { Int64(bitPattern: $0) }
     weighting?.save(into: &ck)
+    (stepWeighting as? LAWStrategyWeighting)?.save(into: &ck)
     return ck
   }
 
@@ -290,6 +291,13 @@ public final class Trainer: @unchecked Sendable {
     } else if ck.ints["weighting.method"] != nil {
       throw MetaweightError.io("checkpoint: the file holds a weighting method's state but the trainer uses ERM")
     }
+    let strategyWeighting = stepWeighting as? LAWStrategyWeighting
+    if let sw = strategyWeighting {
+      try sw.validate(ck)
+    } else if ck.ints["law_strategy.identity"] != nil {
+      throw MetaweightError.io(
+        "checkpoint: the file holds the state of an attached LAW strategy; attach the same strategy (Strategy.attach) before loading")
+    }
     network.params.pointer.update(from: p, count: p.count)
     network.state.pointer.update(from: s, count: s.count)
     optimizer.first.pointer.update(from: f, count: f.count)
@@ -298,5 +306,6 @@ public final class Trainer: @unchecked Sendable {
     dropoutRNG.rng = RNG(state: r1)
     dataRNG = RNG(state: r2)
     try weighting?.restore(ck)
+    try strategyWeighting?.restore(ck)
   }
 }

@@ -53,6 +53,12 @@ public enum MethodSpec {
       switch key {
       case "virtual_momentum": cfg.virtualStepMomentum = try flag()
       case "virtual_lr": cfg.virtualLR = try num()
+      case "memory":
+        switch raw.lowercased() {
+        case "fast": cfg.memory = .fast
+        case "low": cfg.memory = .low
+        default: throw MetaweightError.invalidArgument("memory: expected 'fast' or 'low', got '\(raw)'")
+        }
       case "normalize": cfg.normalizeWeights = try flag()
       case "detach": cfg.detachLoss = try flag()
       case "hidden":

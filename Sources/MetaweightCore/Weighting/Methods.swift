@@ -33,7 +33,17 @@ public final class WeightingState: @unchecked Sendable {
   public internal(set) var classWeights = FloatBuffer(count: 0)
   /// Generator for the random-weights baseline.
   var rng: RNG
+  /// The meta batch's tape (MW-Net and GDW); nil when the meta pass runs in the trainer's
+  /// train-batch tape (L2RW). It always shares the train tape's scratch areas, and with
+  /// `memory = .low` the activations of the network's first `metaSharedLayers` spine layers.
   var metaTape: NetworkTape?
+  /// Spine layers (`Sequential.spineCount`) whose activations the meta tape shares with the
+  /// train tape (0 with `.fast`).
+  var metaSharedLayers = 0
+  /// Spine layers of the train forward pass run again after a meta pass (≤ `metaSharedLayers`).
+  var metaRecomputedLayers = 0
+  /// The train tape `metaTape` was made against.
+  private var metaTapeBase: NetworkTape?
   let metaGrads: FloatBuffer  // v = ∇L_meta
   let virtualGrads: FloatBuffer  // the virtual step's gradient
   let thetaHat: FloatBuffer  // θ̂
@@ -86,7 +96,14 @@ public final class WeightingState: @unchecked Sendable {
     classTable = table
   }
 
-  func reserve(n: Int, m: Int, classes c: Int, network: Network) {
+  /// Whether the meta batch has a tape of its own (MW-Net, GDW) rather than running in the train
+  /// batch's (L2RW, whose look-ahead point θ does not depend on the train batch).
+  var hasMetaTape: Bool { config.method == .mwnet || config.method == .gdw }
+
+  /// Sizes the buffers for a train batch of `n` and a meta batch of `m`. The meta tape shares the
+  /// scratch areas of `sharing` (the trainer's tape, holding at least `m` examples with
+  /// `memory = .low`) and, with `memory = .low`, its first layers' activations.
+  func reserve(n: Int, m: Int, classes c: Int, network: Network, sharing: NetworkTape? = nil) {
     if weights.count < n {
       weights = FloatBuffer(count: n)
       tmpA = FloatBuffer(count: n)
@@ -99,8 +116,21 @@ public final class WeightingState: @unchecked Sendable {
         omega = FloatBuffer(count: n * c)
         g = FloatBuffer(count: max(n * c, n))
       }
-      if (metaTape?.capacity ?? 0) < m {
-        metaTape = network.makeTape(batch: m)
+      if hasMetaTape && ((metaTape?.capacity ?? 0) < m || metaTapeBase !== sharing) {
+        metaTape = nil  // release the old one first
+        if let base = sharing, config.memory == .low, base.capacity >= m {
+          let budget = Double(config.lowMemoryShare) * Double(network.layerBytes(base))
+          metaSharedLayers = network.shareableLayers(base: base, batch: m, budget: Int(budget))
+          metaTape = network.makeTape(batch: m, sharing: base, layers: metaSharedLayers)
+          metaRecomputedLayers = metaSharedLayers > 0 ? network.layersToRecompute(base, shared: metaSharedLayers) : 0
+        } else {
+          metaSharedLayers = 0
+          metaRecomputedLayers = 0
+          metaTape = network.makeTape(batch: m, sharing: sharing)
+        }
+        metaTapeBase = sharing
+      }
+      if metaLosses.count < m {
         metaLosses = FloatBuffer(count: m)
         metaProbs = FloatBuffer(count: m * c)
         metaCoef = FloatBuffer(count: m)
@@ -175,11 +205,13 @@ extension Trainer {
   }
 
   /// Mean cross-entropy of the meta batch at `params` (batch statistics, running statistics
-  /// untouched) and its gradient v = ∇L_meta into `ws.metaGrads`.
+  /// untouched) and its gradient v = ∇L_meta into `ws.metaGrads`. Runs in `ws.metaTape`, or in
+  /// the train batch's tape when there is none (its contents are then overwritten).
   func metaPass(
     _ ws: WeightingState, params: UnsafePointer<Float>, x: UnsafePointer<Float>, m: Int, labels: UnsafePointer<Int64>
   ) -> Double {
-    guard let tape = ws.metaTape else { return 0 }
+    if ws.metaTape == nil { reserve(batch: m) }
+    let tape = ws.metaTape ?? self.tape
     let c = network.classes
     network.forward(x, batch: m, tape: tape, mode: .virtualTrain, rng: dropoutRNG, params: params)
     if ws.metaLabels.count != m { ws.metaLabels = [Int32](repeating: 0, count: m) }
@@ -205,13 +237,36 @@ extension Trainer {
   /// JVP of the train logits along v = `ws.metaGrads`, then qᵢ = Σ_c (p_ic − y_ic)·JVP_ic into `out`.
   func projectedGradients(_ ws: WeightingState, n: Int, out: UnsafeMutablePointer<Float>) {
     let c = network.classes
-    network.jvp(tape: tape, direction: ws.metaGrads.pointer, out: ws.jvp.pointer)
-    for i in 0..<n {
-      var s: Float = 0
-      let t = Int(labels32[i])
-      for k in 0..<c { s += (probs[i * c + k] - (k == t ? 1 : 0)) * ws.jvp[i * c + k] }
-      out[i] = s
+    let jvp = ws.jvp.pointer, pr = probs.pointer
+    network.jvp(tape: tape, direction: ws.metaGrads.pointer, out: jvp)
+    labels32.withUnsafeBufferPointer { lp in
+      for i in 0..<n {
+        var s: Float = 0
+        let t = Int(lp[i])
+        for k in 0..<c { s += (pr[i * c + k] - (k == t ? 1 : 0)) * jvp[i * c + k] }
+        out[i] = s
+      }
     }
+  }
+
+  /// Low-memory mode, after a meta pass that overwrote the train tape's first
+  /// `ws.metaSharedLayers` layers: runs the train forward pass through the first
+  /// `ws.metaRecomputedLayers` of them (those whose activations or state later passes read) again at θ in
+  /// `.virtualTrain` mode on the same (augmented) input, with the dropout generator rewound to
+  /// `dropoutState` (its state before the first forward pass) and then put back. Batch statistics
+  /// and dropout masks equal the first pass's, so the tape holds bit-identical activations;
+  /// running statistics, already updated once, are untouched. Nothing to do with `.fast`.
+  func restoreTrainTape(_ ws: WeightingState, x: UnsafePointer<Float>, n: Int, dropoutState: RNG) {
+    guard ws.metaRecomputedLayers > 0 else { return }
+    var input = x
+    // `forwardTrainBatch` left the augmented batch (when augmenting) in `augmented`.
+    if !augmentation.isIdentity, case .image(let c, let h, let w) = network.inputLayout {
+      input = UnsafePointer(augmented.pointer(count: n * c * h * w))
+    }
+    let after = dropoutRNG.rng
+    dropoutRNG.rng = dropoutState
+    network.forward(input, batch: n, tape: tape, mode: .virtualTrain, rng: dropoutRNG, layers: ws.metaRecomputedLayers)
+    dropoutRNG.rng = after
   }
 
   /// One step of the configured weighting method (one optimizer update of θ; MW-Net and GDW also
@@ -238,14 +293,16 @@ extension Trainer {
         throw MetaweightError.invalidState("\(method): every step needs a meta batch (x_meta, y_meta)")
       }
     }
-    reserve(batch: n)
-    ws.reserve(n: n, m: m, classes: c, network: network)
+    // The train tape also holds the meta batch (L2RW) or its first layers (low-memory mode).
+    reserve(batch: method == .l2rw || ws.config.memory == .low ? max(n, m) : n)
+    ws.reserve(n: n, m: m, classes: c, network: network, sharing: tape)
+    let dropoutState = dropoutRNG.rng
     var result = MethodStepResult()
     let w = ws.weights.pointer
     switch method {
     case .l2rw:
       guard let xm = xMeta, let ym = labelsMeta else { break }
-      // 1. v = ∇L_meta(θ) (ε = 0, so θ̂ = θ).
+      // 1. v = ∇L_meta(θ) (ε = 0, so θ̂ = θ), in the tape the train batch then uses.
       result.metaLoss = metaPass(ws, params: UnsafePointer(network.params.pointer), x: xm, m: m, labels: ym)
       // 2. Train forward at θ (updates running statistics once, as the real step's forward).
       (result.loss, result.accuracy) = forwardTrainBatch(x: x, n: n, labels: labels)
@@ -274,6 +331,7 @@ extension Trainer {
       takeVirtualStep(ws, alpha: alpha)
       // 3. Meta loss at θ̂, v = ∇L_meta(θ̂), qᵢ = ⟨v, ∇lᵢ⟩, dL/dcᵢ = −α qᵢ.
       result.metaLoss = metaPass(ws, params: UnsafePointer(ws.thetaHat.pointer), x: xm, m: m, labels: ym)
+      restoreTrainTape(ws, x: x, n: n, dropoutState: dropoutState)
       projectedGradients(ws, n: n, out: ws.tmpA.pointer)
       let q = ws.tmpA.pointer
       for i in 0..<n { q[i] *= -alpha * factor }  // now dL/dcᵢ
@@ -299,7 +357,7 @@ extension Trainer {
       guard let xm = xMeta, let ym = labelsMeta, let wn = ws.weightNet, let wopt = ws.weightNetOptimizer else { break }
       (result.loss, result.accuracy) = forwardTrainBatch(x: x, n: n, labels: labels)
       try checkLoss(result.loss)
-      result.metaLoss = try gdwStep(ws, wn: wn, wopt: wopt, xm: xm, m: m, ym: ym, n: n)
+      result.metaLoss = try gdwStep(ws, wn: wn, wopt: wopt, xm: xm, m: m, ym: ym, x: x, n: n, dropoutState: dropoutState)
     default:
       (result.loss, result.accuracy) = forwardTrainBatch(x: x, n: n, labels: labels)
       try checkLoss(result.loss)
@@ -395,7 +453,7 @@ extension Trainer {
   /// through all C columns, the second-stage correction and the real step. Returns the meta loss.
   private func gdwStep(
     _ ws: WeightingState, wn: WeightNet, wopt: Optimizer, xm: UnsafePointer<Float>, m: Int,
-    ym: UnsafePointer<Int64>, n: Int
+    ym: UnsafePointer<Int64>, x: UnsafePointer<Float>, n: Int, dropoutState: RNG
   ) throws -> Double {
     let c = network.classes
     let cfg = ws.config
@@ -433,12 +491,14 @@ extension Trainer {
     takeVirtualStep(ws, alpha: alpha)
     // 3. Meta loss at θ̂ and g_ic = ∂L_meta/∂ω_ic = −α (p_ic − y_ic) JVP_ic / n.
     let metaLoss = metaPass(ws, params: UnsafePointer(ws.thetaHat.pointer), x: xm, m: m, labels: ym)
-    network.jvp(tape: tape, direction: ws.metaGrads.pointer, out: ws.jvp.pointer)
+    restoreTrainTape(ws, x: x, n: n, dropoutState: dropoutState)
+    let jvp = ws.jvp.pointer
+    network.jvp(tape: tape, direction: ws.metaGrads.pointer, out: jvp)
     var gnorm: Double = 0
     for i in 0..<n {
       let t = Int(labels[i])
       for k in 0..<c {
-        let gv = -alpha * factor * (min(pr[i * c + k], pc) - (k == t ? 1 : 0)) * ws.jvp[i * c + k] * invN
+        let gv = -alpha * factor * (min(pr[i * c + k], pc) - (k == t ? 1 : 0)) * jvp[i * c + k] * invN
         gmat[i * c + k] = gv
         gnorm += Double(abs(gv))
       }
@@ -533,7 +593,7 @@ extension Trainer {
       for i in 0..<n { w[i] = sum > 0 ? w[i] / sum * Float(n) : 0 }
     case .selfPaced:
       let growths = Float(stepCount / cfg.selfPacedInterval)
-      let base = cfg.selfPacedThreshold > 0 ? cfg.selfPacedThreshold : logf(Float(c))
+      let base = cfg.selfPacedThreshold > 0 ? cfg.selfPacedThreshold : 1.3 * logf(Float(c))
       let lambda = base * powf(cfg.selfPacedGrowth, growths)
       for i in 0..<n { w[i] = losses[i] < lambda ? 1 : 0 }
     default:

@@ -33,8 +33,30 @@ public struct WeightingConfig: Sendable, Equatable {
     public var hasWeightNet: Bool { self == .mwnet || self == .gdw }
   }
 
+  /// How MW-Net and GDW hold the train batch's activations while the meta batch runs.
+  public enum Memory: Int32, Sendable, CaseIterable {
+    /// A second activation tape for the meta batch: the train batch's tape stays valid through
+    /// the meta pass (peak: two tapes).
+    case fast = 0
+    /// The meta pass reuses the train batch's activation storage for the network's first layers
+    /// and holds only the last layers' apart (at most `lowMemoryShare` of the train tape's
+    /// activation bytes); afterwards the train forward pass through those first layers is
+    /// recomputed (at θ, batch statistics, running statistics untouched, the same dropout masks
+    /// and augmented input, so every result is unchanged). About one tape and a quarter instead
+    /// of two, at the cost of part of one more forward pass of the train batch.
+    case low = 1
+  }
+
   /// The method.
   public var method: Method = .erm
+  /// MW-Net/GDW: activation memory against time (default `.low`: about 1.25 activation tapes
+  /// instead of 2, for part of one more forward pass). L2RW always runs its meta pass and train
+  /// batch in one tape (its look-ahead point θ̂ = θ does not need the train batch).
+  public var memory: Memory = .low
+  /// `memory = .low`: the share of the train tape's activation bytes the meta batch may hold
+  /// apart (its last layers, which then need no recomputation); 0 recomputes the whole train
+  /// forward pass. Default 0.25.
+  public var lowMemoryShare: Float = 0.25
   /// Include the optimizer's momentum and weight decay in the virtual step (default: plain SGD).
   public var virtualStepMomentum = false
   /// Virtual step size α; ≤ 0 means the classifier's current learning rate (default).
@@ -72,8 +94,8 @@ public struct WeightingConfig: Sendable, Equatable {
   public var classCounts: [Int64] = []
   /// Hard mining: fraction of the batch kept.
   public var hardFraction: Float = 0.5
-  /// Self-paced: initial loss threshold λ₀; ≤ 0 means ln(C), the loss of a uniform prediction
-  /// (default), so roughly the examples the network already does better than chance on count.
+  /// Self-paced: initial loss threshold λ₀; ≤ 0 means 1.3·ln(C), a little above the loss of a uniform prediction
+  /// (default), so training starts from nearly every example and drops those it cannot fit.
   public var selfPacedThreshold: Float = 0
   /// Self-paced: λ is multiplied by this every `selfPacedInterval` steps.
   public var selfPacedGrowth: Float = 1.1
@@ -93,6 +115,7 @@ public struct WeightingConfig: Sendable, Equatable {
   public func validate(classes: Int) throws {
     func check(_ ok: Bool, _ msg: String) throws { if !ok { throw MetaweightError.invalidArgument(msg) } }
     try check(virtualLR.isFinite, "virtual_lr: expected a finite number, got \(virtualLR)")
+    try check(lowMemoryShare >= 0 && lowMemoryShare <= 1, "low_memory_share: expected 0..1, got \(lowMemoryShare)")
     try check(weightNetHidden > 0 && weightNetHidden <= 100_000, "weight_net_hidden: expected 1..100000, got \(weightNetHidden)")
     try weightNetOptimizer.validate()
     try check(weightNetLR.isFinite && weightNetLR >= 0, "weight_net_lr: expected a finite value >= 0, got \(weightNetLR)")

@@ -45,6 +45,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Union
 
+from ..errors import InvalidArgumentError
+
 __all__ = [
     "DEFAULTS",
     "ConfigError",
@@ -98,8 +100,11 @@ _TOP_KEYS = frozenset(
 BUILTIN_SIZES: dict[str, dict[str, Any]] = {"full": {}, "small": {"scale": 0.1}}
 
 
-class ConfigError(ValueError):
-    """An invalid experiment configuration (the message names the offending key)."""
+class ConfigError(InvalidArgumentError):
+    """An invalid experiment configuration (the message names the offending key).
+
+    A :class:`metaweight.InvalidArgumentError` (so also a ``ValueError`` and a
+    :class:`metaweight.MetaweightError`)."""
 
 
 # ---- helpers -----------------------------------------------------------------------------------------
@@ -524,7 +529,10 @@ def load_config(
         raise ConfigError(f"name: use letters, digits, '.', '_' or '-', got {name!r}")
 
     base = copy.deepcopy(DEFAULTS)
-    for k, v in (raw.get("defaults") or {}).items():
+    defaults = raw.get("defaults") or {}
+    if not isinstance(defaults, Mapping):
+        raise ConfigError(f"defaults: expected a table, got {defaults!r}")
+    for k, v in defaults.items():
         set_path(base, k, v)
 
     grids = raw.get("grid", [{}])
@@ -553,6 +561,8 @@ def load_config(
     overrides = raw.get("override", raw.get("overrides", []))
     if isinstance(overrides, Mapping):
         overrides = [overrides]
+    if not isinstance(overrides, list):
+        raise ConfigError(f"override: expected a table or an array of tables, got {overrides!r}")
     for i, ov in enumerate(overrides):
         if not isinstance(ov, Mapping) or "set" not in ov:
             raise ConfigError(f"override[{i}]: expected a table with 'set' (and optionally 'where')")
@@ -690,10 +700,12 @@ def parse_filters(items: Sequence[str] | Mapping[str, Any] | None) -> dict[str, 
     if not items:
         return {}
     if isinstance(items, Mapping):
-        return {k: [str(x) for x in (v if isinstance(v, list) else [v])] for k, v in items.items()}
+        return {str(k): [str(x) for x in (v if isinstance(v, list) else [v])] for k, v in items.items()}
+    if isinstance(items, (str, bytes)) or not isinstance(items, Iterable):
+        raise ConfigError(f"filters: expected a list of key=value strings or a mapping, got {items!r}")
     out: dict[str, list[str]] = {}
     for item in items:
-        if "=" not in item:
+        if not isinstance(item, str) or "=" not in item:
             raise ConfigError(f"--only {item!r}: expected key=value (e.g. method=gdw or dataset=digits)")
         k, v = item.split("=", 1)
         out.setdefault(k.strip(), []).extend(x.strip() for x in v.split(",") if x.strip())
