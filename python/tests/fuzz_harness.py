@@ -43,6 +43,12 @@ from typing import Any
 HERE = Path(__file__).resolve().parent
 PYTHON_DIR = HERE.parent  # python/ (holds the metaweight package)
 
+
+def _import_paths() -> list[str]:
+    """python/ when its package has a built extension (editable/dev tree); otherwise nothing, so
+    workers import the installed package (a non-editable install leaves python/ without _core)."""
+    return [str(PYTHON_DIR)] if any((PYTHON_DIR / "metaweight").glob("_core*.so")) else []
+
 # --------------------------------------------------------------------------------------------------
 # Outcome bookkeeping (worker side)
 # --------------------------------------------------------------------------------------------------
@@ -1648,7 +1654,7 @@ def _run_task(fam_name: str, task_seed: int, examples: int, rec: Recorder, env: 
 
 def worker_main() -> int:
     """Reads tasks (JSON lines) from stdin; writes progress and results to stdout."""
-    sys.path.insert(0, str(PYTHON_DIR))
+    sys.path[:0] = _import_paths()
     warnings.simplefilter("ignore")
     import metaweight as mw
 
@@ -1710,7 +1716,7 @@ class Report:
 class _Worker:
     def __init__(self) -> None:
         env = dict(os.environ)
-        env["PYTHONPATH"] = os.pathsep.join([str(PYTHON_DIR), str(HERE), env.get("PYTHONPATH", "")])
+        env["PYTHONPATH"] = os.pathsep.join([*_import_paths(), str(HERE), env.get("PYTHONPATH", "")])
         env.setdefault("OMP_NUM_THREADS", "1")
         env.setdefault("OPENBLAS_NUM_THREADS", "1")
         env["PYTHONFAULTHANDLER"] = "1"
