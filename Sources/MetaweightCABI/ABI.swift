@@ -46,21 +46,8 @@ public func _mw_network_create(
 ) -> mw_status {
   guarded {
     let s = String(cString: try require(spec, "spec"))
-    let sh = try require(shape, "input_shape")
     let o = try require(out, "out")
-    let layout: Layout
-    switch rank {
-    case 1:
-      guard sh[0] > 0, sh[0] < 1 << 28 else { throw ABIError.shape("input_shape: expected a positive feature count, got \(sh[0])") }
-      layout = .flat(Int(sh[0]))
-    case 3:
-      guard (0..<3).allSatisfy({ sh[$0] > 0 && sh[$0] < 1 << 16 }) else {
-        throw ABIError.shape("input_shape: expected positive (C, H, W), got (\(sh[0]), \(sh[1]), \(sh[2]))")
-      }
-      layout = .image(c: Int(sh[0]), h: Int(sh[1]), w: Int(sh[2]))
-    default:
-      throw ABIError.shape("input_shape: expected rank 1 (D,) or 3 (C, H, W), got rank \(rank)")
-    }
+    let layout = try inputLayout(shape, rank)
     let root = try SpecParser.parse(s, input: layout)
     let net = try Network(root, seed: seed)
     o.pointee = Registry.shared.add(net)

@@ -3,23 +3,6 @@ import MetaweightCore
 
 // MARK: - LAW (learning to auto weight): searches and strategies
 
-/// The per-example layout of an `input_shape` argument (rank 1: [D]; rank 3: [C, H, W]).
-func lawInputLayout(_ shape: UnsafePointer<Int64>?, _ rank: Int32) throws -> Layout {
-  let sh = try require(shape, "input_shape")
-  switch rank {
-  case 1:
-    guard sh[0] > 0, sh[0] < 1 << 28 else { throw ABIError.shape("input_shape: expected a positive feature count, got \(sh[0])") }
-    return .flat(Int(sh[0]))
-  case 3:
-    guard (0..<3).allSatisfy({ sh[$0] > 0 && sh[$0] < 1 << 16 }) else {
-      throw ABIError.shape("input_shape: expected positive (C, H, W), got (\(sh[0]), \(sh[1]), \(sh[2]))")
-    }
-    return .image(c: Int(sh[0]), h: Int(sh[1]), w: Int(sh[2]))
-  default:
-    throw ABIError.shape("input_shape: expected rank 1 (D,) or 3 (C, H, W), got rank \(rank)")
-  }
-}
-
 /// Validates an array of examples against `layout` and returns N (as `batchSize` does for networks).
 func lawExamples(_ x: UnsafePointer<Float>?, _ shape: UnsafePointer<Int64>?, _ rank: Int32, _ layout: Layout, _ name: String) throws -> Int {
   _ = try require(x, name)
@@ -57,7 +40,7 @@ public func _mw_law_create(
     let c = config.map { String(cString: $0) } ?? ""
     let s = String(cString: try require(spec, "network_spec"))
     let o = try require(out, "out")
-    let layout = try lawInputLayout(shape, rank)
+    let layout = try inputLayout(shape, rank)
     let cfg = try LAWConfig.parse(c)
     let search = try LAWSearch(config: cfg, networkSpec: s, inputLayout: layout, seed: seed)
     o.pointee = Registry.shared.add(search)

@@ -344,3 +344,20 @@ final class StaticStrings: @unchecked Sendable {
   lazy var core: UnsafeMutablePointer<CChar>? = strdup(BLAS.coreName)
   lazy var config: UnsafeMutablePointer<CChar>? = strdup(BLAS.config)
 }
+
+/// The per-example layout of an `input_shape` argument (rank 1: [D]; rank 3: [C, H, W]).
+func inputLayout(_ shape: UnsafePointer<Int64>?, _ rank: Int32) throws -> Layout {
+  let sh = try require(shape, "input_shape")
+  switch rank {
+  case 1:
+    guard sh[0] > 0, sh[0] < 1 << 28 else { throw ABIError.shape("input_shape: expected a positive feature count, got \(sh[0])") }
+    return .flat(Int(sh[0]))
+  case 3:
+    guard (0..<3).allSatisfy({ sh[$0] > 0 && sh[$0] < 1 << 16 }) else {
+      throw ABIError.shape("input_shape: expected positive (C, H, W), got (\(sh[0]), \(sh[1]), \(sh[2]))")
+    }
+    return .image(c: Int(sh[0]), h: Int(sh[1]), w: Int(sh[2]))
+  default:
+    throw ABIError.shape("input_shape: expected rank 1 (D,) or 3 (C, H, W), got rank \(rank)")
+  }
+}

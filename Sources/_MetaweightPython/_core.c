@@ -103,25 +103,32 @@ static PyObject *py_set_threads(PyObject *self, PyObject *args) {
 
 /* ---- networks ---- */
 
+/* Reads an input_shape tuple (1 to 8 ints) into shape; returns its rank, or -1 with an exception. */
+static Py_ssize_t parse_input_shape(PyObject *shape_obj, int64_t shape[8]) {
+  PyObject *seq = PySequence_Fast(shape_obj, "input_shape: expected a tuple of ints");
+  if (!seq) return -1;
+  Py_ssize_t rank = PySequence_Fast_GET_SIZE(seq);
+  if (rank < 1 || rank > 8) {
+    Py_DECREF(seq);
+    PyErr_Format(ShapeError, "input_shape: expected (D,) or (C, H, W), got %zd dimensions", rank);
+    return -1;
+  }
+  for (Py_ssize_t i = 0; i < rank; i++) {
+    shape[i] = PyLong_AsLongLong(PySequence_Fast_GET_ITEM(seq, i));
+    if (PyErr_Occurred()) { Py_DECREF(seq); return -1; }
+  }
+  Py_DECREF(seq);
+  return rank;
+}
+
 static PyObject *py_network_create(PyObject *self, PyObject *args) {
   const char *spec;
   PyObject *shape_obj;
   unsigned long long seed;
   if (!PyArg_ParseTuple(args, "sOK", &spec, &shape_obj, &seed)) return NULL;
-  PyObject *seq = PySequence_Fast(shape_obj, "input_shape: expected a tuple of ints");
-  if (!seq) return NULL;
-  Py_ssize_t rank = PySequence_Fast_GET_SIZE(seq);
   int64_t shape[8] = {0};
-  if (rank < 1 || rank > 8) {
-    Py_DECREF(seq);
-    PyErr_Format(ShapeError, "input_shape: expected (D,) or (C, H, W), got %zd dimensions", rank);
-    return NULL;
-  }
-  for (Py_ssize_t i = 0; i < rank; i++) {
-    shape[i] = PyLong_AsLongLong(PySequence_Fast_GET_ITEM(seq, i));
-    if (PyErr_Occurred()) { Py_DECREF(seq); return NULL; }
-  }
-  Py_DECREF(seq);
+  Py_ssize_t rank = parse_input_shape(shape_obj, shape);
+  if (rank < 0) return NULL;
   mw_network h = 0;
   CHECK(mw_network_create(spec, shape, (int32_t)rank, (uint64_t)seed, &h));
   return PyLong_FromUnsignedLongLong(h);
@@ -480,20 +487,9 @@ static PyObject *py_law_create(PyObject *self, PyObject *args) {
   PyObject *shape_obj;
   unsigned long long seed;
   if (!PyArg_ParseTuple(args, "ssOK", &config, &spec, &shape_obj, &seed)) return NULL;
-  PyObject *seq = PySequence_Fast(shape_obj, "input_shape: expected a tuple of ints");
-  if (!seq) return NULL;
-  Py_ssize_t rank = PySequence_Fast_GET_SIZE(seq);
   int64_t shape[8] = {0};
-  if (rank < 1 || rank > 8) {
-    Py_DECREF(seq);
-    PyErr_Format(ShapeError, "input_shape: expected (D,) or (C, H, W), got %zd dimensions", rank);
-    return NULL;
-  }
-  for (Py_ssize_t i = 0; i < rank; i++) {
-    shape[i] = PyLong_AsLongLong(PySequence_Fast_GET_ITEM(seq, i));
-    if (PyErr_Occurred()) { Py_DECREF(seq); return NULL; }
-  }
-  Py_DECREF(seq);
+  Py_ssize_t rank = parse_input_shape(shape_obj, shape);
+  if (rank < 0) return NULL;
   mw_law h = 0;
   CHECK(mw_law_create(config, spec, shape, (int32_t)rank, (uint64_t)seed, &h));
   return PyLong_FromUnsignedLongLong(h);

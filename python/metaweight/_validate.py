@@ -20,6 +20,7 @@ from __future__ import annotations
 
 import math
 import numbers
+import os
 from collections.abc import Sequence
 from typing import Any
 
@@ -308,3 +309,24 @@ def as_shape(value: Any, name: str) -> tuple[int, ...]:
     if any(d >= limit for d in dims):
         raise ShapeError(f"{name}: expected sizes below {limit}, got {dims}")
     return dims
+
+
+def as_path(path: Any, name: str = "path") -> str:
+    """A file path argument as ``str``: str, bytes or os.PathLike; not empty, no NUL characters.
+
+    Raises:
+        InvalidArgumentError: anything else, naming ``name``.
+    """
+    try:
+        p = os.fspath(path)
+    except TypeError:
+        raise InvalidArgumentError(
+            f"{name}: expected a path (str or os.PathLike), got {type(path).__name__}"
+        ) from None
+    if isinstance(p, bytes):
+        p = os.fsdecode(p)
+    if "\x00" in p:
+        raise InvalidArgumentError(f"{name}: expected a file path, got one with a NUL character")
+    if not p:
+        raise InvalidArgumentError(f"{name}: expected a file path, got an empty string")
+    return p

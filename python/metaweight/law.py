@@ -36,7 +36,6 @@ import math
 import os
 import threading
 import time
-import warnings
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any, Callable, Union
@@ -44,7 +43,7 @@ from typing import TYPE_CHECKING, Any, Callable, Union
 import numpy as np
 
 from . import _core
-from ._validate import as_bool, as_features, as_float, as_int, as_labels, as_shape, fmt_shape
+from ._validate import as_bool, as_features, as_float, as_int, as_labels, as_path, as_shape, fmt_shape
 from .errors import (
     ClosedError,
     DTypeError,
@@ -52,6 +51,7 @@ from .errors import (
     ShapeError,
     StateError,
 )
+from .trainer import _tqdm
 
 if TYPE_CHECKING:
     from typing_extensions import Self
@@ -503,16 +503,6 @@ class SearchResult:
 # ---- helpers -----------------------------------------------------------------------------------------
 
 
-def _tqdm() -> Callable[..., Any] | None:
-    try:
-        with warnings.catch_warnings():
-            warnings.simplefilter("ignore")
-            from tqdm.auto import tqdm
-    except ImportError:
-        return None
-    return tqdm  # type: ignore[no-any-return]
-
-
 def _check_trainer(trainer: Any, what: str) -> None:
     """InvalidArgumentError unless ``trainer`` is a :class:`~metaweight.Trainer`."""
     from .trainer import Trainer
@@ -521,22 +511,6 @@ def _check_trainer(trainer: Any, what: str) -> None:
         raise InvalidArgumentError(
             f"{what}: trainer: expected a metaweight.Trainer, got {type(trainer).__name__}"
         )
-
-
-def _fspath(path: Any, name: str = "path") -> str:
-    try:
-        p = os.fspath(path)
-    except TypeError:
-        raise InvalidArgumentError(
-            f"{name}: expected a path (str or os.PathLike), got {type(path).__name__}"
-        ) from None
-    if isinstance(p, bytes):
-        p = os.fsdecode(p)
-    if "\x00" in p:
-        raise InvalidArgumentError(f"{name}: expected a file path, got one with a NUL character")
-    if not p:
-        raise InvalidArgumentError(f"{name}: expected a file path, got an empty string")
-    return p
 
 
 def _as_mask(corrupted: Any, n: int) -> np.ndarray | None:
@@ -604,7 +578,7 @@ class Strategy:
         Raises:
             CheckpointError: missing, truncated or corrupt file, or not a LAW strategy.
         """
-        return cls(_core.strategy_load(_fspath(path)))
+        return cls(_core.strategy_load(as_path(path)))
 
     def save(self, path: PathLike) -> None:
         """Writes the strategy atomically (temporary file, fsync, rename).
@@ -612,7 +586,7 @@ class Strategy:
         Raises:
             CheckpointError: the file cannot be written.
         """
-        _core.strategy_save(self._use("save"), _fspath(path))
+        _core.strategy_save(self._use("save"), as_path(path))
 
     def close(self) -> None:
         """Frees the native strategy. Idempotent."""
@@ -1126,7 +1100,7 @@ class LAWSearch:
         Raises:
             CheckpointError: the file cannot be written.
         """
-        _core.law_save_strategy(self._use("save_strategy"), _fspath(path))
+        _core.law_save_strategy(self._use("save_strategy"), as_path(path))
 
     def load_strategy(self, path: PathLike) -> None:
         """Starts the actor (and target actor) from a saved strategy with the same sizes.
@@ -1135,7 +1109,7 @@ class LAWSearch:
             CheckpointError: unreadable or corrupt file.
             InvalidArgumentError: its sizes differ from this search's.
         """
-        _core.law_load_strategy(self._use("load_strategy"), _fspath(path))
+        _core.law_load_strategy(self._use("load_strategy"), as_path(path))
 
     # -- search checkpoints
 
@@ -1152,7 +1126,7 @@ class LAWSearch:
             StateError: the search has no native state yet (no data and no ``input_shape``).
             CheckpointError: the file cannot be written.
         """
-        _core.law_save(self._use("save"), _fspath(path))
+        _core.law_save(self._use("save"), as_path(path))
 
     def load(self, path: PathLike) -> None:
         """Restores a state written by :meth:`save` into this search.
@@ -1166,7 +1140,7 @@ class LAWSearch:
                 message names which); the search is then unchanged.
             StateError: the search has no native state yet (pass ``input_shape``).
         """
-        _core.law_load(self._use("load"), _fspath(path))
+        _core.law_load(self._use("load"), as_path(path))
         self._data_key = None  # the next search() hands the data over again
 
     def _run_stage(self, h: int) -> tuple[dict[str, Any] | None, bool]:

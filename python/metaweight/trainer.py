@@ -45,7 +45,7 @@ import numpy as np
 
 from . import _core
 from ._methods import ClassBalancedSampling, FineTune, Method, resolve_method
-from ._validate import as_bool, as_features, as_int, as_labels, as_weights
+from ._validate import as_bool, as_features, as_int, as_labels, as_path, as_weights
 from .errors import (
     ClosedError,
     DTypeError,
@@ -1156,7 +1156,7 @@ class Trainer:
             CheckpointError: the file cannot be written.
             ClosedError: the trainer was closed.
         """
-        p = _path(path)
+        p = as_path(path)
         with self._use("save") as h:
             _core.trainer_save(h, p)
 
@@ -1174,7 +1174,7 @@ class Trainer:
                 from a different architecture or optimizer kind.
             ClosedError: the trainer was closed.
         """
-        p = _path(path)
+        p = as_path(path)
         with self._use("load") as h:
             _core.trainer_load(h, p)
         if self._provisional:
@@ -1206,20 +1206,6 @@ def _check_instance(value: Any, cls: type, name: str, example: str) -> None:
         )
     if not isinstance(value, cls):
         raise InvalidArgumentError(f"{name}: expected {example}, got {type(value).__name__}")
-
-
-def _path(path: Any) -> str:
-    try:
-        p = os.fspath(path)
-    except TypeError:
-        raise InvalidArgumentError(f"path: expected a str or path-like, got {type(path).__name__}") from None
-    if isinstance(p, bytes):
-        p = os.fsdecode(p)
-    if "\x00" in p:
-        raise InvalidArgumentError("path: expected a file path, got one with a NUL character")
-    if not p:
-        raise InvalidArgumentError("path: expected a file path, got an empty string")
-    return p
 
 
 def _tqdm() -> Callable[..., Any] | None:

@@ -159,12 +159,7 @@ public final class Network: @unchecked Sendable {
     _ input: UnsafePointer<Float>, batch n: Int, tape: NetworkTape, mode: Mode, rng: RNGBox,
     params: UnsafePointer<Float>? = nil
   ) {
-    precondition(n <= tape.capacity, "forward: batch \(n) exceeds tape capacity \(tape.capacity)")
-    tape.batch = n
-    tape.mode = mode
-    tape.params = params ?? UnsafePointer(self.params.pointer)
-    var ctx = context(tape, mode: mode, rng: rng)
-    let x = tape.prepareInput(input, n: n)
+    var (ctx, x) = beginForward(input, batch: n, tape: tape, mode: mode, rng: rng, params: params)
     root.forward(x, tape.logits.pointer, &ctx, tape.root)
   }
 
@@ -174,13 +169,20 @@ public final class Network: @unchecked Sendable {
     _ input: UnsafePointer<Float>, batch n: Int, tape: NetworkTape, mode: Mode, rng: RNGBox,
     params: UnsafePointer<Float>? = nil, layers: Int
   ) {
+    var (ctx, x) = beginForward(input, batch: n, tape: tape, mode: mode, rng: rng, params: params)
+    root.forward(x, spine: layers, &ctx, tape.root)
+  }
+
+  /// Points `tape` at batch `n`, `mode` and `params` (default: this network's), and prepares the input.
+  private func beginForward(
+    _ input: UnsafePointer<Float>, batch n: Int, tape: NetworkTape, mode: Mode, rng: RNGBox,
+    params: UnsafePointer<Float>?
+  ) -> (PassContext, UnsafePointer<Float>) {
     precondition(n <= tape.capacity, "forward: batch \(n) exceeds tape capacity \(tape.capacity)")
     tape.batch = n
     tape.mode = mode
     tape.params = params ?? UnsafePointer(self.params.pointer)
-    var ctx = context(tape, mode: mode, rng: rng)
-    let x = tape.prepareInput(input, n: n)
-    root.forward(x, spine: layers, &ctx, tape.root)
+    return (context(tape, mode: mode, rng: rng), tape.prepareInput(input, n: n))
   }
 
   /// Backward pass from dlogits [N, classes]; writes ∂/∂θ into `grads` (overwriting).
