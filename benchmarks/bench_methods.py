@@ -2,8 +2,8 @@
 
 For each model (MLP 64-256-256-10 on 8x8 inputs, LeNet-5 on 1x28x28, ResNet-32 on 3x32x32) and
 method (ERM, L2RW, MW-Net and GDW, the last two in both memory modes: `memory=fast`, a separate
-activation tape for the meta batch, and `memory=low`, one tape and the train forward pass
-recomputed), with batch 100, meta batch 100, SGD momentum 0.9, wd 5e-4:
+activation tape for the meta batch, and `memory=low`, the meta batch's tape laid over the train
+tape's dead activations), with batch 100, meta batch 100, SGD momentum 0.9, wd 5e-4:
 
 - time: one subprocess per (implementation, model) builds every method's trainer and takes their
   steps interleaved (`--rounds` rounds, each method's `--steps` steps per round in a shuffled
@@ -12,6 +12,12 @@ recomputed), with batch 100, meta batch 100, SGD momentum 0.9, wd 5e-4:
 - memory: one fresh subprocess per (implementation, model, method) takes a few steps and reports
   the peak RSS growth over its RSS before the first step ("extra memory"): the activations,
   scratch and meta buffers a step allocates (parameters and optimizer state exist before).
+  RSS moves in pages and allocator arenas, so for the MLP (well under a megabyte) it is mostly
+  noise; metaweight's runs therefore also report the exact heap bytes (glibc `mallinfo2`, in use
+  including mmapped blocks) that the network, trainer and method hold after the steps, over
+  the heap before the network was created ("held": parameters, optimizer state, gradients,
+  tapes, meta buffers; a step allocates nothing that outlives it), and the part of it allocated
+  by the steps themselves ("step-held", comparable to the RSS column).
 
 With PyTorch importable, the methods are also run the official codes' way (double
 back-propagation through a functional copy, create_graph=True) in the same run, and its ratios to
@@ -25,6 +31,7 @@ Usage:
 from __future__ import annotations
 
 import argparse
+import ctypes
 import json
 import os
 import random
@@ -64,6 +71,27 @@ def peak_kb() -> int:
     return 0
 
 
+class _MallInfo2(ctypes.Structure):
+    _fields_ = [(name, ctypes.c_size_t) for name in (
+        "arena", "ordblks", "smblks", "hblks", "hblkhd", "usmblks", "fsmblks", "uordblks", "fordblks", "keepcost")]
+
+
+def heap_bytes() -> int:
+    """Bytes of the C heap in use (glibc): small blocks plus mmapped ones; -1 where unavailable."""
+    try:
+        libc = ctypes.CDLL(None)
+        f = libc.mallinfo2
+    except (OSError, AttributeError):
+        return -1
+    f.restype = _MallInfo2
+    info = f()
+    return int(info.uordblks + info.hblkhd)
+
+
+# The heap in use just before the last `make_metaweight_step` created its network.
+_HEAP_BEFORE_MODEL = [-1]
+
+
 def reset_peak() -> None:
     # Linux: writing 5 to clear_refs resets the peak RSS (VmHWM) of this process.
     try:
@@ -85,6 +113,7 @@ def make_metaweight_step(model: str, method: str, threads: int):
     y = rng.integers(0, 10, 100).astype(np.int64)
     xm = rng.standard_normal((100, *shape)).astype(np.float32)
     ym = rng.integers(0, 10, 100).astype(np.int64)
+    _HEAP_BEFORE_MODEL[0] = heap_bytes()
     net = _core.network_create(spec, shape, 0)
     tr = _core.trainer_create(net, (0, 0.01, 0.9, 0, 5e-4, 0, 0.9, 0.999, 1e-8), (0, [], 0.1, 0, 0.0, 0), 0)
     _core.trainer_set_method(tr, method, 0)
@@ -97,15 +126,22 @@ def make_metaweight_step(model: str, method: str, threads: int):
 
 
 def measure_memory(make, model: str, method: str, threads: int, steps: int) -> dict:
+    _HEAP_BEFORE_MODEL[0] = -1
     step = make(model, method, threads)
     base = rss_kb()
+    heap_model = _HEAP_BEFORE_MODEL[0]
+    heap_step = heap_bytes()
     reset_peak()
     times = []
     for _ in range(steps):
         t0 = time.perf_counter()
         step()
         times.append(time.perf_counter() - t0)
+    heap = heap_bytes()
+    exact = heap_model >= 0 and heap >= 0
     return {"model": model, "method": method, "extra_mb": (peak_kb() - base) / 1024,
+            "held_mb": (heap - heap_model) / 2**20 if exact else float("nan"),
+            "step_held_mb": (heap - heap_step) / 2**20 if exact else float("nan"),
             "ms_alone": 1000 * statistics.median(times[1:] or times)}
 
 
@@ -312,30 +348,38 @@ def main() -> None:
             by_method = {r["method"]: r for r in timed}
             for m in ms:
                 mem = child("mem", impl, model, m, "0", str(args.memory_steps))
+                nan = float("nan")
                 r = {"impl": impl, **by_method.get(m, {"model": model, "method": m}),
-                     "extra_mb": mem["extra_mb"] if mem else float("nan")}
+                     "extra_mb": mem["extra_mb"] if mem else nan,
+                     "held_mb": mem.get("held_mb", nan) if mem else nan,
+                     "step_held_mb": mem.get("step_held_mb", nan) if mem else nan}
                 rows.append(r)
-                print(f"  {impl:10s} {model:9s} {m:18s} {r.get('ms', float('nan')):9.2f} ms/step "
-                      f"x{r.get('ratio', float('nan')):.2f}  extra {r['extra_mb']:8.1f} MB", flush=True)
+                print(f"  {impl:10s} {model:9s} {m:18s} {r.get('ms', nan):9.2f} ms/step "
+                      f"x{r.get('ratio', nan):.2f}  extra {r['extra_mb']:8.1f} MB  held {r['held_mb']:8.2f} MB "
+                      f"step-held {r['step_held_mb']:8.2f} MB", flush=True)
 
     def find(impl: str, model: str, method: str) -> dict | None:
         return next((r for r in rows if r["impl"] == impl and r["model"] == model and r["method"] == method), None)
 
     for r in rows:
         erm = find(r["impl"], r["model"], "erm")
-        r["memory_ratio"] = r["extra_mb"] / erm["extra_mb"] if erm and erm["extra_mb"] > 0 else float("nan")
+        for key, ratio in (("extra_mb", "memory_ratio"), ("held_mb", "held_ratio"), ("step_held_mb", "step_held_ratio")):
+            ok = erm and erm[key] > 0
+            r[ratio] = r[key] / erm[key] if ok else float("nan")
     print()
     print(f"threads={args.threads}; × ERM time: median over rounds of the per-round ratio (interquartile range)")
     torch_cols = " PyTorch × ERM time | PyTorch × ERM extra memory |" if have_torch else ""
-    print(f"| model | method | ms/step | × ERM time | extra MB | × ERM extra memory |{torch_cols}")
-    print("|---|---|---|---|---|---|" + ("---|---|" if have_torch else ""))
+    print(f"| model | method | ms/step | × ERM time | extra MB (peak RSS) | × ERM | held MB (heap) | × ERM "
+          f"| step-held MB | × ERM |{torch_cols}")
+    print("|---|---|---|---|---|---|---|---|---|---|" + ("---|---|" if have_torch else ""))
     nan = float("nan")
     for r in rows:
         if r["impl"] != "metaweight":
             continue
         line = (f"| {r['model']} | {r['method']} | {r.get('ms', nan):.2f} | {r.get('ratio', nan):.2f} "
                 f"({r.get('ratio_lo', nan):.2f}–{r.get('ratio_hi', nan):.2f}) | {r['extra_mb']:.1f} | "
-                f"{r['memory_ratio']:.2f} |")
+                f"{r['memory_ratio']:.2f} | {r['held_mb']:.2f} | {r['held_ratio']:.2f} | "
+                f"{r['step_held_mb']:.2f} | {r['step_held_ratio']:.2f} |")
         if have_torch:
             t = find("pytorch", r["model"], base_method(r["method"])) or {}
             line += f" {t.get('ratio', nan):.2f} | {t.get('memory_ratio', nan):.2f} |"

@@ -318,7 +318,7 @@ final class MetaGradientTests: XCTestCase {
       let ws = try WeightingState(config: { var c = WeightingConfig(); c.method = .l2rw; return c }(), network: fx.network, seed: 1)
       ws.reserve(n: fx.n, m: fx.m, classes: fx.c, network: fx.network)
       _ = fx.trainer.metaPass(ws, params: fx.network.params.pointer, x: fx.xm.pointer, m: fx.m, labels: fx.ym.pointer)
-      let v = ws.metaGrads.array.map(Double.init)
+      let v = fx.trainer.grads.array.map(Double.init)
       let scale = MG.norm(theta) / max(MG.norm(v), 1e-30)
       let directions: [(String, [Double])] = [
         ("random", MG.randomDirection(count: fx.p, like: theta, seed: 5)),
@@ -375,7 +375,7 @@ final class MetaGradientTests: XCTestCase {
       let uImpl = u.array.map(Double.init)
       MG.assertAgree(uImpl, uFD, "L2RW u vs FD of f(eps), \(arch)")
       // The JVP against reverse mode: uᵢ = ⟨∇L_meta(θ), ∇lᵢ(θ)⟩ (tight: no finite differences).
-      let v = ws.metaGrads.array.map(Double.init)
+      let v = fx.trainer.grads.array.map(Double.init)
       let uDot = grads.map { MG.dot(v, $0) }
       MG.assertAgree(uImpl, uDot, minCos: 0.99999, maxRel: 1e-3, "L2RW u vs <v, grad l_i> (reverse mode), \(arch)")
       XCTAssertEqual(fx.stateBits, stateBefore, "\(arch): the meta pass and JVP changed BN running statistics")
@@ -422,7 +422,7 @@ final class MetaGradientTests: XCTestCase {
   /// Runs one MW-Net step with V frozen (weight-net lr 0) and compares V's gradient with central
   /// differences of F(Θ) = L_meta(θ − α·d(Σ cᵢ(Θ) ∇lᵢ)), cᵢ the configured step coefficients and d
   /// the virtual direction (plain, or the optimizer's momentum and weight decay).
-  /// (In both memory modes: a separate meta tape, and one tape with the train forward recomputed.)
+  /// (In both memory modes: a separate meta tape, and one laid over the train tape's dead activations.)
   private func checkMWNet(
     _ arch: MGArch, optimizer: OptimizerConfig = OptimizerConfig(), warmUp: Bool = false, lr: Float = 0.5,
     _ configure: (inout WeightingConfig) -> Void, _ label: String,

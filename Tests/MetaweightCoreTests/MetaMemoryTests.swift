@@ -1,8 +1,9 @@
-// The memory modes of the meta-weighting methods: MW-Net and GDW with `memory = .low` run the meta
-// pass in the train batch's tape and recompute the train forward pass afterwards; that must give
-// the same steps as `memory = .fast` (a separate meta tape), update the batch-norm running
-// statistics once, and keep dropout masks, augmentation and every generator in step. L2RW always
-// shares one tape.
+// The memory modes of the meta-weighting methods: MW-Net and GDW with `memory = .low` lay the meta
+// batch's tape over the train tape's dead activations (`TapePlanner`); that must give the same
+// steps as `memory = .fast` (a separate meta tape), update the batch-norm running statistics once,
+// and keep dropout masks, augmentation and every generator in step. It rests on every layer's
+// `derivativesReadInput`/`derivativesReadOutput` being true to its backward and tangent passes,
+// checked here by poisoning the activations declared dead. L2RW always shares one tape.
 import XCTest
 
 @testable import MetaweightCore
@@ -22,8 +23,7 @@ private final class MMRun {
   var results: [MethodStepResult] = []
 
   init(
-    spec: String, input: Layout, method: WeightingConfig.Method, memory: WeightingConfig.Memory, augment: Bool,
-    share: Float = 0.25
+    spec: String, input: Layout, method: WeightingConfig.Method, memory: WeightingConfig.Memory, augment: Bool
   ) throws {
     network = try Network(try SpecParser.parse(spec, input: input), seed: 3)
     var opt = OptimizerConfig()
@@ -37,7 +37,6 @@ private final class MMRun {
     var cfg = WeightingConfig()
     cfg.method = method
     cfg.memory = memory
-    cfg.lowMemoryShare = share
     ws = try WeightingState(config: cfg, network: network, seed: 5)
     trainer.weighting = ws
   }
@@ -61,6 +60,8 @@ final class MetaMemoryTests: XCTestCase {
     ("resnet(classes=3,n=1)", .image(c: 3, h: 8, w: 8)),
     ("linear(out=12);batchnorm;relu;dropout(p=0.5);linear(out=4)", .flat(7)),
     ("linear(out=12);relu;linear(out=12);relu;linear(out=4)", .flat(7)),
+    ("wrn(classes=3,depth=10,widen=1,dropout=0.3)", .image(c: 3, h: 8, w: 8)),
+    ("conv2d(out=4,k=3,p=1);relu;avgpool(k=2);conv2d(out=6,k=3,p=1);batchnorm;relu;gap;linear(out=3)", .image(c: 2, h: 6, w: 6)),
   ]
 
   private func batches(_ input: Layout, classes: Int, n: Int, m: Int, count: Int) -> [MMBatch] {
@@ -76,31 +77,25 @@ final class MetaMemoryTests: XCTestCase {
 
   /// Low-memory MW-Net and GDW steps equal the fast mode's: parameters, running statistics,
   /// weights (and GDW's class-level weights), V and its optimizer, losses and every generator,
-  /// over several steps with dropout, batch norm, augmentation and a meta batch larger than the
-  /// train batch; with the default share of layers held apart, none (the whole train forward
-  /// recomputed) and all but the first.
+  /// over several steps with dropout, batch norm, augmentation, residual blocks with both kinds of
+  /// shortcut, and a meta batch larger than the train batch as well as a smaller one.
   func testLowMemoryModeTakesTheSameStepsAsFastMode() throws {
     for (spec, input) in Self.cases {
-      for (method, share) in [(WeightingConfig.Method.mwnet, Float(0.25)), (.gdw, 0.25), (.mwnet, 0), (.gdw, 0), (.mwnet, 0.9)] {
+      for (method, n, m) in [(WeightingConfig.Method.mwnet, 6, 9), (.gdw, 6, 9), (.mwnet, 7, 4), (.gdw, 7, 4)] {
         let image: Bool
         if case .image = input { image = true } else { image = false }
         let fast = try MMRun(spec: spec, input: input, method: method, memory: .fast, augment: image)
-        let low = try MMRun(spec: spec, input: input, method: method, memory: .low, augment: image, share: share)
-        let label = "\(spec) \(method) share \(share)"
-        for b in batches(input, classes: fast.network.classes, n: 6, m: 9, count: 3) {
+        let low = try MMRun(spec: spec, input: input, method: method, memory: .low, augment: image)
+        let label = "\(spec) \(method) n \(n) m \(m)"
+        for b in batches(input, classes: fast.network.classes, n: n, m: m, count: 3) {
           try fast.step(b)
           try low.step(b)
         }
-        XCTAssertEqual(fast.ws.metaSharedLayers, 0, "\(label): fast mode shares no activations")
-        XCTAssertGreaterThan(low.ws.metaSharedLayers, 0, "\(label): low-memory mode shares no activations")
-        if share == 0 {
-          XCTAssertEqual(low.ws.metaSharedLayers, low.network.root.spineCount - 1, "\(label): share 0 shares all but the last layer")
-        }
+        XCTAssertEqual(fast.ws.metaTape?.borrowed.count, 0, "\(label): fast mode borrows no activations")
+        XCTAssertGreaterThan(low.ws.metaTape?.borrowed.count ?? 0, 0, "\(label): low-memory mode borrows no activations")
         let pf = fast.network.params.array, pl = low.network.params.array
         XCTAssertEqual(pf.count, pl.count)
-        let scale = max(pf.map(abs).max() ?? 1, 1)
-        let diff = zip(pf, pl).map { abs($0 - $1) }.max() ?? 0
-        XCTAssertLessThanOrEqual(diff, 1e-6 * scale, "\(label): parameters differ by \(diff)")
+        XCTAssertEqual(pf, pl, "\(label): parameters")
         XCTAssertEqual(fast.network.state.array, low.network.state.array, "\(label): running statistics")
         XCTAssertEqual(fast.ws.weights.array, low.ws.weights.array, "\(label): example weights")
         XCTAssertEqual(fast.ws.classWeights.array, low.ws.classWeights.array, "\(label): class-level weights")
@@ -119,11 +114,12 @@ final class MetaMemoryTests: XCTestCase {
   }
 
   /// L2RW keeps one activation tape; MW-Net/GDW's meta tape shares the train tape's scratch
-  /// areas, and with `memory = .low` the first layers' activations (and the input copy) too,
-  /// holding apart at most the configured share of the train tape's activation bytes.
-  func testMetaTapeSharesTheTrainTapesStorageAsConfigured() throws {
+  /// areas, and with `memory = .low` borrows only the train tape's dead activation buffers (never
+  /// one a later pass reads, never its input copy), each at most once; on a small ResNet it
+  /// allocates under a third of the activation bytes a tape of its own would.
+  func testLowMemoryMetaTapeBorrowsOnlyDeadTrainActivations() throws {
     let (spec, input) = Self.cases[1]
-    let b = batches(input, classes: 3, n: 5, m: 4, count: 1)[0]
+    let b = batches(input, classes: 3, n: 5, m: 5, count: 1)[0]
     for (method, memory, hasTape) in [
       (WeightingConfig.Method.l2rw, WeightingConfig.Memory.fast, false), (.l2rw, .low, false), (.mwnet, .fast, true),
       (.mwnet, .low, true), (.gdw, .fast, true), (.gdw, .low, true),
@@ -136,29 +132,65 @@ final class MetaMemoryTests: XCTestCase {
       let train = run.trainer.tape
       XCTAssertTrue(mt.buffers === train.buffers, "\(label): meta tape has its own buffers")
       XCTAssertTrue(mt.scratch === train.scratch, "\(label): meta tape has its own scratch")
-      XCTAssertEqual(mt.input === train.input, memory == .low, "\(label): input copy shared")
-      let total = run.network.layerBytes(train)
-      if memory == .low {
-        // Held apart: the unshared layers' bytes (for m ≤ n examples), within the share.
-        let apart = run.network.spineBytes(mt)[run.ws.metaSharedLayers...].reduce(0, +)
-        XCTAssertLessThanOrEqual(Double(apart), 0.25 * Double(total) + 1, "\(label): held apart \(apart) of \(total)")
-        XCTAssertGreaterThan(run.ws.metaSharedLayers, 0, "\(label)")
-      } else {
-        XCTAssertEqual(run.ws.metaSharedLayers, 0, "\(label)")
+      XCTAssertFalse(mt.input === train.input, "\(label): input copy shared")
+      let own = run.network.activationBytes(train)
+      if memory == .fast {
+        XCTAssertTrue(mt.borrowed.isEmpty, label)
+        XCTAssertEqual(mt.ownedActivationBytes, own, label)
+        continue
       }
+      var dead: [FloatBuffer] = []
+      deadActivations(of: run.network.root, train.root, into: &dead)
+      let deadIDs = Set(dead.map { ObjectIdentifier($0) })
+      let borrowedIDs = mt.borrowed.map { ObjectIdentifier($0) }
+      XCTAssertEqual(Set(borrowedIDs).count, borrowedIDs.count, "\(label): a buffer borrowed twice")
+      XCTAssertTrue(borrowedIDs.allSatisfy { deadIDs.contains($0) }, "\(label): borrowed a live buffer")
+      XCTAssertLessThan(Double(mt.ownedActivationBytes), Double(own) / 3, "\(label): owns \(mt.ownedActivationBytes) of \(own)")
     }
   }
 
-  /// A layer that keeps no state and whose output only a ReLU reads (which uses its own output)
-  /// is not run again: on a 7-12-12-4 MLP the meta batch holds the last ReLU's output apart,
-  /// shares the first three layers, and only the first Linear and ReLU are recomputed.
-  func testLowMemoryModeSkipsRecomputingALinearWhoseOutputOnlyAReLUReads() throws {
+  /// On a 7-12-12-4 MLP the meta batch's live activations are the two ReLU outputs and its dead
+  /// ones (the two hidden Linear outputs) share one buffer; the train tape's dead buffers are its
+  /// two Linear outputs, so exactly one ReLU-sized buffer is allocated.
+  func testLowMemoryMetaTapeOnAnMLPAllocatesOneHiddenBuffer() throws {
     let (spec, input) = Self.cases[3]
     let run = try MMRun(spec: spec, input: input, method: .mwnet, memory: .low, augment: false)
     try run.step(batches(input, classes: 4, n: 6, m: 6, count: 1)[0])
-    XCTAssertEqual(run.network.root.spineCount, 5)
-    XCTAssertEqual(run.ws.metaSharedLayers, 3, "shared spine layers")
-    XCTAssertEqual(run.ws.metaRecomputedLayers, 2, "recomputed spine layers")
+    let mt = try XCTUnwrap(run.ws.metaTape)
+    XCTAssertEqual(mt.borrowed.count, 2)
+    XCTAssertEqual(mt.ownedActivationBytes, 12 * 6 * 4)
+  }
+
+  /// Every layer's derivatives read no activation its flags declare unread: after a training
+  /// forward pass, filling every dead activation buffer with NaN leaves the backward pass's
+  /// parameter gradients and the JVP bit for bit unchanged (every layer kind, composites included).
+  func testBackwardAndTangentIgnoreDeadActivations() throws {
+    let lenet = ("lenet5(classes=3)", Layout.image(c: 1, h: 28, w: 28))
+    for (spec, input) in Self.cases + [lenet] {
+      let net = try Network(try SpecParser.parse(spec, input: input), seed: 9)
+      let n = 4
+      var rng = RNG(seed: 21)
+      let x = FloatBuffer((0..<(n * input.size)).map { _ in rng.normal() })
+      let dl = FloatBuffer((0..<(n * net.classes)).map { _ in rng.normal() })
+      let dir = FloatBuffer((0..<net.params.count).map { _ in rng.normal() })
+      let tape = net.makeTape(batch: n)
+      var dead: [FloatBuffer] = []
+      deadActivations(of: net.root, tape.root, into: &dead)
+      XCTAssertFalse(dead.isEmpty, spec)
+      var results: [([Float], [Float])] = []
+      for poison in [false, true] {
+        net.forward(x.pointer, batch: n, tape: tape, mode: .virtualTrain, rng: RNGBox(RNG(seed: 4)))
+        if poison { for d in dead { d.pointer.update(repeating: .nan, count: d.count) } }
+        let g = FloatBuffer(count: net.params.count)
+        net.backward(tape: tape, dlogits: dl.pointer, grads: g.pointer)
+        let j = FloatBuffer(count: n * net.classes)
+        net.jvp(tape: tape, direction: dir.pointer, out: j.pointer)
+        results.append((g.array, j.array))
+      }
+      XCTAssertTrue(results[1].0.allSatisfy { $0.isFinite }, "\(spec): gradient read a dead activation")
+      XCTAssertEqual(results[0].0, results[1].0, "\(spec): gradients")
+      XCTAssertEqual(results[0].1, results[1].1, "\(spec): JVP")
+    }
   }
 
   /// `memory=low|fast` in a method spec sets the mode (default low); other values are rejected.

@@ -28,6 +28,8 @@ public final class BatchNorm: LeafLayer, Layer {
   public var outputLayout: Layout { layout }
   /// True.
   public var hasModeDependence: Bool { true }
+  /// False: the derivatives rebuild x̂ from the input and the stored statistics.
+  public var derivativesReadOutput: Bool { false }
 
   /// Creates batch norm for `layout`.
   public init(_ layout: Layout, epsilon: Float = 1e-5) {

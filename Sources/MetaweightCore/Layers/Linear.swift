@@ -203,6 +203,8 @@ public final class Flatten: LeafLayer, Layer {
   public init(_ input: Layout) { self.input = input }
   /// False: a reordering.
   public var derivativesReadInput: Bool { false }
+  /// False: the derivatives are a reshape.
+  public var derivativesReadOutput: Bool { false }
 
   private var channelsAndPixels: (Int, Int) {
     if case .image(let c, let h, let w) = input { return (c, h * w) }

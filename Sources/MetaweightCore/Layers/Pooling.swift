@@ -45,6 +45,8 @@ public final class MaxPool2D: LeafLayer, Layer {
   public func makeTape(batch: Int) -> LayerTape { Tape(batch * outputLayout.size) }
   /// False: the derivatives follow the stored arg-max.
   public var derivativesReadInput: Bool { false }
+  /// False: the derivatives follow the stored arg-max.
+  public var derivativesReadOutput: Bool { false }
 
   /// Window maxima.
   public func forward(
@@ -210,6 +212,10 @@ public final class AvgPool2D: LeafLayer, Layer {
   let c: Int, h: Int, w: Int, oh: Int, ow: Int
   /// `avgpool2d`.
   public var kind: String { "avgpool2d" }
+  /// False: the derivatives are a fixed linear map.
+  public var derivativesReadInput: Bool { false }
+  /// False: the derivatives are a fixed linear map.
+  public var derivativesReadOutput: Bool { false }
   /// Input image.
   public var inputLayout: Layout { .image(c: c, h: h, w: w) }
   /// Pooled image.
@@ -296,6 +302,10 @@ public final class GlobalAvgPool: LeafLayer, Layer {
   let c: Int, h: Int, w: Int
   /// `global_avgpool`.
   public var kind: String { "global_avgpool" }
+  /// False: the derivatives are a fixed linear map.
+  public var derivativesReadInput: Bool { false }
+  /// False: the derivatives are a fixed linear map.
+  public var derivativesReadOutput: Bool { false }
   /// Input image.
   public var inputLayout: Layout { .image(c: c, h: h, w: w) }
   /// `.flat(C)`.
@@ -391,6 +401,8 @@ public final class Dropout: LeafLayer, Layer {
   public func makeTape(batch: Int) -> LayerTape { Tape(rate > 0 ? batch * layout.size : 0) }
   /// False: the derivatives use the stored mask.
   public var derivativesReadInput: Bool { false }
+  /// False: the derivatives use the stored mask.
+  public var derivativesReadOutput: Bool { false }
 
   /// y = x·mask.
   public func forward(
@@ -442,6 +454,10 @@ public final class ShortcutA: LeafLayer, Layer {
   let c: Int, h: Int, w: Int, outC: Int, s: Int, oh: Int, ow: Int, pad: Int
   /// `shortcut_a`.
   public var kind: String { "shortcut_a" }
+  /// False: the derivatives are a fixed linear map.
+  public var derivativesReadInput: Bool { false }
+  /// False: the derivatives are a fixed linear map.
+  public var derivativesReadOutput: Bool { false }
   /// Input image.
   public var inputLayout: Layout { .image(c: c, h: h, w: w) }
   /// Subsampled, channel-padded image.

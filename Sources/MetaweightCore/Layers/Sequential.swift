@@ -16,6 +16,10 @@ public final class Sequential: LeafLayer, Layer {
   public var children: [Layer] { layers }
   /// True when any layer depends on the mode.
   public var hasModeDependence: Bool { layers.contains { $0.hasModeDependence } }
+  /// Whether the first layer's derivatives read the block's input.
+  public var derivativesReadInput: Bool { layers.first?.derivativesReadInput ?? true }
+  /// Whether the last layer's derivatives read the block's output.
+  public var derivativesReadOutput: Bool { layers.last?.derivativesReadOutput ?? true }
 
   /// Chains `layers`; each layer's input layout must equal its predecessor's output layout.
   /// - Throws: `MetaweightError.invalidArgument` on an empty list or a layout mismatch.
@@ -50,80 +54,6 @@ public final class Sequential: LeafLayer, Layer {
     var acts: [FloatBuffer] = []
     for i in 0..<(layers.count - 1) { acts.append(FloatBuffer(count: batch * layers[i].outputLayout.size)) }
     return Tape(acts: acts, tapes: layers.map { $0.makeTape(batch: batch) })
-  }
-
-  // MARK: Sharing a prefix of the activations between two tapes
-
-  /// Layers on the spine: this block's layers with nested `Sequential`s expanded (recursively);
-  /// other composite layers count as one. A spine prefix is what two tapes may share.
-  var spineCount: Int { layers.reduce(0) { $0 + (($1 as? Sequential)?.spineCount ?? 1) } }
-
-  /// Bytes each spine layer holds in `tape`: its tape and its output buffer (`outputBytes`, the
-  /// parent's buffer, for this block's last layer; 0 at the root, whose output the caller owns).
-  func spineBytes(_ tape: LayerTape, outputBytes: Int = 0, into out: inout [Int]) {
-    let t = tape as! Tape
-    for i in layers.indices {
-      let ob = i < layers.count - 1 ? t.acts[i].count * 4 : outputBytes
-      if let s = layers[i] as? Sequential {
-        s.spineBytes(t.tapes[i], outputBytes: ob, into: &out)
-      } else {
-        out.append(ob + t.tapes[i].bytes)
-      }
-    }
-  }
-
-  /// The spine layers and their tapes in `tape`, in order.
-  func spine(_ tape: LayerTape, into out: inout [(layer: Layer, tape: LayerTape)]) {
-    let t = tape as! Tape
-    for (i, layer) in layers.enumerated() {
-      if let s = layer as? Sequential { s.spine(t.tapes[i], into: &out) } else { out.append((layer, t.tapes[i])) }
-    }
-  }
-
-  /// A tape for batches of up to `batch` examples that uses `base`'s activation buffers and layer
-  /// tapes for the first `shared` spine layers (a pass through it overwrites what `base` recorded
-  /// there; they must hold `batch` examples) and its own for the others. `shared` < `spineCount`.
-  func makeTape(batch: Int, sharing base: LayerTape, spine shared: Int) -> LayerTape {
-    let b = base as! Tape
-    var acts: [FloatBuffer] = []
-    var tapes: [LayerTape] = []
-    var start = 0
-    for (i, layer) in layers.enumerated() {
-      let count = (layer as? Sequential)?.spineCount ?? 1
-      let whole = start + count <= shared
-      if i < layers.count - 1 {
-        acts.append(whole ? b.acts[i] : FloatBuffer(count: batch * layer.outputLayout.size))
-      }
-      if whole {
-        tapes.append(b.tapes[i])
-      } else if start < shared, let s = layer as? Sequential {
-        tapes.append(s.makeTape(batch: batch, sharing: b.tapes[i], spine: shared - start))
-      } else {
-        tapes.append(layer.makeTape(batch: batch))
-      }
-      start += count
-    }
-    return Tape(acts: acts, tapes: tapes)
-  }
-
-  /// Runs the first `count` spine layers only (`count` < `spineCount`): their outputs land in the
-  /// tape, later layers' activations and the block's output are left as they are.
-  func forward(_ x: UnsafePointer<Float>, spine count: Int, _ ctx: inout PassContext, _ tape: LayerTape) {
-    let t = tape as! Tape
-    var input = x
-    var start = 0
-    ctx.depth += 1
-    defer { ctx.depth -= 1 }
-    for (i, layer) in layers.enumerated() where start < count {
-      let n = (layer as? Sequential)?.spineCount ?? 1
-      if start + n <= count {
-        layers[i].forward(input, t.acts[i].pointer, &ctx, t.tapes[i])
-        input = UnsafePointer(t.acts[i].pointer)
-      } else if let s = layer as? Sequential {
-        s.forward(input, spine: count - start, &ctx, t.tapes[i])
-      }
-      start += n
-    }
   }
 
   @inline(__always)
@@ -219,6 +149,10 @@ public final class Residual: LeafLayer, Layer {
   public var children: [Layer] { shortcut.map { [body, $0] } ?? [body] }
   /// True when either branch depends on the mode.
   public var hasModeDependence: Bool { body.hasModeDependence || (shortcut?.hasModeDependence ?? false) }
+  /// Whether either branch's derivatives read the block's input.
+  public var derivativesReadInput: Bool { body.derivativesReadInput || (shortcut?.derivativesReadInput ?? false) }
+  /// False: the derivatives read the branches' outputs (kept in the tape), not their sum.
+  public var derivativesReadOutput: Bool { false }
 
   /// Creates a residual connection.
   /// - Throws: `MetaweightError.invalidArgument` if the branches' layouts disagree.

@@ -100,54 +100,33 @@ public final class Network: @unchecked Sendable {
     NetworkTape(self, batch: batch, sharing: sharing)
   }
 
-  /// A tape for a second batch that also shares `base`'s activations of the first `layers` spine
-  /// layers (the root's layers, nested sequential blocks expanded; see `Sequential.spineCount`)
-  /// and, when `layers` > 0, its input copy: a pass through it overwrites them, and
-  /// `forward(_:batch:tape:mode:rng:params:layers:)` on `base` restores them. The last spine
-  /// layer is never shared. `base` must hold at least `batch` examples.
-  func makeTape(batch: Int, sharing base: NetworkTape, layers: Int) -> NetworkTape {
-    NetworkTape(self, batch: batch, sharing: base, layers: min(layers, root.spineCount - 1))
+  /// A tape for a second batch laid over `base`'s dead activations (those no backward or tangent
+  /// pass over `base` reads after its forward pass; see `TapePlanner`), sharing its scratch
+  /// areas: a forward, backward or tangent pass over it leaves every later pass over `base`
+  /// unchanged. It allocates only what the dead buffers cannot hold (`ownedActivationBytes`).
+  func makeTape(batch: Int, overlaying base: NetworkTape) -> NetworkTape {
+    NetworkTape(self, batch: batch, overlaying: base)
   }
 
-  /// Bytes each spine layer holds in `tape` (its tape and output buffer).
-  func spineBytes(_ tape: NetworkTape) -> [Int] {
-    var out: [Int] = []
-    root.spineBytes(tape.root, into: &out)
-    return out
-  }
+  /// Bytes of the activation buffers of `tape` (its layers' outputs, without the input copy,
+  /// logits, layer state and scratch).
+  func activationBytes(_ tape: NetworkTape) -> Int { activationBytes(root: tape.root) }
 
-  /// How many of the first `shared` spine layers a forward pass must run again to restore what
-  /// later passes over `tape` read, after another pass overwrote those layers' storage: all of
-  /// them, less a tail of layers that keep no state of their own (a plain `LayerTape`) and whose
-  /// output neither they nor the next layer read (`derivativesReadOutput`, `derivativesReadInput`
-  /// false: e.g. a convolution followed by a ReLU); never fewer than one (the input copy).
-  func layersToRecompute(_ tape: NetworkTape, shared: Int) -> Int {
-    var spine: [(layer: Layer, tape: LayerTape)] = []
-    root.spine(tape.root, into: &spine)
-    var r = min(shared, spine.count - 1)
-    while r >= 2 && !spine[r].layer.derivativesReadInput && !spine[r - 1].layer.derivativesReadOutput
-      && type(of: spine[r - 1].tape) == LayerTape.self
-    {
-      r -= 1
+  /// `activationBytes` of a root tape.
+  func activationBytes(root rootTape: LayerTape) -> Int {
+    var all = 0
+    func walk(_ layer: Layer, _ t: LayerTape) {
+      if let s = layer as? Sequential, let st = t as? Sequential.Tape {
+        all += st.acts.reduce(0) { $0 + $1.count * 4 }
+        for (i, c) in s.layers.enumerated() { walk(c, st.tapes[i]) }
+      } else if let r = layer as? Residual, let rt = t as? Residual.Tape {
+        all += rt.bodyOut.count * 4 + (rt.shortOut?.count ?? 0) * 4
+        walk(r.body, rt.body)
+        if let sc = r.shortcut, let st = rt.short { walk(sc, st) }
+      }
     }
-    return r
-  }
-
-  /// Activation bytes of `tape` (what it holds apart from its input copy and scratch).
-  func layerBytes(_ tape: NetworkTape) -> Int { spineBytes(tape).reduce(0, +) }
-
-  /// The most spine layers, counted from the first, whose activations a tape for `batch` examples
-  /// may share with `base` while what it holds apart (the later layers' activations and tapes)
-  /// stays within `budget` bytes; at most all but the last.
-  func shareableLayers(base: NetworkTape, batch: Int, budget: Int) -> Int {
-    let bytes = spineBytes(base).map { $0 * batch / max(base.capacity, 1) }
-    var shared = bytes.count - 1
-    var own = bytes.last ?? 0
-    while shared > 0 && own + bytes[shared - 1] <= budget {
-      own += bytes[shared - 1]
-      shared -= 1
-    }
-    return shared
+    walk(root, rootTape)
+    return all
   }
 
   /// Forward pass: the logits [N, classes] land in `tape.logits`.
@@ -161,16 +140,6 @@ public final class Network: @unchecked Sendable {
   ) {
     var (ctx, x) = beginForward(input, batch: n, tape: tape, mode: mode, rng: rng, params: params)
     root.forward(x, tape.logits.pointer, &ctx, tape.root)
-  }
-
-  /// Forward pass through the first `layers` spine layers only (fewer than all of them): it
-  /// rewrites their activations in `tape` and leaves the later layers' and the logits as they are.
-  func forward(
-    _ input: UnsafePointer<Float>, batch n: Int, tape: NetworkTape, mode: Mode, rng: RNGBox,
-    params: UnsafePointer<Float>? = nil, layers: Int
-  ) {
-    var (ctx, x) = beginForward(input, batch: n, tape: tape, mode: mode, rng: rng, params: params)
-    root.forward(x, spine: layers, &ctx, tape.root)
   }
 
   /// Points `tape` at batch `n`, `mode` and `params` (default: this network's), and prepares the input.
@@ -230,21 +199,43 @@ public final class NetworkTape: @unchecked Sendable {
   let buffers: ScratchPool
   let layout: Layout
 
-  init(_ net: Network, batch: Int, sharing: NetworkTape? = nil, layers shared: Int = 0) {
+  /// Bytes of activation buffers this tape allocated itself; the rest it borrows from the tape
+  /// it overlays (`borrowed`). Equal to all of them for a tape of its own.
+  let ownedActivationBytes: Int
+  /// The overlaid tape's buffers this one uses (empty for a tape of its own).
+  let borrowed: [FloatBuffer]
+
+  init(_ net: Network, batch: Int, sharing: NetworkTape? = nil) {
     capacity = batch
     scratch = sharing?.scratch ?? Scratch()
     buffers = sharing?.buffers ?? ScratchPool()
-    if let base = sharing, shared > 0 {
-      root = net.root.makeTape(batch: batch, sharing: base.root, spine: shared)
-      input = base.input
-    } else {
-      root = net.root.makeTape(batch: batch)
-      input = FloatBuffer(count: batch * net.inputLayout.size)
-    }
+    root = net.root.makeTape(batch: batch)
+    input = FloatBuffer(count: batch * net.inputLayout.size)
     logits = FloatBuffer(count: batch * net.classes)
     layout = net.inputLayout
     params = UnsafePointer(net.params.pointer)
     inputPointer = UnsafePointer(input.pointer)
+    borrowed = []
+    ownedActivationBytes = net.activationBytes(root: root)
+  }
+
+  init(_ net: Network, batch: Int, overlaying base: NetworkTape) {
+    capacity = batch
+    scratch = base.scratch
+    buffers = base.buffers
+    var donors: [FloatBuffer] = []
+    deadActivations(of: net.root, base.root, into: &donors)
+    let planner = TapePlanner(donors: donors)
+    _ = net.root.makeTape(batch: batch, planner: planner)  // plan
+    planner.resolve()
+    root = net.root.makeTape(batch: batch, planner: planner)  // build
+    input = FloatBuffer(count: batch * net.inputLayout.size)
+    logits = FloatBuffer(count: batch * net.classes)
+    layout = net.inputLayout
+    params = UnsafePointer(net.params.pointer)
+    inputPointer = UnsafePointer(input.pointer)
+    borrowed = planner.borrowed
+    ownedActivationBytes = planner.ownedBytes
   }
 
   func prepareInput(_ x: UnsafePointer<Float>, n: Int) -> UnsafePointer<Float> {

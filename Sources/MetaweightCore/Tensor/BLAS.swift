@@ -95,8 +95,11 @@ public enum BLAS {
   }()
 
   /// C[m×n] = A·B (+ beta·C) for row-major, untransposed A and B, single-threaded, cut into
-  /// column blocks that fit `smallKernelLimit` when that keeps blocks at least 256 columns wide
-  /// (products with few rows, such as a 16-channel convolution); one call otherwise.
+  /// column blocks that fit `smallKernelLimit` when that keeps blocks at least 32 columns wide
+  /// (products with few rows, such as a convolution of up to 64 channels, or the stacked
+  /// [W | tW] product of a convolution's tangent); one call otherwise. Measured on ResNet-32
+  /// (batch 100, AVX-512, 2 threads): 256 → 32 columns cut the forward pass by ~4% and the JVP
+  /// by ~8% (the methods benchmark shows the effect on whole steps).
   static func gemmColumnBlocks(
     m: Int, n: Int, k: Int, a: UnsafePointer<Float>, b: UnsafePointer<Float>, ldb: Int,
     beta: Float, c: UnsafeMutablePointer<Float>, ldc: Int
@@ -104,7 +107,7 @@ public enum BLAS {
     var width = n
     if let limit = smallKernelLimit, m * n * k > limit, m * k > 0 {
       let w = (limit / (m * k)) & ~15
-      if w >= 256 { width = w }
+      if w >= 32 { width = w }
     }
     var j = 0
     while j < n {

@@ -35,18 +35,13 @@ public final class WeightingState: @unchecked Sendable {
   var rng: RNG
   /// The meta batch's tape (MW-Net and GDW); nil when the meta pass runs in the trainer's
   /// train-batch tape (L2RW). It always shares the train tape's scratch areas, and with
-  /// `memory = .low` the activations of the network's first `metaSharedLayers` spine layers.
+  /// `memory = .low` it is laid over the train tape's dead activations (`TapePlanner`).
   var metaTape: NetworkTape?
-  /// Spine layers (`Sequential.spineCount`) whose activations the meta tape shares with the
-  /// train tape (0 with `.fast`).
-  var metaSharedLayers = 0
-  /// Spine layers of the train forward pass run again after a meta pass (≤ `metaSharedLayers`).
-  var metaRecomputedLayers = 0
   /// The train tape `metaTape` was made against.
   private var metaTapeBase: NetworkTape?
-  let metaGrads: FloatBuffer  // v = ∇L_meta
-  let virtualGrads: FloatBuffer  // the virtual step's gradient
-  let thetaHat: FloatBuffer  // θ̂
+  // The virtual step's gradient and v = ∇L_meta live in the trainer's gradient buffer, which
+  // is free until the real backward pass (the last pass of a step) overwrites it.
+  let thetaHat: FloatBuffer  // θ̂ (MW-Net, GDW)
   var jvp = FloatBuffer(count: 0)  // ⟨v, ∂z_ic/∂θ⟩ (n × C)
   var logitGrad = FloatBuffer(count: 0)  // n × C
   var omega = FloatBuffer(count: 0)  // n × C
@@ -76,11 +71,7 @@ public final class WeightingState: @unchecked Sendable {
       weightNetOptimizer = nil
     }
     rng = RNG(seed: seeder.next())
-    let p = config.method.needsMeta ? network.params.count : 0
-    let pv = config.method == .mwnet || config.method == .gdw ? p : 0
-    metaGrads = FloatBuffer(count: p)
-    virtualGrads = FloatBuffer(count: pv)
-    thetaHat = FloatBuffer(count: pv)
+    thetaHat = FloatBuffer(count: config.method == .mwnet || config.method == .gdw ? network.params.count : 0)
     // Class weights for class-balanced / inverse-frequency, normalised to sum to C.
     let c = network.classes
     var table = [Float](repeating: 1, count: c)
@@ -101,8 +92,8 @@ public final class WeightingState: @unchecked Sendable {
   var hasMetaTape: Bool { config.method == .mwnet || config.method == .gdw }
 
   /// Sizes the buffers for a train batch of `n` and a meta batch of `m`. The meta tape shares the
-  /// scratch areas of `sharing` (the trainer's tape, holding at least `m` examples with
-  /// `memory = .low`) and, with `memory = .low`, its first layers' activations.
+  /// scratch areas of `sharing` (the trainer's tape) and, with `memory = .low`, is laid over its
+  /// dead activations.
   func reserve(n: Int, m: Int, classes c: Int, network: Network, sharing: NetworkTape? = nil) {
     if weights.count < n {
       weights = FloatBuffer(count: n)
@@ -118,14 +109,9 @@ public final class WeightingState: @unchecked Sendable {
       }
       if hasMetaTape && ((metaTape?.capacity ?? 0) < m || metaTapeBase !== sharing) {
         metaTape = nil  // release the old one first
-        if let base = sharing, config.memory == .low, base.capacity >= m {
-          let budget = Double(config.lowMemoryShare) * Double(network.layerBytes(base))
-          metaSharedLayers = network.shareableLayers(base: base, batch: m, budget: Int(budget))
-          metaTape = network.makeTape(batch: m, sharing: base, layers: metaSharedLayers)
-          metaRecomputedLayers = metaSharedLayers > 0 ? network.layersToRecompute(base, shared: metaSharedLayers) : 0
+        if let base = sharing, config.memory == .low {
+          metaTape = network.makeTape(batch: m, overlaying: base)
         } else {
-          metaSharedLayers = 0
-          metaRecomputedLayers = 0
           metaTape = network.makeTape(batch: m, sharing: sharing)
         }
         metaTapeBase = sharing
@@ -191,21 +177,21 @@ extension Trainer {
     return (alpha, factor)
   }
 
-  /// θ̂ = θ − α·d(g) with g = `ws.virtualGrads` (plain SGD, or the optimizer's momentum and
-  /// weight decay when configured).
+  /// θ̂ = θ − α·d(g) with g the virtual gradient in `grads` (plain SGD, or the optimizer's
+  /// momentum and weight decay when configured).
   func takeVirtualStep(_ ws: WeightingState, alpha: Float) {
     let count = network.params.count
     let theta = UnsafePointer(network.params.pointer)
     if ws.config.virtualStepMomentum {
-      optimizer.peekDirection(params: theta, grads: ws.virtualGrads.pointer, out: ws.thetaHat.pointer, count: count)
+      optimizer.peekDirection(params: theta, grads: grads.pointer, out: ws.thetaHat.pointer, count: count)
       Elementwise.step(theta, -alpha, UnsafePointer(ws.thetaHat.pointer), into: ws.thetaHat.pointer, count: count)
     } else {
-      Elementwise.step(theta, -alpha, UnsafePointer(ws.virtualGrads.pointer), into: ws.thetaHat.pointer, count: count)
+      Elementwise.step(theta, -alpha, UnsafePointer(grads.pointer), into: ws.thetaHat.pointer, count: count)
     }
   }
 
   /// Mean cross-entropy of the meta batch at `params` (batch statistics, running statistics
-  /// untouched) and its gradient v = ∇L_meta into `ws.metaGrads`. Runs in `ws.metaTape`, or in
+  /// untouched) and its gradient v = ∇L_meta into `grads`. Runs in `ws.metaTape`, or in
   /// the train batch's tape when there is none (its contents are then overwritten).
   func metaPass(
     _ ws: WeightingState, params: UnsafePointer<Float>, x: UnsafePointer<Float>, m: Int, labels: UnsafePointer<Int64>
@@ -230,15 +216,15 @@ extension Trainer {
         probs: ws.metaProbs.pointer, labels: lp.baseAddress!, n: m, c: c, coefficients: ws.metaCoef.pointer,
         dlogits: dl.pointer)
     }
-    network.backward(tape: tape, dlogits: UnsafePointer(dl.pointer), grads: ws.metaGrads.pointer)
+    network.backward(tape: tape, dlogits: UnsafePointer(dl.pointer), grads: grads.pointer)
     return loss / Double(m)
   }
 
-  /// JVP of the train logits along v = `ws.metaGrads`, then qᵢ = Σ_c (p_ic − y_ic)·JVP_ic into `out`.
+  /// JVP of the train logits along v (in `grads`, from `metaPass`), then qᵢ = Σ_c (p_ic − y_ic)·JVP_ic into `out`.
   func projectedGradients(_ ws: WeightingState, n: Int, out: UnsafeMutablePointer<Float>) {
     let c = network.classes
     let jvp = ws.jvp.pointer, pr = probs.pointer
-    network.jvp(tape: tape, direction: ws.metaGrads.pointer, out: jvp)
+    network.jvp(tape: tape, direction: grads.pointer, out: jvp)
     labels32.withUnsafeBufferPointer { lp in
       for i in 0..<n {
         var s: Float = 0
@@ -247,26 +233,6 @@ extension Trainer {
         out[i] = s
       }
     }
-  }
-
-  /// Low-memory mode, after a meta pass that overwrote the train tape's first
-  /// `ws.metaSharedLayers` layers: runs the train forward pass through the first
-  /// `ws.metaRecomputedLayers` of them (those whose activations or state later passes read) again at θ in
-  /// `.virtualTrain` mode on the same (augmented) input, with the dropout generator rewound to
-  /// `dropoutState` (its state before the first forward pass) and then put back. Batch statistics
-  /// and dropout masks equal the first pass's, so the tape holds bit-identical activations;
-  /// running statistics, already updated once, are untouched. Nothing to do with `.fast`.
-  func restoreTrainTape(_ ws: WeightingState, x: UnsafePointer<Float>, n: Int, dropoutState: RNG) {
-    guard ws.metaRecomputedLayers > 0 else { return }
-    var input = x
-    // `forwardTrainBatch` left the augmented batch (when augmenting) in `augmented`.
-    if !augmentation.isIdentity, case .image(let c, let h, let w) = network.inputLayout {
-      input = UnsafePointer(augmented.pointer(count: n * c * h * w))
-    }
-    let after = dropoutRNG.rng
-    dropoutRNG.rng = dropoutState
-    network.forward(input, batch: n, tape: tape, mode: .virtualTrain, rng: dropoutRNG, layers: ws.metaRecomputedLayers)
-    dropoutRNG.rng = after
   }
 
   /// One step of the configured weighting method (one optimizer update of θ; MW-Net and GDW also
@@ -293,10 +259,10 @@ extension Trainer {
         throw MetaweightError.invalidState("\(method): every step needs a meta batch (x_meta, y_meta)")
       }
     }
-    // The train tape also holds the meta batch (L2RW) or its first layers (low-memory mode).
-    reserve(batch: method == .l2rw || ws.config.memory == .low ? max(n, m) : n)
+    // The train tape also holds the meta batch with L2RW; in low-memory mode its dead buffers
+    // hold the meta batch's activations, so they are sized for the larger batch.
+    reserve(batch: method == .l2rw || (ws.hasMetaTape && ws.config.memory == .low) ? max(n, m) : n)
     ws.reserve(n: n, m: m, classes: c, network: network, sharing: tape)
-    let dropoutState = dropoutRNG.rng
     var result = MethodStepResult()
     let w = ws.weights.pointer
     switch method {
@@ -327,11 +293,10 @@ extension Trainer {
       wn.forward(l, n: n, out: w)
       let coef = ws.tmpB.pointer
       let sumV = mwnetCoefficients(ws, v: UnsafePointer(w), losses: l, n: n, out: coef)
-      backwardWeighted(coefficients: coef, into: ws.virtualGrads.pointer)
+      backwardWeighted(coefficients: coef)
       takeVirtualStep(ws, alpha: alpha)
       // 3. Meta loss at θ̂, v = ∇L_meta(θ̂), qᵢ = ⟨v, ∇lᵢ⟩, dL/dcᵢ = −α qᵢ.
       result.metaLoss = metaPass(ws, params: UnsafePointer(ws.thetaHat.pointer), x: xm, m: m, labels: ym)
-      restoreTrainTape(ws, x: x, n: n, dropoutState: dropoutState)
       projectedGradients(ws, n: n, out: ws.tmpA.pointer)
       let q = ws.tmpA.pointer
       for i in 0..<n { q[i] *= -alpha * factor }  // now dL/dcᵢ
@@ -357,7 +322,7 @@ extension Trainer {
       guard let xm = xMeta, let ym = labelsMeta, let wn = ws.weightNet, let wopt = ws.weightNetOptimizer else { break }
       (result.loss, result.accuracy) = forwardTrainBatch(x: x, n: n, labels: labels)
       try checkLoss(result.loss)
-      result.metaLoss = try gdwStep(ws, wn: wn, wopt: wopt, xm: xm, m: m, ym: ym, x: x, n: n, dropoutState: dropoutState)
+      result.metaLoss = try gdwStep(ws, wn: wn, wopt: wopt, xm: xm, m: m, ym: ym, n: n)
     default:
       (result.loss, result.accuracy) = forwardTrainBatch(x: x, n: n, labels: labels)
       try checkLoss(result.loss)
@@ -453,7 +418,7 @@ extension Trainer {
   /// through all C columns, the second-stage correction and the real step. Returns the meta loss.
   private func gdwStep(
     _ ws: WeightingState, wn: WeightNet, wopt: Optimizer, xm: UnsafePointer<Float>, m: Int,
-    ym: UnsafePointer<Int64>, x: UnsafePointer<Float>, n: Int, dropoutState: RNG
+    ym: UnsafePointer<Int64>, n: Int
   ) throws -> Double {
     let c = network.classes
     let cfg = ws.config
@@ -487,13 +452,12 @@ extension Trainer {
     constrain()
     // 2. Virtual step on G.
     logitGradient()
-    backwardLogits(UnsafePointer(lg), into: ws.virtualGrads.pointer)
+    backwardLogits(UnsafePointer(lg))
     takeVirtualStep(ws, alpha: alpha)
     // 3. Meta loss at θ̂ and g_ic = ∂L_meta/∂ω_ic = −α (p_ic − y_ic) JVP_ic / n.
     let metaLoss = metaPass(ws, params: UnsafePointer(ws.thetaHat.pointer), x: xm, m: m, labels: ym)
-    restoreTrainTape(ws, x: x, n: n, dropoutState: dropoutState)
     let jvp = ws.jvp.pointer
-    network.jvp(tape: tape, direction: ws.metaGrads.pointer, out: jvp)
+    network.jvp(tape: tape, direction: grads.pointer, out: jvp)
     var gnorm: Double = 0
     for i in 0..<n {
       let t = Int(labels[i])

@@ -33,30 +33,27 @@ public struct WeightingConfig: Sendable, Equatable {
     public var hasWeightNet: Bool { self == .mwnet || self == .gdw }
   }
 
-  /// How MW-Net and GDW hold the train batch's activations while the meta batch runs.
+  /// Where MW-Net and GDW keep the meta batch's activations while the train batch's stay valid
+  /// for the JVP and the real backward pass. Both modes run the same passes and take the same
+  /// steps; they differ in memory only.
   public enum Memory: Int32, Sendable, CaseIterable {
-    /// A second activation tape for the meta batch: the train batch's tape stays valid through
-    /// the meta pass (peak: two tapes).
+    /// A second activation tape of its own for the meta batch (peak: two tapes).
     case fast = 0
-    /// The meta pass reuses the train batch's activation storage for the network's first layers
-    /// and holds only the last layers' apart (at most `lowMemoryShare` of the train tape's
-    /// activation bytes); afterwards the train forward pass through those first layers is
-    /// recomputed (at θ, batch statistics, running statistics untouched, the same dropout masks
-    /// and augmented input, so every result is unchanged). About one tape and a quarter instead
-    /// of two, at the cost of part of one more forward pass of the train batch.
+    /// The meta batch's tape is laid over the train tape's dead activations, those no later pass
+    /// reads (a batch norm's output read only by a ReLU, which keeps its own output; a linear or
+    /// convolution output read only by a batch norm or a ReLU; residual branch outputs and
+    /// sums); the meta batch's own dead activations share a few buffers, and it allocates only
+    /// what does not fit (see `TapePlanner`). Nothing is recomputed.
     case low = 1
   }
 
   /// The method.
   public var method: Method = .erm
-  /// MW-Net/GDW: activation memory against time (default `.low`: about 1.25 activation tapes
-  /// instead of 2, for part of one more forward pass). L2RW always runs its meta pass and train
-  /// batch in one tape (its look-ahead point θ̂ = θ does not need the train batch).
+  /// MW-Net/GDW: where the meta batch's activations live (default `.low`: over the train tape's
+  /// dead activations; `.fast`: a tape of their own, kept to cross-check). L2RW always runs its
+  /// meta pass and train batch in one tape (its look-ahead point θ̂ = θ does not need the train
+  /// batch).
   public var memory: Memory = .low
-  /// `memory = .low`: the share of the train tape's activation bytes the meta batch may hold
-  /// apart (its last layers, which then need no recomputation); 0 recomputes the whole train
-  /// forward pass. Default 0.25.
-  public var lowMemoryShare: Float = 0.25
   /// Include the optimizer's momentum and weight decay in the virtual step (default: plain SGD).
   public var virtualStepMomentum = false
   /// Virtual step size α; ≤ 0 means the classifier's current learning rate (default).
@@ -115,7 +112,6 @@ public struct WeightingConfig: Sendable, Equatable {
   public func validate(classes: Int) throws {
     func check(_ ok: Bool, _ msg: String) throws { if !ok { throw MetaweightError.invalidArgument(msg) } }
     try check(virtualLR.isFinite, "virtual_lr: expected a finite number, got \(virtualLR)")
-    try check(lowMemoryShare >= 0 && lowMemoryShare <= 1, "low_memory_share: expected 0..1, got \(lowMemoryShare)")
     try check(weightNetHidden > 0 && weightNetHidden <= 100_000, "weight_net_hidden: expected 1..100000, got \(weightNetHidden)")
     try weightNetOptimizer.validate()
     try check(weightNetLR.isFinite && weightNetLR >= 0, "weight_net_lr: expected a finite value >= 0, got \(weightNetLR)")
