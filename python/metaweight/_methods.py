@@ -31,6 +31,7 @@ from typing import Any, ClassVar
 
 import numpy as np
 
+from ._validate import is_finite_number
 from .errors import InvalidArgumentError
 
 __all__ = [
@@ -215,8 +216,8 @@ class MWNet(Method):
         _check(self.optimizer in ("adam", "sgd"), f"optimizer: expected 'adam' or 'sgd', got {self.optimizer!r}")
         _check(isinstance(self.hidden, (int, np.integer)) and 0 < int(self.hidden) <= 100_000,
                f"hidden: expected a width in 1..100000, got {self.hidden!r}")
-        _check(np.isfinite(self.lr) and self.lr >= 0, f"lr: expected a finite value >= 0, got {self.lr}")
-        _check(np.isfinite(self.weight_decay) and self.weight_decay >= 0,
+        _check(is_finite_number(self.lr) and self.lr >= 0, f"lr: expected a finite value >= 0, got {self.lr}")
+        _check(is_finite_number(self.weight_decay) and self.weight_decay >= 0,
                f"weight_decay: expected a finite value >= 0, got {self.weight_decay}")
         _check(0 <= self.momentum < 1, f"momentum: expected 0 <= momentum < 1, got {self.momentum}")
         parts = [f"hidden={int(self.hidden)}", f"wn_opt={self.optimizer}", f"wn_lr={_f(self.lr)}",
@@ -256,8 +257,8 @@ class GDW(MWNet):
     def spec(self) -> str:
         _check(not self.normalize, "normalize: GDW does not normalise its weights (it uses 1/n)")
         _check(self.detach_loss, "detach_loss: GDW feeds V the detached loss")
-        _check(self.eta is None or (np.isfinite(self.eta) and self.eta > 0), f"eta: expected > 0 or None, got {self.eta}")
-        _check(np.isfinite(self.clip) and self.clip > 0, f"clip: expected > 0, got {self.clip}")
+        _check(self.eta is None or (is_finite_number(self.eta) and self.eta > 0), f"eta: expected > 0 or None, got {self.eta}")
+        _check(is_finite_number(self.clip) and self.clip > 0, f"clip: expected > 0, got {self.clip}")
         _check(len(self.clamp) == 2 and 0 < self.clamp[0] < self.clamp[1],
                f"clamp: expected (low, high) with 0 < low < high, got {self.clamp}")
         _check(0 < self.prob_clamp < 1, f"prob_clamp: expected 0 < value < 1, got {self.prob_clamp}")
@@ -280,7 +281,7 @@ class Focal(Method):
     gamma: float = 2.0
 
     def spec(self) -> str:
-        _check(np.isfinite(self.gamma) and self.gamma >= 0, f"gamma: expected a finite value >= 0, got {self.gamma}")
+        _check(is_finite_number(self.gamma) and self.gamma >= 0, f"gamma: expected a finite value >= 0, got {self.gamma}")
         return f"focal(gamma={_f(self.gamma)})"
 
 
@@ -371,9 +372,9 @@ class SelfPaced(Method):
     interval: int = 100
 
     def spec(self) -> str:
-        _check(self.threshold is None or (np.isfinite(self.threshold) and self.threshold > 0),
+        _check(self.threshold is None or (is_finite_number(self.threshold) and self.threshold > 0),
                f"threshold: expected > 0 or None, got {self.threshold}")
-        _check(np.isfinite(self.growth) and self.growth >= 1, f"growth: expected >= 1, got {self.growth}")
+        _check(is_finite_number(self.growth) and self.growth >= 1, f"growth: expected >= 1, got {self.growth}")
         _check(int(self.interval) > 0, f"interval: expected > 0 steps, got {self.interval}")
         t = 0.0 if self.threshold is None else float(self.threshold)
         return f"self_paced(threshold={_f(t)}, growth={_f(self.growth)}, interval={int(self.interval)})"
@@ -424,7 +425,7 @@ class FineTune(Method):
         _check(int(self.epochs) >= 0, f"epochs: expected >= 0, got {self.epochs}")
         _check(self.batch_size is None or int(self.batch_size) >= 1,
                f"batch_size: expected >= 1 or None, got {self.batch_size}")
-        _check(self.lr is None or (np.isfinite(self.lr) and self.lr > 0),
+        _check(self.lr is None or (is_finite_number(self.lr) and self.lr > 0),
                f"lr: expected > 0 or None, got {self.lr}")
         return "erm"
 

@@ -40,6 +40,15 @@ _DTYPE_WHAT = {
 }
 
 
+def is_finite_number(value: Any) -> bool:
+    """Whether ``value`` converts to a finite float (False for ints too large for a float,
+    NaN/inf and anything that is not a number)."""
+    try:
+        return math.isfinite(float(value))
+    except (OverflowError, TypeError, ValueError):
+        return False
+
+
 def fmt_shape(shape: Sequence[int]) -> str:
     """Formats a shape like numpy does: ``(64,)``, ``(1, 8, 8)``."""
     shape = tuple(int(d) for d in shape)
@@ -265,9 +274,9 @@ def as_float(
     """
     if isinstance(value, bool) or not isinstance(value, numbers.Real):
         raise InvalidArgumentError(f"{name}: expected a number, got {value!r} ({type(value).__name__})")
+    if not is_finite_number(value):
+        raise InvalidArgumentError(f"{name}: expected a finite number, got {value!r}")
     v = float(value)
-    if not math.isfinite(v):
-        raise InvalidArgumentError(f"{name}: expected a finite number, got {v}")
     if minimum is not None and (v < minimum or (not min_inclusive and v == minimum)):
         op = ">=" if min_inclusive else ">"
         raise InvalidArgumentError(f"{name}: expected a value {op} {minimum}, got {v}")

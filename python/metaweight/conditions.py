@@ -35,6 +35,7 @@ from typing import Any
 import numpy as np
 
 from . import _core
+from ._validate import is_finite_number
 from .data import (
     SeedLike,
     _as_labels,
@@ -486,10 +487,9 @@ def transition_noise(y: np.ndarray, transition: np.ndarray, seed: SeedLike = 0) 
 def _check_at_least_one(value: Any, name: str) -> float:
     if isinstance(value, (bool, np.bool_)) or not isinstance(value, (int, float, np.integer, np.floating)):
         raise _core.InvalidArgumentError(f"{name}: expected a number >= 1, got {value!r}")
-    v = float(value)
-    if not np.isfinite(v) or v < 1.0:
+    if not is_finite_number(value) or float(value) < 1.0:
         raise _core.InvalidArgumentError(f"{name}: expected a number >= 1, got {value!r}")
-    return v
+    return float(value)
 
 
 def long_tailed(

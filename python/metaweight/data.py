@@ -33,6 +33,7 @@ from typing import Any, Union
 import numpy as np
 
 from . import _core
+from ._validate import is_finite_number
 from .errors import DataFileError
 
 __all__ = [
@@ -84,7 +85,7 @@ def _check_int(value: Any, name: str, minimum: int | None = None) -> int:
 def _check_fraction(value: Any, name: str, *, open_low: bool = False, open_high: bool = False) -> float:
     if isinstance(value, (bool, np.bool_)) or not isinstance(value, (int, float, np.integer, np.floating)):
         raise _core.InvalidArgumentError(f"{name}: expected a number in [0, 1], got {type(value).__name__}")
-    v = float(value)
+    v = float(value) if is_finite_number(value) else float("nan")
     low_ok = v > 0.0 if open_low else v >= 0.0
     high_ok = v < 1.0 if open_high else v <= 1.0
     if not (np.isfinite(v) and low_ok and high_ok):
@@ -417,7 +418,7 @@ def normalize(
     if (
         isinstance(eps, (bool, np.bool_))
         or not isinstance(eps, (int, float, np.integer, np.floating))
-        or not (np.isfinite(eps) and eps >= 0)
+        or not (is_finite_number(eps) and eps >= 0)
     ):
         raise _core.InvalidArgumentError(f"eps: expected a finite number >= 0, got {eps!r}")
     xt = _real_array(x_train, "x_train")

@@ -350,3 +350,22 @@ def test_the_native_layer_checks_arrays_again():
         _core.trainer_step(h, x, y[:3], None)
     with pytest.raises(mw.ClosedError):
         _core.trainer_step(123456789, x, y, None)
+
+
+def test_numbers_too_large_for_a_float_raise_invalid_argument():
+    """Python ints beyond float range (found by the fuzzer as ``eps=2**70``-style inputs) are
+    rejected with a typed error naming the argument, not an OverflowError or TypeError."""
+    huge = 10**400
+    x = np.zeros((4, 3), np.float32)
+    y = np.array([0, 1, 0, 1])
+    cases = [
+        (lambda: mw.data.normalize(x, eps=huge), "eps"),
+        (lambda: mw.SGD(lr=huge), "lr"),
+        (lambda: mw.Trainer(mw.mlp(3, hidden=(4,), num_classes=2), method=mw.MWNet(lr=huge)), "lr"),
+        (lambda: mw.Trainer(mw.mlp(3, hidden=(4,), num_classes=2), method=mw.GDW(clip=huge)), "clip"),
+        (lambda: mw.conditions.uniform_noise(y, rate=huge, num_classes=2, seed=0), "rate"),
+        (lambda: mw.conditions.long_tailed(y, imbalance_factor=huge, num_classes=2, seed=0), "imbalance_factor"),
+    ]
+    for call, name in cases:
+        with pytest.raises(mw.InvalidArgumentError, match=name):
+            call()
