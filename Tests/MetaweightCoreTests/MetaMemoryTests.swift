@@ -115,8 +115,9 @@ final class MetaMemoryTests: XCTestCase {
 
   /// L2RW keeps one activation tape; MW-Net/GDW's meta tape shares the train tape's scratch
   /// areas, and with `memory = .low` borrows only the train tape's dead activation buffers (never
-  /// one a later pass reads, never its input copy), each at most once; on a small ResNet it
-  /// allocates under a third of the activation bytes a tape of its own would.
+  /// one a later pass reads, never its input copy), each at most once, keeps its own dead
+  /// activations in the shared gradient/tangent pool, and on a small ResNet allocates under a
+  /// sixth of the activation bytes a tape of its own would.
   func testLowMemoryMetaTapeBorrowsOnlyDeadTrainActivations() throws {
     let (spec, input) = Self.cases[1]
     let b = batches(input, classes: 3, n: 5, m: 5, count: 1)[0]
@@ -145,20 +146,48 @@ final class MetaMemoryTests: XCTestCase {
       let borrowedIDs = mt.borrowed.map { ObjectIdentifier($0) }
       XCTAssertEqual(Set(borrowedIDs).count, borrowedIDs.count, "\(label): a buffer borrowed twice")
       XCTAssertTrue(borrowedIDs.allSatisfy { deadIDs.contains($0) }, "\(label): borrowed a live buffer")
-      XCTAssertLessThan(Double(mt.ownedActivationBytes), Double(own) / 3, "\(label): owns \(mt.ownedActivationBytes) of \(own)")
+      let laneIDs = mt.lanes.map { ObjectIdentifier($0) }
+      XCTAssertFalse(laneIDs.isEmpty, "\(label): no lanes in the pool")
+      XCTAssertEqual(Set(laneIDs).count, laneIDs.count, "\(label): a pool buffer used for two lanes")
+      XCTAssertTrue(Set(laneIDs).isDisjoint(with: Set(borrowedIDs)), "\(label): a lane is also a borrowed buffer")
+      XCTAssertLessThan(Double(mt.ownedActivationBytes), Double(own) / 6, "\(label): owns \(mt.ownedActivationBytes) of \(own)")
     }
   }
 
-  /// On a 7-12-12-4 MLP the meta batch's live activations are the two ReLU outputs and its dead
-  /// ones (the two hidden Linear outputs) share one buffer; the train tape's dead buffers are its
-  /// two Linear outputs, so exactly one ReLU-sized buffer is allocated.
-  func testLowMemoryMetaTapeOnAnMLPAllocatesOneHiddenBuffer() throws {
+  /// On a 7-12-12-4 MLP the meta batch's live activations are the two ReLU outputs, which take
+  /// the train tape's two dead buffers (its Linear outputs), and its dead ones (the two hidden
+  /// Linear outputs) share one lane in the gradient pool: nothing is allocated.
+  func testLowMemoryMetaTapeOnAnMLPAllocatesNothing() throws {
     let (spec, input) = Self.cases[3]
     let run = try MMRun(spec: spec, input: input, method: .mwnet, memory: .low, augment: false)
     try run.step(batches(input, classes: 4, n: 6, m: 6, count: 1)[0])
     let mt = try XCTUnwrap(run.ws.metaTape)
     XCTAssertEqual(mt.borrowed.count, 2)
-    XCTAssertEqual(mt.ownedActivationBytes, 12 * 6 * 4)
+    XCTAssertEqual(mt.lanes.count, 1)
+    XCTAssertEqual(mt.ownedActivationBytes, 0)
+  }
+
+  /// The meta batch's dead activations live in the gradient/tangent pool without growing it: after
+  /// three steps every slot holds exactly what `poolSlotSizes` predicts for the passes, in both
+  /// modes (so the prediction the lanes rely on is right, and the lanes cost nothing).
+  func testLanesUseThePoolAtTheSizesItsPassesNeed() throws {
+    for (spec, input) in Self.cases {
+      for (n, m) in [(6, 9), (7, 4)] {
+        var slots: [[Int]] = []
+        for memory in [WeightingConfig.Memory.fast, .low] {
+          let run = try MMRun(spec: spec, input: input, method: .mwnet, memory: memory, augment: false)
+          for b in batches(input, classes: run.network.classes, n: n, m: m, count: 3) { try run.step(b) }
+          var predicted: [Int: Int] = [:]
+          poolSlotSizes(of: run.network.root, depth: 0, batch: max(n, m), into: &predicted)
+          let held = run.trainer.tape.buffers.slotBytes
+          let expected = (0..<held.count).map { 4 * (predicted[$0] ?? 0) }
+          XCTAssertEqual(held, expected, "\(spec) \(memory) n \(n) m \(m): pool slots")
+          if memory == .low { XCTAssertFalse(run.ws.metaTape?.lanes.isEmpty ?? true, "\(spec): no pooled lanes") }
+          slots.append(held)
+        }
+        XCTAssertEqual(slots[0], slots[1], "\(spec): low mode grew the pool")
+      }
+    }
   }
 
   /// Every layer's derivatives read no activation its flags declare unread: after a training

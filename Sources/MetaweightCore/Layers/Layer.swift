@@ -156,8 +156,15 @@ public final class ScratchPool: @unchecked Sendable {
     while areas.count <= slot { areas.append(Scratch()) }
     return areas[slot].pointer(count: count)
   }
+  /// The buffer of `slot`, grown to at least `count` floats (see `Scratch.buffer(count:)`).
+  public func buffer(_ slot: Int, count: Int) -> FloatBuffer {
+    while areas.count <= slot { areas.append(Scratch()) }
+    return areas[slot].buffer(count: count)
+  }
   /// Bytes currently held.
   public var bytes: Int { areas.reduce(0) { $0 + $1.bytes } }
+  /// Bytes held per slot.
+  var slotBytes: [Int] { areas.map(\.bytes) }
 }
 
 /// Storage one layer keeps between its forward pass and the matching backward/tangent pass

@@ -13,8 +13,12 @@
 /// tape needs, whether later passes read it (live) and when the forward pass writes and last
 /// reads it (a clock counting leaf layers); then live activations each get a buffer of their own
 /// and dead ones share "lanes" (activations whose forward-pass intervals do not overlap take the
-/// same lane); the buffers for both are borrowed from the first tape's dead buffers, best fit,
-/// largest first, and allocated only when none is large enough; the second walk builds the tape.
+/// same lane). Lanes are the ping-pong buffers of the shared `ScratchPool`: those hold the
+/// gradients and tangents flowing between layers during backward and tangent passes only, and a
+/// lane is written and read only during the forward pass (no backward or tangent pass reads a
+/// dead activation, so their overwriting it is harmless). Live activations borrow the first
+/// tape's dead buffers, best fit, largest first; only what none fits is allocated. The second
+/// walk builds the tape.
 
 /// The dead activation buffers of `tape` (made by `layer.makeTape`): what no backward or tangent
 /// pass over it reads once its forward pass is done.
@@ -34,6 +38,32 @@ func deadActivations(of layer: Layer, _ tape: LayerTape, into out: inout [FloatB
     if let s = r.shortcut, let st = t.short, let so = t.shortOut {
       if !s.derivativesReadOutput { out.append(so) }
       deadActivations(of: s, st, into: &out)
+    }
+  }
+}
+
+/// The floats each `ScratchPool` slot holds once the backward and tangent passes of `layer` (run at
+/// nesting depth `depth` on up to `batch` examples) have run: a `Sequential` ping-pongs between
+/// roles 0 and 1 of its depth (backward: layer i's input gradient in role (last − i) mod 2;
+/// tangent: layer i's output tangent in role i mod 2), a `Residual` keeps its shortcut's result in
+/// role 2 of its own depth and runs its body at that depth.
+func poolSlotSizes(of layer: Layer, depth: Int, batch: Int, into sizes: inout [Int: Int]) {
+  func need(_ role: Int, _ count: Int) {
+    let slot = ScratchPool.slot(depth: depth, role: role)
+    sizes[slot] = max(sizes[slot] ?? 0, count)
+  }
+  if let s = layer as? Sequential {
+    let last = s.layers.count - 1
+    for i in 0..<s.layers.count {
+      if i > 0 { need((last - i) % 2, batch * s.layers[i].inputLayout.size) }
+      if i < last { need(i % 2, batch * s.layers[i].outputLayout.size) }
+      poolSlotSizes(of: s.layers[i], depth: depth + 1, batch: batch, into: &sizes)
+    }
+  } else if let r = layer as? Residual {
+    poolSlotSizes(of: r.body, depth: depth, batch: batch, into: &sizes)
+    if let sc = r.shortcut {
+      need(2, batch * max(r.inputLayout.size, r.outputLayout.size))
+      poolSlotSizes(of: sc, depth: depth, batch: batch, into: &sizes)
     }
   }
 }
@@ -62,9 +92,19 @@ final class TapePlanner {
   private(set) var borrowedBytes = 0
   /// Every buffer the new tape borrowed from the base tape.
   private(set) var borrowed: [FloatBuffer] = []
+  /// The scratch-pool buffers serving as lanes.
+  private(set) var pooledLanes: [FloatBuffer] = []
+  private let pool: ScratchPool?
+  private let poolSizes: [Int: Int]
 
-  /// A planner borrowing from `donors` (the base tape's dead activation buffers).
-  init(donors: [FloatBuffer]) { self.donors = donors }
+  /// A planner borrowing from `donors` (the base tape's dead activation buffers) and, for lanes,
+  /// from the slots of `pool` whose backward/tangent sizes are `poolSizes` (`poolSlotSizes`);
+  /// a lane no slot fits is borrowed or allocated like a live activation.
+  init(donors: [FloatBuffer], pool: ScratchPool? = nil, poolSizes: [Int: Int] = [:]) {
+    self.donors = donors
+    self.pool = pool
+    self.poolSizes = poolSizes
+  }
 
   /// Registers (planning) or looks up (building) the next activation of `count` floats, written
   /// from now on; `live` when a later pass reads it. Returns its index.
@@ -121,13 +161,25 @@ final class TapePlanner {
       }
       laneOf[i] = pick
     }
-    // Needs: every live activation, then every lane; largest first, best-fitting donor.
+    // Lanes: largest first, each in the smallest free pool slot the passes size to hold it (at
+    // that size, so they will not grow it).
+    var laneBuffers = [FloatBuffer?](repeating: nil, count: lanes.count)
+    if let pool {
+      var free = poolSizes.sorted { ($0.value, $0.key) < ($1.value, $1.key) }
+      for l in lanes.indices.sorted(by: { lanes[$0].count > lanes[$1].count }) {
+        guard let k = free.firstIndex(where: { $0.value >= lanes[l].count }) else { continue }
+        let buffer = pool.buffer(free[k].key, count: free[k].value)
+        free.remove(at: k)
+        laneBuffers[l] = buffer
+        pooledLanes.append(buffer)
+      }
+    }
+    // Needs: every live activation, then every lane without a buffer; largest first, best-fitting donor.
     var needs: [(count: Int, request: Int, lane: Int)] = []
     for i in requests.indices where requests[i].live { needs.append((requests[i].count, i, -1)) }
-    for (l, lane) in lanes.enumerated() { needs.append((lane.count, -1, l)) }
+    for (l, lane) in lanes.enumerated() where laneBuffers[l] == nil { needs.append((lane.count, -1, l)) }
     needs.sort { $0.count > $1.count }
     donors.sort { $0.count < $1.count }
-    var laneBuffers = [FloatBuffer?](repeating: nil, count: lanes.count)
     var requestBuffers = [FloatBuffer?](repeating: nil, count: requests.count)
     for need in needs {
       let buffer: FloatBuffer

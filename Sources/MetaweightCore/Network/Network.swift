@@ -204,6 +204,8 @@ public final class NetworkTape: @unchecked Sendable {
   let ownedActivationBytes: Int
   /// The overlaid tape's buffers this one uses (empty for a tape of its own).
   let borrowed: [FloatBuffer]
+  /// The shared scratch-pool buffers its dead activations use (empty for a tape of its own).
+  let lanes: [FloatBuffer]
 
   init(_ net: Network, batch: Int, sharing: NetworkTape? = nil) {
     capacity = batch
@@ -216,6 +218,7 @@ public final class NetworkTape: @unchecked Sendable {
     params = UnsafePointer(net.params.pointer)
     inputPointer = UnsafePointer(input.pointer)
     borrowed = []
+    lanes = []
     ownedActivationBytes = net.activationBytes(root: root)
   }
 
@@ -225,7 +228,11 @@ public final class NetworkTape: @unchecked Sendable {
     buffers = base.buffers
     var donors: [FloatBuffer] = []
     deadActivations(of: net.root, base.root, into: &donors)
-    let planner = TapePlanner(donors: donors)
+    // The pool slots' sizes once the train batch (`base.capacity`) and this batch have run their
+    // backward and tangent passes.
+    var poolSizes: [Int: Int] = [:]
+    poolSlotSizes(of: net.root, depth: 0, batch: max(batch, base.capacity), into: &poolSizes)
+    let planner = TapePlanner(donors: donors, pool: base.buffers, poolSizes: poolSizes)
     _ = net.root.makeTape(batch: batch, planner: planner)  // plan
     planner.resolve()
     root = net.root.makeTape(batch: batch, planner: planner)  // build
@@ -235,6 +242,7 @@ public final class NetworkTape: @unchecked Sendable {
     params = UnsafePointer(net.params.pointer)
     inputPointer = UnsafePointer(input.pointer)
     borrowed = planner.borrowed
+    lanes = planner.pooledLanes
     ownedActivationBytes = planner.ownedBytes
   }
 

@@ -76,6 +76,12 @@ public final class Scratch: @unchecked Sendable {
     if storage.count < count { storage = FloatBuffer(count: count) }
     return storage.pointer
   }
+  /// The buffer behind `pointer(count:)`, grown to at least `count` floats. A later request for
+  /// more replaces it (this one stays valid for whoever holds it).
+  public func buffer(count: Int) -> FloatBuffer {
+    if storage.count < count { storage = FloatBuffer(count: count) }
+    return storage
+  }
   /// Bytes currently held.
   public var bytes: Int { storage.count * 4 }
   /// Frees the storage.
