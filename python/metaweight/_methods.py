@@ -192,7 +192,7 @@ class MWNet(Method):
         memory: ``"low"`` (default) lays the meta batch's activations over the train batch's
             dead ones (those no later pass reads: batch-norm outputs read only by a ReLU, linear
             and convolution outputs read only by a batch norm or ReLU, residual branch outputs),
-            allocating only what does not fit: about 1.2-1.3x ERM's memory, nothing recomputed.
+            allocating only what does not fit: about 1.1-1.25x ERM's memory, nothing recomputed.
             ``"fast"`` keeps a second tape of its own for the meta batch (about 1.5-1.9x; kept to
             cross-check). Both run the same passes at the same speed and take identical steps.
     """

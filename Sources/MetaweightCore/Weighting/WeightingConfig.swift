@@ -42,8 +42,8 @@ public struct WeightingConfig: Sendable, Equatable {
     /// The meta batch's tape is laid over the train tape's dead activations, those no later pass
     /// reads (a batch norm's output read only by a ReLU, which keeps its own output; a linear or
     /// convolution output read only by a batch norm or a ReLU; residual branch outputs and
-    /// sums); the meta batch's own dead activations share a few buffers, and it allocates only
-    /// what does not fit (see `TapePlanner`). Nothing is recomputed.
+    /// sums); the meta batch's own dead activations share the gradient/tangent scratch slots,
+    /// and it allocates only what does not fit (see `TapePlanner`). Nothing is recomputed.
     case low = 1
   }
 
