@@ -242,6 +242,26 @@ def as_weights(w: Any, name: str, n: int) -> np.ndarray:
 # ---- scalar settings ------------------------------------------------------------------------------
 
 
+def as_optional_split(
+    x: Any, y: Any, x_name: str, y_name: str, input_shape: Sequence[int], num_classes: int
+) -> tuple[np.ndarray | None, np.ndarray | None]:
+    """An optional evaluation split (features and labels, both or neither), validated.
+
+    Returns:
+        ``(None, None)`` when both are None, else the arrays from :func:`as_features` and
+        :func:`as_labels`.
+
+    Raises:
+        InvalidArgumentError: only one of the two given; otherwise as those two functions.
+    """
+    if (x is None) != (y is None):
+        raise InvalidArgumentError(f"{x_name}, {y_name}: pass both or neither")
+    if x is None:
+        return None, None
+    xa = as_features(x, x_name, input_shape)
+    return xa, as_labels(y, y_name, num_classes, n=len(xa), x_name=x_name)
+
+
 def as_int(value: Any, name: str, *, minimum: int | None = None, maximum: int | None = None) -> int:
     """Checks an integer setting (bools are rejected) and returns it as ``int``.
 

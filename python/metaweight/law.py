@@ -43,7 +43,17 @@ from typing import TYPE_CHECKING, Any, Callable, Union
 import numpy as np
 
 from . import _core
-from ._validate import as_bool, as_features, as_float, as_int, as_labels, as_path, as_shape, fmt_shape
+from ._validate import (
+    as_bool,
+    as_features,
+    as_float,
+    as_int,
+    as_labels,
+    as_optional_split,
+    as_path,
+    as_shape,
+    fmt_shape,
+)
 from .errors import (
     ClosedError,
     DTypeError,
@@ -719,12 +729,7 @@ class Strategy:
         if method is not None and getattr(method, "name", "erm") != "erm":
             raise StateError(f"attach: strategies weight ERM steps; the trainer uses {method.name!r}")
         model = trainer.model
-        xv = yv = None
-        if (x_val is None) != (y_val is None):
-            raise InvalidArgumentError("x_val, y_val: pass both or neither")
-        if x_val is not None:
-            xv = as_features(x_val, "x_val", model.input_shape)
-            yv = as_labels(y_val, "y_val", model.num_classes, n=len(xv), x_name="x_val")
+        xv, yv = as_optional_split(x_val, y_val, "x_val", "y_val", model.input_shape, model.num_classes)
         if model.num_classes != self._classes:
             raise InvalidArgumentError(
                 f"attach: the strategy was learned for {self._classes} classes; the network has {model.num_classes}"
@@ -886,18 +891,8 @@ def train(
     ya = as_labels(y, "y", net.num_classes, n=len(xa))
     n = len(xa)
     mask = _as_mask(corrupted, n)
-    xv = yv = None
-    if (x_val is None) != (y_val is None):
-        raise InvalidArgumentError("x_val, y_val: pass both or neither")
-    if x_val is not None:
-        xv = as_features(x_val, "x_val", net.input_shape)
-        yv = as_labels(y_val, "y_val", net.num_classes, n=len(xv), x_name="x_val")
-    xt = yt = None
-    if (x_test is None) != (y_test is None):
-        raise InvalidArgumentError("x_test, y_test: pass both or neither")
-    if x_test is not None:
-        xt = as_features(x_test, "x_test", net.input_shape)
-        yt = as_labels(y_test, "y_test", net.num_classes, n=len(xt), x_name="x_test")
+    xv, yv = as_optional_split(x_val, y_val, "x_val", "y_val", net.input_shape, net.num_classes)
+    xt, yt = as_optional_split(x_test, y_test, "x_test", "y_test", net.input_shape, net.num_classes)
     spe = math.ceil(n / batch_size)
     total = epochs * spe
     # Same rounding as the core's search (half away from zero), duplicates merged.

@@ -45,7 +45,7 @@ import numpy as np
 
 from . import _core
 from ._methods import ClassBalancedSampling, FineTune, Method, resolve_method
-from ._validate import as_bool, as_features, as_int, as_labels, as_path, as_weights
+from ._validate import as_bool, as_features, as_int, as_labels, as_optional_split, as_path, as_weights
 from .errors import (
     ClosedError,
     DTypeError,
@@ -853,12 +853,7 @@ class Trainer:
         net = self._model
         xa = as_features(x, "x", net.input_shape)
         ya = as_labels(y, "y", net.num_classes, n=len(xa))
-        if (x_val is None) != (y_val is None):
-            raise InvalidArgumentError("x_val, y_val: pass both or neither")
-        xv = yv = None
-        if x_val is not None:
-            xv = as_features(x_val, "x_val", net.input_shape)
-            yv = as_labels(y_val, "y_val", net.num_classes, n=len(xv), x_name="x_val")
+        xv, yv = as_optional_split(x_val, y_val, "x_val", "y_val", net.input_shape, net.num_classes)
         xm = ym = None
         fine_tune = isinstance(self._method, FineTune) and not _plain
         if fine_tune:

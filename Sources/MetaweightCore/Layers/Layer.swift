@@ -152,10 +152,7 @@ public final class ScratchPool: @unchecked Sendable {
   @inline(__always)
   public static func slot(depth: Int, role: Int) -> Int { 3 * depth + role }
   /// At least `count` floats in `slot` (contents undefined; a larger request reallocates it).
-  public func pointer(_ slot: Int, count: Int) -> UnsafeMutablePointer<Float> {
-    while areas.count <= slot { areas.append(Scratch()) }
-    return areas[slot].pointer(count: count)
-  }
+  public func pointer(_ slot: Int, count: Int) -> UnsafeMutablePointer<Float> { buffer(slot, count: count).pointer }
   /// The buffer of `slot`, grown to at least `count` floats (see `Scratch.buffer(count:)`).
   public func buffer(_ slot: Int, count: Int) -> FloatBuffer {
     while areas.count <= slot { areas.append(Scratch()) }

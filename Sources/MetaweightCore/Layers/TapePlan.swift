@@ -88,8 +88,6 @@ final class TapePlanner {
   private let placeholder = FloatBuffer(count: 0)
   /// Bytes of the activation buffers allocated for the new tape.
   private(set) var ownedBytes = 0
-  /// Bytes of the base tape's dead buffers the new tape uses.
-  private(set) var borrowedBytes = 0
   /// Every buffer the new tape borrowed from the base tape.
   private(set) var borrowed: [FloatBuffer] = []
   /// The scratch-pool buffers serving as lanes.
@@ -186,7 +184,6 @@ final class TapePlanner {
       if let d = donors.firstIndex(where: { $0.count >= need.count }) {
         buffer = donors.remove(at: d)
         borrowed.append(buffer)
-        borrowedBytes += buffer.count * 4
       } else {
         buffer = FloatBuffer(count: need.count)
         ownedBytes += need.count * 4

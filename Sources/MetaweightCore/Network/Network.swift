@@ -207,25 +207,32 @@ public final class NetworkTape: @unchecked Sendable {
   /// The shared scratch-pool buffers its dead activations use (empty for a tape of its own).
   let lanes: [FloatBuffer]
 
-  init(_ net: Network, batch: Int, sharing: NetworkTape? = nil) {
+  private init(
+    _ net: Network, batch: Int, root: LayerTape, scratch: Scratch, buffers: ScratchPool, borrowed: [FloatBuffer],
+    lanes: [FloatBuffer], ownedActivationBytes: Int
+  ) {
     capacity = batch
-    scratch = sharing?.scratch ?? Scratch()
-    buffers = sharing?.buffers ?? ScratchPool()
-    root = net.root.makeTape(batch: batch)
+    self.root = root
+    self.scratch = scratch
+    self.buffers = buffers
     input = FloatBuffer(count: batch * net.inputLayout.size)
     logits = FloatBuffer(count: batch * net.classes)
     layout = net.inputLayout
     params = UnsafePointer(net.params.pointer)
     inputPointer = UnsafePointer(input.pointer)
-    borrowed = []
-    lanes = []
-    ownedActivationBytes = net.activationBytes(root: root)
+    self.borrowed = borrowed
+    self.lanes = lanes
+    self.ownedActivationBytes = ownedActivationBytes
   }
 
-  init(_ net: Network, batch: Int, overlaying base: NetworkTape) {
-    capacity = batch
-    scratch = base.scratch
-    buffers = base.buffers
+  convenience init(_ net: Network, batch: Int, sharing: NetworkTape? = nil) {
+    let root = net.root.makeTape(batch: batch)
+    self.init(
+      net, batch: batch, root: root, scratch: sharing?.scratch ?? Scratch(), buffers: sharing?.buffers ?? ScratchPool(),
+      borrowed: [], lanes: [], ownedActivationBytes: net.activationBytes(root: root))
+  }
+
+  convenience init(_ net: Network, batch: Int, overlaying base: NetworkTape) {
     var donors: [FloatBuffer] = []
     deadActivations(of: net.root, base.root, into: &donors)
     // The pool slots' sizes once the train batch (`base.capacity`) and this batch have run their
@@ -235,15 +242,10 @@ public final class NetworkTape: @unchecked Sendable {
     let planner = TapePlanner(donors: donors, pool: base.buffers, poolSizes: poolSizes)
     _ = net.root.makeTape(batch: batch, planner: planner)  // plan
     planner.resolve()
-    root = net.root.makeTape(batch: batch, planner: planner)  // build
-    input = FloatBuffer(count: batch * net.inputLayout.size)
-    logits = FloatBuffer(count: batch * net.classes)
-    layout = net.inputLayout
-    params = UnsafePointer(net.params.pointer)
-    inputPointer = UnsafePointer(input.pointer)
-    borrowed = planner.borrowed
-    lanes = planner.pooledLanes
-    ownedActivationBytes = planner.ownedBytes
+    let root = net.root.makeTape(batch: batch, planner: planner)  // build
+    self.init(
+      net, batch: batch, root: root, scratch: base.scratch, buffers: base.buffers, borrowed: planner.borrowed,
+      lanes: planner.pooledLanes, ownedActivationBytes: planner.ownedBytes)
   }
 
   func prepareInput(_ x: UnsafePointer<Float>, n: Int) -> UnsafePointer<Float> {

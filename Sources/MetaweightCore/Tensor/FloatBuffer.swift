@@ -72,10 +72,7 @@ public final class Scratch: @unchecked Sendable {
   /// Creates an empty scratch area.
   public init() {}
   /// Returns a pointer to at least `count` floats (contents undefined).
-  public func pointer(count: Int) -> UnsafeMutablePointer<Float> {
-    if storage.count < count { storage = FloatBuffer(count: count) }
-    return storage.pointer
-  }
+  public func pointer(count: Int) -> UnsafeMutablePointer<Float> { buffer(count: count).pointer }
   /// The buffer behind `pointer(count:)`, grown to at least `count` floats. A later request for
   /// more replaces it (this one stays valid for whoever holds it).
   public func buffer(count: Int) -> FloatBuffer {

@@ -38,6 +38,7 @@ from typing import Any, Callable
 
 import numpy as np
 
+from ..trainer import _tqdm
 from .config import (
     ConfigError,
     Experiment,
@@ -348,13 +349,8 @@ def weight_summary(
 
 
 def _epoch_bar(total: int, desc: str, enabled: bool) -> Any:
-    if not enabled:
-        return None
-    try:
-        with warnings.catch_warnings():
-            warnings.simplefilter("ignore")
-            from tqdm.auto import tqdm
-    except ImportError:
+    tqdm = _tqdm() if enabled else None
+    if tqdm is None:
         return None
     return tqdm(total=total, desc=desc, unit="epoch", leave=False, position=1, dynamic_ncols=True)
 
@@ -683,13 +679,8 @@ def _run_law(spec: RunSpec, folder: Path, p: Prepared, progress: bool) -> dict[s
 
 
 def _outer_bar(total: int, enabled: bool) -> Any:
-    if not enabled or total == 0:
-        return None
-    try:
-        with warnings.catch_warnings():
-            warnings.simplefilter("ignore")
-            from tqdm.auto import tqdm
-    except ImportError:
+    tqdm = _tqdm() if enabled and total > 0 else None
+    if tqdm is None:
         return None
     return tqdm(total=total, desc="runs", unit="run", position=0, dynamic_ncols=True)
 
