@@ -15,9 +15,10 @@ let pythonInclude: String? = {
   return value.isEmpty ? nil : value
 }()
 
-let swiftSettings: [SwiftSetting] = [
-  .unsafeFlags(["-Ounchecked", "-wmo"], .when(configuration: .release)),
-]
+/// No unsafe flags: the package stays usable as a dependency, and release builds keep Swift's
+/// bounds and overflow checks. SwiftPM already compiles release builds with whole-module
+/// optimisation (`-O -whole-module-optimization`), so nothing needs to be added for it.
+let swiftSettings: [SwiftSetting] = []
 
 var products: [Product] = [
   // MARK: - Public API

@@ -132,8 +132,8 @@ public func _mw_network_set_flat(_ h: mw_network, _ isState: Int32, _ values: Un
     try using(h, as: Network.self, "network") { net in
       let buf = isState != 0 ? net.state : net.params
       guard count == Int64(buf.count) else { throw ABIError.shape("values: expected \(buf.count) floats, got \(count)") }
-      try checkFinite(v, buf.count, "values")
-      buf.pointer.update(from: v, count: buf.count)
+      let c = try copyFinite(v, buf.count, "values")  // read the caller's memory once
+      buf.pointer.update(from: c.pointer, count: buf.count)
     }
   }
 }
@@ -271,15 +271,21 @@ public func _mw_trainer_step(
     try using(h, as: Trainer.self, "trainer") { tr in
       let n = try batchSize(x, shape, rank, tr.network)
       guard let xp = x else { return }
-      try checkFinite(xp, n * tr.network.inputLayout.size, "x")
+      // Every caller array is copied into core-owned memory first, then checked; only the
+      // copies are used (another thread may rewrite the caller's arrays during the call).
+      let xc = try copyFinite(xp, n * tr.network.inputLayout.size, "x")
       let labels = try checkLabels(y, ny, n: n, classes: tr.network.classes)
+      var wc: FloatBuffer? = nil
       if let w = weights {
-        try checkFinite(w, n, "sample_weights")
-        for i in 0..<n where w[i] < 0 {
-          throw ABIError.argument("sample_weights: expected non-negative weights, got \(w[i]) at index \(i)")
+        let c = try copyFinite(w, n, "sample_weights")
+        for i in 0..<n where c[i] < 0 {
+          throw ABIError.argument("sample_weights: expected non-negative weights, got \(c[i]) at index \(i)")
         }
+        wc = c
       }
-      let r = try tr.step(x: xp, n: n, labels: labels, sampleWeights: weights)
+      let r = try labels.withUnsafeBufferPointer { lp in
+        try tr.step(x: xc.pointer, n: n, labels: try require(lp.baseAddress, "y"), sampleWeights: wc.map { UnsafePointer($0.pointer) })
+      }
       if let o = out {
         o.pointee = mw_step_result(loss: r.loss, accuracy: r.accuracy, lr: r.learningRate, step: r.step, meta_loss: 0)
       }
@@ -300,8 +306,8 @@ public func _mw_trainer_predict(
       guard count == Int64(n * tr.network.classes) else {
         throw ABIError.shape("out: expected \(n * tr.network.classes) floats (N × classes), got \(count)")
       }
-      try checkFinite(xp, n * tr.network.inputLayout.size, "x")
-      tr.predict(x: xp, n: n, out: o)
+      let xc = try copyFinite(xp, n * tr.network.inputLayout.size, "x")  // read the caller's memory once
+      tr.predict(x: xc.pointer, n: n, out: o)
     }
   }
 }
@@ -316,15 +322,15 @@ public func _mw_trainer_losses(
       let n = try batchSize(x, shape, rank, tr.network)
       guard let xp = x else { return }
       let o = try require(out, "losses_out")
-      try checkFinite(xp, n * tr.network.inputLayout.size, "x")
+      let xc = try copyFinite(xp, n * tr.network.inputLayout.size, "x")
       let labels = try checkLabels(y, ny, n: n, classes: tr.network.classes)
       let c = tr.network.classes
-      let logits = FloatBuffer(count: n * c)
-      tr.predict(x: xp, n: n, out: logits.pointer)
-      let probs = FloatBuffer(count: n * c)
-      let l32 = (0..<n).map { Int32(labels[$0]) }
-      l32.withUnsafeBufferPointer {
-        CrossEntropy.forward(logits: logits.pointer, labels: $0.baseAddress!, n: n, c: c, losses: o, probs: probs.pointer)
+      let logits = try FloatBuffer(allocating: n * c, what: "logits")
+      tr.predict(x: xc.pointer, n: n, out: logits.pointer)
+      let probs = try FloatBuffer(allocating: n * c, what: "probabilities")
+      let l32 = labels.map { Int32(truncatingIfNeeded: $0) }  // checked: 0 <= label < classes
+      try l32.withUnsafeBufferPointer {
+        CrossEntropy.forward(logits: logits.pointer, labels: try require($0.baseAddress, "y"), n: n, c: c, losses: o, probs: probs.pointer)
       }
     }
   }

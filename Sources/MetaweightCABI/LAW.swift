@@ -91,22 +91,21 @@ public func _mw_law_set_data(
       let n = try lawExamples(x, shape, rank, layout, "x")
       let m = try lawExamples(xv, vshape, vrank, layout, "x_val")
       guard let xp = x, let xvp = xv else { return }
-      try checkFinite(xp, n * layout.size, "x")
-      try checkFinite(xvp, m * layout.size, "x_val")
+      // Copied into core-owned memory first, then checked; only the copies are used.
+      let xs = try copyIn(xp, n * layout.size, "x")
+      try xs.withUnsafeBufferPointer { try checkFinite(try require($0.baseAddress, "x"), xs.count, "x") }
+      let xvs = try copyIn(xvp, m * layout.size, "x_val")
+      try xvs.withUnsafeBufferPointer { try checkFinite(try require($0.baseAddress, "x_val"), xvs.count, "x_val") }
       let labels = try checkLabels(y, ny, n: n, classes: s.classes, "y")
       let vlabels = try checkLabels(yv, nyv, n: m, classes: s.classes, "y_val")
       var mask: [Bool]? = nil
       if let c = corrupted {
         guard ncor == Int64(n) else { throw ABIError.shape("corrupted: expected \(n) flags (one per example of x), got \(ncor)") }
-        mask = (0..<n).map { c[$0] != 0 }
+        mask = try copyIn(c, n, "corrupted").map { $0 != 0 }
       } else if ncor != 0 {
         throw ABIError.argument("corrupted: got a count of \(ncor) but no array")
       }
-      let d = LAWData(
-        x: Array(UnsafeBufferPointer(start: xp, count: n * layout.size)),
-        y: Array(UnsafeBufferPointer(start: labels, count: n)), corrupted: mask,
-        valX: Array(UnsafeBufferPointer(start: xvp, count: m * layout.size)),
-        valY: Array(UnsafeBufferPointer(start: vlabels, count: m)))
+      let d = LAWData(x: xs, y: labels, corrupted: mask, valX: xvs, valY: vlabels)
       try s.setData(d)
     }
   }
@@ -342,10 +341,12 @@ public func _mw_strategy_weights(
         throw ABIError.shape("logits: expected at least one row, got \(n)")
       }
       let count = Int(n)
-      try checkFinite(l, count * Int(classes), "logits")
+      let lc = try copyFinite(l, count * Int(classes), "logits")
       let y = try checkLabels(labels, n, n: count, classes: Int(classes), "labels")
-      let y32 = (0..<count).map { Int32(y[$0]) }
-      y32.withUnsafeBufferPointer { s.weights(logits: l, labels: $0.baseAddress!, n: count, state: st, out: o) }
+      let y32 = y.map { Int32(truncatingIfNeeded: $0) }  // checked: 0 <= label < classes
+      try y32.withUnsafeBufferPointer {
+        s.weights(logits: lc.pointer, labels: try require($0.baseAddress, "labels"), n: count, state: st, out: o)
+      }
     }
   }
 }
@@ -369,10 +370,10 @@ public func _mw_trainer_set_strategy(
       if xv != nil || yv != nil {
         let m = try batchSize(xv, vshape, vrank, tr.network, "x_val")
         guard let p = xv else { return }
-        try checkFinite(p, m * tr.network.inputLayout.size, "x_val")
-        let labels = try checkLabels(yv, nyv, n: m, classes: tr.network.classes, "y_val")
-        valX = Array(UnsafeBufferPointer(start: p, count: m * tr.network.inputLayout.size))
-        valY = Array(UnsafeBufferPointer(start: labels, count: m))
+        let xs = try copyIn(p, m * tr.network.inputLayout.size, "x_val")
+        try xs.withUnsafeBufferPointer { try checkFinite(try require($0.baseAddress, "x_val"), xs.count, "x_val") }
+        valX = xs
+        valY = try checkLabels(yv, nyv, n: m, classes: tr.network.classes, "y_val")
       }
       try using(sh, as: LAWStrategy.self, "strategy") { s in
         guard s.features.classes == tr.network.classes else {

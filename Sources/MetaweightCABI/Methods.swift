@@ -37,18 +37,20 @@ public func _mw_trainer_step_method(
       let net = tr.network
       let n = try batchSize(x, shape, rank, net)
       guard let xp = x else { return }
-      try checkFinite(xp, n * net.inputLayout.size, "x")
+      // Caller arrays are copied into core-owned memory, then checked; only the copies are used.
+      let xc = try copyFinite(xp, n * net.inputLayout.size, "x")
       let labels = try checkLabels(y, ny, n: n, classes: net.classes)
       let ws = tr.weighting
       let method = ws?.config.method ?? .erm
       var m = 0
-      var metaLabels: UnsafePointer<Int64>? = nil
+      var metaLabels: [Int64]? = nil
+      var xmc: FloatBuffer? = nil
       if method.needsMeta {
         guard xm != nil else {
           throw ABIError(code: MW_E_ARGUMENT, message: "x_meta: the \(method) method needs a meta batch in every step, got None")
         }
         m = try batchSize(xm, mshape, mrank, net, "x_meta")
-        if let p = xm { try checkFinite(p, m * net.inputLayout.size, "x_meta") }
+        if let p = xm { xmc = try copyFinite(p, m * net.inputLayout.size, "x_meta") }
         metaLabels = try checkLabels(ym, nym, n: m, classes: net.classes, "y_meta")
       } else if xm != nil || ym != nil {
         throw ABIError.argument("x_meta: the \(method) method takes no meta batch; pass None")
@@ -64,11 +66,17 @@ public func _mw_trainer_step_method(
       }
       var r = MethodStepResult()
       if let state = ws {
-        r = try tr.weightedStep(state, x: xp, n: n, labels: labels, xMeta: xm, m: m, labelsMeta: metaLabels)
+        r = try labels.withUnsafeBufferPointer { lp in
+          try (metaLabels ?? []).withUnsafeBufferPointer { mp in
+            try tr.weightedStep(
+              state, x: xc.pointer, n: n, labels: try require(lp.baseAddress, "y"), xMeta: xmc.map { UnsafePointer($0.pointer) },
+              m: m, labelsMeta: metaLabels == nil ? nil : mp.baseAddress)
+          }
+        }
         if let o = wout { o.update(from: state.weights.pointer, count: n) }
         if let o = cwout { o.update(from: state.classWeights.pointer, count: n * net.classes) }
       } else {
-        let s = try tr.step(x: xp, n: n, labels: labels)
+        let s = try labels.withUnsafeBufferPointer { lp in try tr.step(x: xc.pointer, n: n, labels: try require(lp.baseAddress, "y")) }
         r.loss = s.loss
         r.accuracy = s.accuracy
         r.learningRate = s.learningRate
@@ -90,12 +98,12 @@ public func _mw_trainer_weight_function(
     let l = try require(losses, "losses")
     let o = try require(out, "out")
     guard n >= 0, n <= 1 << 28 else { throw ABIError.shape("losses: expected 0..2^28 values, got \(n)") }
-    try checkFinite(l, Int(n), "losses")
+    let lc = try copyFinite(l, Int(n), "losses")  // read the caller's memory once
     try using(h, as: Trainer.self, "trainer") { tr in
       guard let wn = tr.weighting?.weightNet else {
         throw ABIError(code: MW_E_STATE, message: "weight_function: only MW-Net and GDW have a weighting function")
       }
-      wn.forward(l, n: Int(n), out: o)
+      wn.forward(lc.pointer, n: Int(n), out: o)
     }
   }
 }

@@ -13,6 +13,7 @@ struct ABIError: Error {
   static func shape(_ m: String) -> ABIError { ABIError(code: MW_E_SHAPE, message: m) }
   static func label(_ m: String) -> ABIError { ABIError(code: MW_E_LABEL, message: m) }
   static func nonFinite(_ m: String) -> ABIError { ABIError(code: MW_E_NONFINITE, message: m) }
+  static func resource(_ m: String) -> ABIError { ABIError(code: MW_E_RESOURCE, message: m) }
 }
 
 /// Runs `body`, mapping thrown errors to status codes and the thread-local message.
@@ -30,6 +31,7 @@ func guarded(_ body: () throws -> Void) -> mw_status {
     case .nonFinite: return MW_E_NONFINITE
     case .invalidState: return MW_E_STATE
     case .io: return MW_E_IO
+    case .resource: return MW_E_RESOURCE
     }
   } catch {
     mw_set_last_error("internal error: \(error)")
@@ -317,14 +319,37 @@ func checkFinite(_ p: UnsafePointer<Float>, _ count: Int, _ name: String) throws
   }
 }
 
-/// Validates labels: count n and range 0..<classes.
-func checkLabels(_ y: UnsafePointer<Int64>?, _ count: Int64, n: Int, classes: Int, _ name: String = "y") throws -> UnsafePointer<Int64> {
+/// Copies labels into core-owned memory, then validates the copy: count n and range 0..<classes.
+///
+/// The caller's array is read exactly once (by the copy); everything after, the range check and
+/// every later use as an index, reads only the returned copy, so another thread rewriting the
+/// caller's array during the call cannot turn a checked label into an out-of-range index.
+func checkLabels(_ y: UnsafePointer<Int64>?, _ count: Int64, n: Int, classes: Int, _ name: String = "y") throws -> [Int64] {
   let p = try require(y, name)
   guard count == Int64(n) else { throw ABIError.shape("\(name): expected \(n) labels (one per example), got \(count)") }
-  for i in 0..<n where p[i] < 0 || p[i] >= Int64(classes) {
-    throw ABIError.label("\(name): expected labels in [0, \(classes)), got \(p[i]) at index \(i)")
+  let copy = try copyIn(p, n, name)
+  for i in 0..<n where copy[i] < 0 || copy[i] >= Int64(classes) {
+    throw ABIError.label("\(name): expected labels in [0, \(classes)), got \(copy[i]) at index \(i)")
   }
-  return p
+  return copy
+}
+
+/// Copies `count` caller elements into a core-owned array (one read of the caller's memory),
+/// failing with a resource error instead of aborting when the copy cannot be allocated.
+func copyIn<T: BitwiseCopyable>(_ p: UnsafePointer<T>, _ count: Int, _ name: String) throws -> [T] {
+  guard count >= 0, count <= maxElements else { throw ABIError.shape("\(name): \(count) elements are too many") }
+  try Memory.check(bytes: count * MemoryLayout<T>.stride, what: name)
+  return Array(UnsafeBufferPointer(start: p, count: count))
+}
+
+/// Copies `count` floats into a core-owned buffer, then validates that the copy is finite.
+///
+/// Float inputs are read once: the finiteness check and all later compute read the copy.
+func copyFinite(_ p: UnsafePointer<Float>, _ count: Int, _ name: String) throws -> FloatBuffer {
+  let b = try FloatBuffer(allocating: count, what: name)
+  b.pointer.update(from: p, count: count)
+  try checkFinite(UnsafePointer(b.pointer), count, name)
+  return b
 }
 
 /// Copies a Swift string into a caller buffer, NUL-terminated, reporting the needed length.
@@ -347,7 +372,11 @@ final class StaticStrings: @unchecked Sendable {
 
 /// The per-example layout of an `input_shape` argument (rank 1: [D]; rank 3: [C, H, W]).
 func inputLayout(_ shape: UnsafePointer<Int64>?, _ rank: Int32) throws -> Layout {
-  let sh = try require(shape, "input_shape")
+  let p = try require(shape, "input_shape")
+  guard rank == 1 || rank == 3 else {
+    throw ABIError.shape("input_shape: expected rank 1 (D,) or 3 (C, H, W), got rank \(rank)")
+  }
+  let sh = try copyIn(p, Int(rank), "input_shape")  // read once; checked and used as a copy
   switch rank {
   case 1:
     guard sh[0] > 0, sh[0] < 1 << 28 else { throw ABIError.shape("input_shape: expected a positive feature count, got \(sh[0])") }

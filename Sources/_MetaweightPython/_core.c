@@ -13,7 +13,7 @@
 #include "metaweight.h"
 
 static PyObject *MetaweightError, *InvalidArgumentError, *ShapeError, *LabelError, *NonFiniteError,
-    *DTypeError, *ClosedError, *StateError, *CheckpointError, *BusyError;
+    *DTypeError, *ClosedError, *StateError, *CheckpointError, *BusyError, *ResourceError;
 
 static PyObject *raise_status(mw_status s) {
   PyObject *type = MetaweightError;
@@ -27,6 +27,7 @@ static PyObject *raise_status(mw_status s) {
     case MW_E_IO: type = CheckpointError; break;
     case MW_E_BUSY: type = BusyError; break;
     case MW_E_INTERRUPTED: type = PyExc_KeyboardInterrupt; break;
+    case MW_E_RESOURCE: type = ResourceError; break;
     default: break;
   }
   const char *msg = mw_last_error();
@@ -846,8 +847,11 @@ PyMODINIT_FUNC PyInit__core(void) {
   b = bases2(MetaweightError, PyExc_OSError);
   CheckpointError = new_error(m, "CheckpointError", b, "A checkpoint is missing, unreadable, corrupt or does not match.");
   Py_XDECREF(b);
+  b = bases2(MetaweightError, PyExc_MemoryError);
+  ResourceError = new_error(m, "ResourceError", b, "An allocation whose size the caller controls is over its limit or failed.");
+  Py_XDECREF(b);
   if (!InvalidArgumentError || !ShapeError || !LabelError || !NonFiniteError || !DTypeError || !StateError ||
-      !ClosedError || !BusyError || !CheckpointError)
+      !ClosedError || !BusyError || !CheckpointError || !ResourceError)
     return NULL;
   return m;
 }

@@ -51,6 +51,7 @@ from .errors import (
     LabelError,
     MetaweightError,
     NonFiniteError,
+    ResourceError,
     ShapeError,
     StateError,
 )
@@ -77,6 +78,7 @@ from .models import (
     wide_resnet,
 )
 from .optim import SGD, Adam, Constant, Cosine, MultiStep, Optimizer, Schedule
+)
 from .trainer import Augment, EpochRecord, History, SkippedStep, StepResult, Trainer
 
 
@@ -151,6 +153,7 @@ __all__ = [
     "RandomWeights",
     "ReLU",
     "Residual",
+    "ResourceError",
     "Schedule",
     "SelfPaced",
     "Sequential",

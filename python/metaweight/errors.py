@@ -13,6 +13,7 @@ exception a Python user would expect, so ``except ValueError`` or ``except TypeE
     │   ├── ClosedError                     the network or trainer was closed
     │   └── BusyError                       the object is in use by another thread
     ├── CheckpointError (OSError)           a checkpoint is missing, truncated, corrupt or mismatched
+    ├── ResourceError (MemoryError)         an allocation whose size you control is over its limit or failed
     └── DataFileError (FileNotFoundError)   a dataset file or folder (MNIST, CIFAR, IDX) is missing or unreadable
 
 Messages name the argument at fault, what was expected and what came, e.g.
@@ -34,6 +35,7 @@ from ._core import (
     LabelError,
     MetaweightError,
     NonFiniteError,
+    ResourceError,
     ShapeError,
     StateError,
 )
@@ -53,6 +55,7 @@ __all__ = [
     "LabelError",
     "MetaweightError",
     "NonFiniteError",
+    "ResourceError",
     "ShapeError",
     "StateError",
 ]

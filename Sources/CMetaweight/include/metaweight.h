@@ -33,6 +33,7 @@ typedef int32_t mw_status;
 #define MW_E_IO 7         /* file missing, unreadable, truncated, corrupt, mismatch  */
 #define MW_E_BUSY 8       /* the object is in use by another thread                  */
 #define MW_E_INTERRUPTED 9 /* stopped by a cancellation request (mw_law_cancel)     */
+#define MW_E_RESOURCE 10  /* a caller-sized allocation is over its limit or failed  */
 #define MW_E_INTERNAL 99  /* a bug: please report                                    */
 
 typedef uint64_t mw_network; /* a network: architecture, parameters, running statistics */

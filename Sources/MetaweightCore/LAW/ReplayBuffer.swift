@@ -84,16 +84,43 @@ public struct LAWReplayBuffer: Sendable {
   }
 
   /// Restores what `save(into:prefix:)` wrote, bit-exactly (same slots, head and count).
+  ///
+  /// With `actionWidth`, every stored action must have that many values (the search's action
+  /// dimension); with `stages`, every stored stage index must lie in 0..<stages. Nothing changes
+  /// when the sections are inconsistent.
   /// - Throws: `MetaweightError.io` naming an inconsistent or missing section.
-  public mutating func restore(_ ck: Checkpoint, prefix: String) throws {
+  public mutating func restore(_ ck: Checkpoint, prefix: String, actionWidth: Int? = nil, stages: Int? = nil) throws {
     let meta = try ck.requireInts(prefix + "meta", count: 5)
-    let n = Int(meta[1]), a = Int(meta[4])
-    guard meta[0] == Int64(capacity), n >= 0, n <= capacity, meta[2] >= 0, Int(meta[2]) < max(n, 1), a >= 0 else {
+    guard meta[0] == Int64(capacity), meta[1] >= 0, meta[1] <= Int64(capacity), meta[2] >= 0, meta[2] < max(meta[1], 1),
+      meta[3] >= meta[1], meta[4] >= 0, meta[4] <= 1 << 20
+    else {
       throw MetaweightError.io("checkpoint: replay buffer section is inconsistent (capacity \(meta[0]), this search's \(capacity))")
+    }
+    let n = Int(meta[1]), a = Int(meta[4])
+    if let w = actionWidth, n > 0, a != w {
+      throw MetaweightError.io(
+        "checkpoint: replay buffer actions have \(a) values each, but this search's actions have \(w) (different configuration?)")
     }
     let ints = try ck.requireInts(prefix + "ints", count: 3 * n)
     let floats = try ck.requireFloats(prefix + "floats", count: 5 * n)
     let actions = try ck.requireFloats(prefix + "actions", count: a * n)
+    guard floats.allSatisfy({ $0.isFinite }), actions.allSatisfy({ $0.isFinite }) else {
+      throw MetaweightError.io("checkpoint: replay buffer holds NaN or infinite values (corrupted)")
+    }
+    for i in 0..<n {
+      let flag = ints[3 * i + 2]
+      guard flag == 0 || flag == 1 else { throw MetaweightError.io("checkpoint: replay buffer transition \(i) is inconsistent") }
+      if let k = stages {
+        for j in 0..<2 where ints[3 * i + j] < 0 || ints[3 * i + j] >= Int64(k) {
+          throw MetaweightError.io(
+            "checkpoint: replay buffer transition \(i) has stage \(ints[3 * i + j]), outside 0..<\(k) (different configuration?)")
+        }
+      } else {
+        for j in 0..<2 where ints[3 * i + j] < 0 || ints[3 * i + j] > Int64(Int32.max) {
+          throw MetaweightError.io("checkpoint: replay buffer transition \(i) has stage \(ints[3 * i + j]) (corrupted)")
+        }
+      }
+    }
     var loaded: [LAWTransition] = []
     loaded.reserveCapacity(n)
     for i in 0..<n {

@@ -898,7 +898,9 @@ extension LAWSearch {
       throw MetaweightError.io("checkpoint: LAW counters are inconsistent (\(counters))")
     }
     var newBuffer = LAWReplayBuffer(capacity: config.bufferSize)
-    try newBuffer.restore(ck, prefix: "law.buffer.")
+    // The agent's networks and Adam states, and the replay buffer (logs may hold NaN).
+    try ck.validateValues { $0.hasPrefix("law.agent.") || $0.hasPrefix("law.buffer.") }
+    try newBuffer.restore(ck, prefix: "law.buffer.", actionWidth: features.actionCount, stages: config.stages)
     // Validate the agent by restoring into a scratch copy first, so a failure changes nothing.
     let scratch = LAWAgent(config: config, actionCount: features.actionCount, seed: 0)
     try scratch.restore(ck)

@@ -46,8 +46,8 @@ public final class Network: @unchecked Sendable {
       l.children.isEmpty ? l.outputLayout.size : l.children.reduce(l.outputLayout.size) { $0 + floats($1) }
     }
     activationFloatsPerExample = floats(root)
-    params = FloatBuffer(count: p)
-    state = FloatBuffer(count: s)
+    params = try FloatBuffer(allocating: p, what: "network parameters")
+    state = try FloatBuffer(allocating: s, what: "network state")
     var ptable: [(String, Int, [Int])] = []
     var stable: [(String, Int, [Int])] = []
     var sig = "in\(root.inputLayout)"

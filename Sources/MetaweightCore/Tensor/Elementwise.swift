@@ -8,11 +8,14 @@ public enum MetaweightError: Error, CustomStringConvertible, Sendable {
   case invalidState(String)
   /// A file could not be read, written or parsed.
   case io(String)
+  /// An allocation whose size the caller controls is over the documented limit
+  /// (`Memory.maxAllocationBytes`), or the system could not provide the memory.
+  case resource(String)
 
   /// The message.
   public var description: String {
     switch self {
-    case .invalidArgument(let m), .nonFinite(let m), .invalidState(let m), .io(let m): return m
+    case .invalidArgument(let m), .nonFinite(let m), .invalidState(let m), .io(let m), .resource(let m): return m
     }
   }
 }

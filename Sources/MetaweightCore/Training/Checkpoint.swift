@@ -55,6 +55,33 @@ public struct Checkpoint: Sendable {
     try requireInts(key, count: count).map { Double(bitPattern: UInt64(bitPattern: $0)) }
   }
 
+  /// The largest step or update counter a checkpoint may hold: 2^53, so a counter stays exact
+  /// as a Double (schedules compute with it) and can never wrap when incremented.
+  public static let maxCounter: Int64 = 1 << 53
+
+  /// Semantic checks on the values of every section, done before anything is restored:
+  /// every float is finite; every Adam second moment (sections named `*second` or `*.v`) is
+  /// ≥ 0; every step or update counter (`*steps`, `*.updates`) lies in 0...`maxCounter`.
+  /// Only sections whose names satisfy `include` are checked (logs may hold NaN for "no value").
+  /// - Throws: `MetaweightError.io` naming the section and the offending value.
+  public func validateValues(where include: (String) -> Bool = { _ in true }) throws {
+    for k in floats.keys.sorted() where include(k) {
+      let v = floats[k] ?? []
+      let moment = k.hasSuffix("second") || k.hasSuffix(".v")
+      for i in v.indices where !v[i].isFinite || (moment && v[i] < 0) {
+        throw MetaweightError.io(
+          "checkpoint: section '\(k)' holds \(v[i]) at index \(i); expected "
+            + (moment ? "a finite, non-negative second moment" : "finite values") + " (corrupted or hostile file)")
+      }
+    }
+    for k in ints.keys.sorted() where include(k) && (k.hasSuffix("steps") || k.hasSuffix(".updates")) {
+      for (i, c) in (ints[k] ?? []).enumerated() where c < 0 || c > Checkpoint.maxCounter {
+        throw MetaweightError.io(
+          "checkpoint: section '\(k)' holds the counter \(c) at index \(i); expected 0...2^53 (corrupted or hostile file)")
+      }
+    }
+  }
+
   /// Copies every section of `other` into this checkpoint with `prefix` prepended to its name.
   public mutating func merge(_ other: Checkpoint, prefix: String) {
     for (k, v) in other.floats { floats[prefix + k] = v }
@@ -150,6 +177,12 @@ public struct Checkpoint: Sendable {
       let count64 = try u64()
       guard count64 < UInt64(Int32.max) else { throw MetaweightError.io("checkpoint: section '\(name)' is too large") }
       let count = Int(count64)
+      // The declared size must fit in what is left of the file before anything is allocated.
+      let width = type == 1 ? 4 : type == 2 ? 8 : 1
+      guard count * width <= data.count - 4 - pos else {
+        throw MetaweightError.io(
+          "checkpoint: section '\(name)' declares \(count) values but only \(data.count - 4 - pos) bytes remain (truncated or corrupted)")
+      }
       switch type {
       case 1:
         try need(count * 4)
@@ -178,8 +211,12 @@ public struct Checkpoint: Sendable {
   }
 
   /// Writes atomically: temporary file, fsync, rename, fsync of the directory.
+  ///
+  /// Temporary files that an earlier save to the same path left behind when its process was
+  /// killed (`<path>.tmp.<pid>.<tid>` of a process that no longer runs) are removed first.
   /// - Throws: `MetaweightError.io` with the system error.
   public func write(to path: String) throws {
+    Checkpoint.removeStaleTemporaries(of: path)
     let data = encoded()
     // Unique per process and thread: concurrent saves to one path (different trainers on
     // different threads) must not write into, or rename away, each other's temporary file.
@@ -213,20 +250,95 @@ public struct Checkpoint: Sendable {
     if dfd >= 0 { fsync(dfd); close(dfd) }
   }
 
+  /// Removes `<path>.tmp.<pid>.<tid>` files whose writing process no longer runs (a save that
+  /// was killed mid-write). Files of live processes, including concurrent saves of this one,
+  /// are left alone; failures are ignored (the save itself reports real problems).
+  static func removeStaleTemporaries(of path: String) {
+    var dir = ".", base = path
+    if let slash = path.lastIndex(of: "/") {
+      dir = String(path[..<slash])
+      if dir.isEmpty { dir = "/" }
+      base = String(path[path.index(after: slash)...])
+    }
+    let prefix = base + ".tmp."
+    guard let d = opendir(dir) else { return }
+    defer { closedir(d) }
+    var stale: [String] = []
+    while let entry = readdir(d) {
+      let name = withUnsafeBytes(of: entry.pointee.d_name) { raw in
+        String(decoding: raw.prefix(while: { $0 != 0 }), as: UTF8.self)
+      }
+      guard name.hasPrefix(prefix) else { continue }
+      let parts = name.dropFirst(prefix.count).split(separator: ".", omittingEmptySubsequences: false)
+      guard parts.count == 2, let pid = Int32(parts[0]), pid > 0, UInt(parts[1]) != nil else { continue }
+      if pid == getpid() { continue }  // this process: its failed saves unlink their own file
+      if kill(pid, 0) == 0 || errno == EPERM { continue }  // a live process (maybe saving now)
+      stale.append(dir == "/" ? "/" + name : dir + "/" + name)
+    }
+    for f in stale { unlink(f) }
+  }
+
+  /// The largest checkpoint file `read(from:)` accepts (`Memory.maxAllocationBytes`).
+  public static var maxFileBytes: Int { Memory.maxAllocationBytes }
+
   /// Reads and verifies a checkpoint file.
-  /// - Throws: `MetaweightError.io` naming the problem.
+  ///
+  /// Only regular files are read: a FIFO, device (such as /dev/zero), socket or directory is
+  /// refused before it is opened (so opening a FIFO cannot hang), the opened file is checked
+  /// again with `fstat`, and no more than its size at that moment is read. Files whose size the
+  /// kernel does not know (e.g. under /proc, which report 0) are refused as empty.
+  /// - Throws: `MetaweightError.io` naming the path and the problem.
   public static func read(from path: String) throws -> Checkpoint {
-    let fd = open(path, O_RDONLY)
+    var st = stat()
+    guard stat(path, &st) == 0 else {
+      throw MetaweightError.io("load: cannot open '\(path)': \(String(cString: strerror(errno)))")
+    }
+    func kind(_ mode: mode_t) -> String? {
+      switch mode & S_IFMT {
+      case S_IFREG: return nil
+      case S_IFDIR: return "a directory"
+      case S_IFIFO: return "a FIFO (named pipe)"
+      case S_IFCHR: return "a character device"
+      case S_IFBLK: return "a block device"
+      case S_IFSOCK: return "a socket"
+      default: return "not a regular file"
+      }
+    }
+    if let k = kind(st.st_mode) {
+      throw MetaweightError.io("load: '\(path)' is \(k), not a regular checkpoint file")
+    }
+    // O_NONBLOCK: should the path be swapped for a FIFO between stat and open, open returns at
+    // once instead of waiting for a writer; fstat below then refuses it.
+    let fd = open(path, O_RDONLY | O_NONBLOCK | O_CLOEXEC)
     guard fd >= 0 else { throw MetaweightError.io("load: cannot open '\(path)': \(String(cString: strerror(errno)))") }
     defer { close(fd) }
-    var data: [UInt8] = []
-    var chunk = [UInt8](repeating: 0, count: 1 << 20)
-    while true {
-      let r = chunk.withUnsafeMutableBytes { Glibc.read(fd, $0.baseAddress!, $0.count) }
-      if r < 0 { throw MetaweightError.io("load: reading '\(path)' failed: \(String(cString: strerror(errno)))") }
-      if r == 0 { break }
-      data += chunk[0..<r]
+    guard fstat(fd, &st) == 0 else {
+      throw MetaweightError.io("load: cannot stat '\(path)': \(String(cString: strerror(errno)))")
     }
+    if let k = kind(st.st_mode) {
+      throw MetaweightError.io("load: '\(path)' is \(k), not a regular checkpoint file")
+    }
+    let size = Int(st.st_size)
+    guard size >= 20 else { throw MetaweightError.io("load: '\(path)': checkpoint: file is truncated (\(size) bytes)") }
+    guard size <= maxFileBytes else {
+      throw MetaweightError.resource(
+        "load: '\(path)' is \(Memory.describe(bytes: size)), over the limit of \(Memory.describe(bytes: maxFileBytes)) for a checkpoint")
+    }
+    var data = [UInt8](repeating: 0, count: size)
+    var got = 0
+    while got < size {
+      let r = data.withUnsafeMutableBytes { buf -> Int in
+        guard let base = buf.baseAddress else { return 0 }
+        return Glibc.read(fd, base + got, size - got)
+      }
+      if r < 0 {
+        if errno == EINTR || errno == EAGAIN { continue }
+        throw MetaweightError.io("load: reading '\(path)' failed: \(String(cString: strerror(errno)))")
+      }
+      if r == 0 { break }  // shrank while reading: the checksum below reports it
+      got += r
+    }
+    if got < size { data.removeSubrange(got...) }
     return try Checkpoint(decoding: data)
   }
 }

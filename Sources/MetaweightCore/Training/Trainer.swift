@@ -94,18 +94,37 @@ public final class Trainer: @unchecked Sendable {
   /// Per-example weights for `step` calls without `sampleWeights` (a LAW strategy); nil = none.
   public var stepWeighting: TrainerStepWeighting?
 
+  /// Bytes a new trainer for `network` allocates before its first step: the gradient, the
+  /// optimizer's moment buffers and a one-example training tape (activations, input, logits).
+  public static func initialBytes(network: Network, optimizer: OptimizerConfig) -> (partialValue: Int, overflow: Bool) {
+    let p = network.params.count
+    let moments = (optimizer.kind == .adam ? 2 : optimizer.kind == .sgd && optimizer.momentum == 0 ? 0 : 1)
+    var total = (partialValue: 0, overflow: false)
+    for floats in [p, moments * p, network.activationFloatsPerExample, network.inputLayout.size, 3 * network.classes] {
+      let b = floats.multipliedReportingOverflow(by: MemoryLayout<Float>.stride)
+      let t = total.partialValue.addingReportingOverflow(b.partialValue)
+      total = (t.partialValue, total.overflow || b.overflow || t.overflow)
+    }
+    return total
+  }
+
   /// Creates a trainer.
-  /// - Throws: `MetaweightError.invalidArgument` for invalid settings.
+  /// - Throws: `MetaweightError.invalidArgument` for invalid settings; `MetaweightError.resource`
+  ///   when the gradient, optimizer and one-example activation memory it would allocate
+  ///   (`initialBytes`) is over `Memory.maxAllocationBytes` or cannot be allocated.
   public init(network: Network, optimizer: OptimizerConfig, schedule: Schedule, seed: UInt64) throws {
     try optimizer.validate()
     try schedule.validate()
+    try Memory.check(
+      bytes: Trainer.initialBytes(network: network, optimizer: optimizer),
+      what: "trainer (gradient, optimizer state and activations for one example)")
+    grads = try FloatBuffer(allocating: network.params.count, what: "trainer gradient")
     self.network = network
     self.optimizer = Optimizer(config: optimizer, count: network.params.count)
     self.schedule = schedule
     var seeder = RNG(seed: seed)
     dropoutRNG = RNGBox(RNG(seed: seeder.next()))
     dataRNG = RNG(seed: seeder.next())
-    grads = FloatBuffer(count: network.params.count)
     tape = network.makeTape(batch: 1)
     losses = FloatBuffer(count: 1)
     probs = FloatBuffer(count: network.classes)
@@ -149,6 +168,15 @@ public final class Trainer: @unchecked Sendable {
       input = UnsafePointer(buf)
     }
     network.forward(input, batch: n, tape: tape, mode: mode, rng: dropoutRNG, params: params)
+    if mode == .train && network.state.count > 0
+      && !Elementwise.allFinite(network.state.pointer, count: network.state.count)
+    {
+      // A batch-norm running statistic overflowed (e.g. the variance of finite inputs near
+      // Float.greatestFiniteMagnitude). Reporting a NaN loss makes every step's finite-loss
+      // check fail the step, whose rollback then restores the statistics.
+      runningStatisticsOverflowed = true
+      return (.nan, 0)
+    }
     let c = network.classes
     labels32.withUnsafeBufferPointer { lp in
       CrossEntropy.forward(
@@ -191,14 +219,25 @@ public final class Trainer: @unchecked Sendable {
     return lr
   }
 
+  /// Set by a training forward pass whose batch-norm running statistics became NaN or infinite
+  /// (it then reports a NaN loss); cleared at the start of each step.
+  var runningStatisticsOverflowed = false
+
   /// Runs a step body; if it throws, the batch-norm running statistics its forward pass updated
   /// are restored, so a failed step leaves parameters, optimizer and statistics unchanged.
   func withStateRollback<T>(_ body: () throws -> T) throws -> T {
     stateBackup.copy(from: network.state)
+    runningStatisticsOverflowed = false
     do {
       return try body()
     } catch {
       network.state.copy(from: stateBackup)
+      if runningStatisticsOverflowed, case .nonFinite = error as? MetaweightError {
+        runningStatisticsOverflowed = false
+        throw MetaweightError.nonFinite(
+          "step \(stepCount + 1): a batch-norm running statistic would become NaN or infinite (inputs too large?); "
+            + "parameters, optimizer state and running statistics were not updated")
+      }
       throw error
     }
   }
@@ -275,6 +314,8 @@ public final class Trainer: @unchecked Sendable {
     guard sig == network.signature else {
       throw MetaweightError.io("checkpoint: architecture mismatch (the file was saved from a different network)")
     }
+    // Values first (finite floats, Adam moments >= 0, counters in 0...2^53), before any change.
+    try ck.validateValues()
     let p = try ck.requireFloats("network.params", count: network.params.count)
     let s = try ck.requireFloats("network.state", count: network.state.count)
     let kind = try ck.requireInts("optimizer.kind", count: 1)[0]
