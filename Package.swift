@@ -69,7 +69,11 @@ if let include = pythonInclude {
     .target(
       name: "_MetaweightPython",
       dependencies: ["MetaweightCABI", "CMetaweight"],
-      cSettings: [.unsafeFlags(["-I", include, "-O2"])]
+      // Python's include directory lies outside the package, so `headerSearchPath` (relative
+      // paths only) cannot name it: this one unsafe flag is unavoidable. The target is added
+      // only when `setup.py` sets METAWEIGHT_PYTHON_INCLUDE, so the package used as a dependency
+      // has no unsafe flags. (Release C builds already get -O2 from SwiftPM.)
+      cSettings: [.unsafeFlags(["-I", include])]
     ))
   products.append(.library(name: "_metaweight_core", type: .dynamic, targets: ["_MetaweightPython"]))
 }

@@ -290,3 +290,46 @@ def test_a_step_whose_batchnorm_running_variance_would_overflow_is_refused_and_r
         assert np.isfinite(v).all()
     assert tr.step_count == steps
     tr.step(rng.normal(size=(8, 4)).astype(np.float32), rng.integers(0, 3, size=8))  # still trains
+
+
+# ---------------------------------------------------------------------------------------------
+# 5. LAW search checkpoints with hostile contents
+
+
+def _law_search_checkpoint(tmp_path) -> tuple[str, object]:
+    from _api_support import digits_split
+    from metaweight.law import LAWConfig, LAWSearch
+
+    x, y, _, _ = digits_split(seed=0)
+    cfg = LAWConfig(stages=4, warmup_stages=1, epochs=4, batch_size=32, parallel=2, fdu_epochs=1,
+                    actor_hidden=16, critic_hidden=16)
+    spec = "mlp(hidden=32, classes=10)"
+    s = LAWSearch(spec, cfg, seed=3)
+    s.search(x[:320], y[:320], x[400:560], y[400:560], episodes=2, progress=False)  # one full round
+    path = str(tmp_path / "law.ckpt")
+    s.save(path)
+    s.close()
+    return path, lambda: LAWSearch(spec, cfg, seed=3, input_shape=(64,))
+
+
+def test_law_search_load_refuses_a_replay_buffer_with_the_wrong_action_width(tmp_path):
+    path, fresh = _law_search_checkpoint(tmp_path)
+    version, sections = _read_sections(path)
+    meta = sections["law.buffer.meta"][1]
+    n, width = meta[1], meta[4]
+    assert n > 0 and width > 0
+    meta[4] = width + 1
+    sections["law.buffer.actions"] = (1, sections["law.buffer.actions"][1] + [0.0] * n)
+    _write_sections(path, version, sections)
+    with pytest.raises(mw.CheckpointError, match="replay buffer actions"):
+        fresh().load(path)
+
+
+def test_law_search_load_refuses_a_negative_adam_second_moment_of_the_agent(tmp_path):
+    path, fresh = _law_search_checkpoint(tmp_path)
+    version, sections = _read_sections(path)
+    key = next(k for k in sections if k.startswith("law.agent.opt.") and k.endswith(".v") and sections[k][1])
+    sections[key][1][0] = -0.5
+    _write_sections(path, version, sections)
+    with pytest.raises(mw.CheckpointError, match="second moment"):
+        fresh().load(path)
