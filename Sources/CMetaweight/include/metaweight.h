@@ -9,8 +9,15 @@
  *   MW_E_HANDLE. An object used from two threads at once is MW_E_BUSY for the second caller.
  * - Arrays are C-contiguous. Features are float32; labels are int64. Image batches are
  *   [N, C, H, W]; flat batches are [N, D]. Shapes are passed as (const int64_t* shape, rank).
- * - NaN or infinite inputs are rejected with MW_E_NONFINITE. A step whose loss or gradient
- *   becomes NaN/infinite fails with MW_E_NONFINITE and leaves the parameters unchanged.
+ * - Every input array is copied into core-owned memory once, then checked; the core never reads
+ *   the caller's memory again during the call (another thread rewriting it cannot make a checked
+ *   label out of range). Labels must lie in [0, classes) (MW_E_LABEL).
+ * - NaN or infinite inputs are rejected with MW_E_NONFINITE. A step whose loss or gradient, or a
+ *   batch-norm running statistic, becomes NaN/infinite fails with MW_E_NONFINITE and leaves the
+ *   parameters, optimizer state and running statistics unchanged.
+ * - Allocations whose size a caller controls are checked against a limit (16 GiB or the machine's
+ *   physical memory, if less) first; over it, or when the system refuses, the call fails with
+ *   MW_E_RESOURCE instead of aborting.
  * - Compute calls hold no global lock; callers may run them concurrently on different objects.
  */
 #ifndef METAWEIGHT_H
@@ -151,7 +158,11 @@ mw_status mw_trainer_permutation(mw_trainer tr, int64_t n, int64_t *out);
 mw_status mw_trainer_state(mw_trainer tr, int64_t *steps, double *next_lr);
 /* The network the trainer trains (a new handle; free it when done). */
 mw_status mw_trainer_network(mw_trainer tr, mw_network *out);
-/* Checkpoints: atomic write; load checks format, checksum and architecture. */
+/* Checkpoints: atomic write (a later save to the path removes temporaries left by a killed save);
+ * load reads only regular files (a FIFO, device, directory or /proc file is MW_E_IO naming the
+ * path, without blocking), no more than the file's size, and checks format, checksum,
+ * architecture and values (finite, Adam second moments >= 0, step counters in 0..2^53);
+ * nothing changes when it fails. */
 mw_status mw_trainer_save(mw_trainer tr, const char *path);
 mw_status mw_trainer_load(mw_trainer tr, const char *path);
 
