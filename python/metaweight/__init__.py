@@ -78,7 +78,6 @@ from .models import (
     wide_resnet,
 )
 from .optim import SGD, Adam, Constant, Cosine, MultiStep, Optimizer, Schedule
-)
 from .trainer import Augment, EpochRecord, History, SkippedStep, StepResult, Trainer
 
 
