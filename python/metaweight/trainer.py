@@ -335,6 +335,8 @@ class Trainer:
 
     Raises:
         InvalidArgumentError: a bad argument (named in the message).
+        ResourceError: the gradient, optimizer state and activations the trainer allocates are
+            over the library's memory limit (also a ``MemoryError``).
         ClosedError: the network was closed.
 
     Note:
@@ -1165,8 +1167,11 @@ class Trainer:
             path: the checkpoint file.
 
         Raises:
-            CheckpointError: the file is missing, unreadable, truncated or corrupted, or was saved
-                from a different architecture or optimizer kind.
+            CheckpointError: the file is missing, unreadable, truncated or corrupted, not a
+                regular file (a FIFO, device, directory or ``/proc`` file, refused without
+                blocking), holds hostile values (NaN/inf, a negative Adam second moment, a step
+                counter beyond 2**53), or was saved from a different architecture or optimizer
+                kind. Nothing changes then.
             ClosedError: the trainer was closed.
         """
         p = as_path(path)
