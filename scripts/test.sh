@@ -1,13 +1,36 @@
 #!/usr/bin/env bash
-# Set-up, then every test: the Swift unit tests (swift test), the same tests under
-# AddressSanitizer + LeakSanitizer, and the Python suite (pytest).
+# Set-up, then every test: the Swift unit tests (swift test) under each OpenBLAS kernel family,
+# the same tests under AddressSanitizer + LeakSanitizer, and the Python suite (pytest).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 bash scripts/setup.sh
 if ! command -v swift >/dev/null 2>&1; then export PATH="/opt/swift/usr/bin:$PATH"; fi
 
-echo "== swift test"
-swift test --scratch-path .build-test 2>&1 | tail -n 25
+# Runs the Swift suite once per OpenBLAS kernel family in $1.. (OPENBLAS_CORETYPE values; "auto" =
+# OpenBLAS's own detection, with OPENBLAS_L2_SIZE unset too), building once. The full log goes to a
+# file; every failing assertion and crash line is printed in full, then the summary.
+swift_suite() {
+  swift build --build-tests --scratch-path .build-test 2>&1 | grep -E "error:|Build complete" || true
+  local failed=0 core log
+  for core in "$@"; do
+    log=$(mktemp)
+    echo "== swift test (OPENBLAS_CORETYPE=$core)"
+    if [ "$core" = auto ]; then
+      env -u OPENBLAS_CORETYPE -u OPENBLAS_L2_SIZE swift test --skip-build --scratch-path .build-test >"$log" 2>&1 || failed=1
+    else
+      OPENBLAS_CORETYPE=$core swift test --skip-build --scratch-path .build-test >"$log" 2>&1 || failed=1
+    fi
+    grep -E "error:|Fatal error|fatal error|Crash|Test Case .* failed" "$log" || true
+    grep -E "Executed [0-9]+ tests" "$log" | tail -n 1 || tail -n 40 "$log"
+    rm -f "$log"
+  done
+  return "$failed"
+}
+
+# The kernel families metaweight itself can select (python/metaweight/_blas.py: by CPU family from
+# a measured table, see benchmarks/README.md), plus OpenBLAS's automatic choice: tolerances must
+# hold under every summation order a user can get.
+swift_suite auto Haswell SkylakeX Cooperlake Zen
 
 # The whole Swift suite under ASan (LeakSanitizer comes with it on Linux): ~1.5 min of tests plus
 # a debug build in its own scratch path. LSan's exit code is off; .ci/lsan_check.py fails the run
@@ -16,6 +39,7 @@ swift test --scratch-path .build-test 2>&1 | tail -n 25
 echo "== swift test (AddressSanitizer + LeakSanitizer)"
 asan_log=$(mktemp)
 LSAN_OPTIONS=exitcode=0 swift test --scratch-path .build-asan -Xswiftc -sanitize=address >"$asan_log" 2>&1 || {
+  grep -E "error:|Fatal error|fatal error|ERROR: AddressSanitizer|Test Case .* failed" "$asan_log" || true
   tail -n 60 "$asan_log"
   exit 1
 }

@@ -11,6 +11,8 @@ final class JVPTests: XCTestCase {
   /// (the differences shrink it further when a step would switch a ReLU; see `KinkPattern`).
   let h: Float = 1e-2
   let hKinked: Float = 1e-3
+  /// Cap on the derived tolerance (see `LayerHarness.checkGradients`): the derived bound is the
+  /// tolerance wherever it is tighter, which it is for every smooth layer.
   let tol = 1e-2
 
   func testLinearWithBiasJVPMatchesFiniteDifferences() throws {

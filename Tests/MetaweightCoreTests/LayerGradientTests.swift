@@ -9,6 +9,8 @@ final class LayerGradientTests: XCTestCase {
   /// that a step rarely crosses a kink.
   let h: Float = 1e-2
   let hKinked: Float = 1e-3
+  /// Cap on the derived tolerance (see `LayerHarness.checkGradients`): the derived bound is the
+  /// tolerance wherever it is tighter, which it is for every smooth layer.
   let tol = 1e-2
 
   func testLinearWithBiasGradientsMatchFiniteDifferences() throws {

@@ -4,6 +4,11 @@
 // explicitly formed virtual step θ̂ (per-example gradients / logit Jacobian rows assembled in Double),
 // on a small MLP and on small convolutional networks with batch norm in training mode.
 //
+// Tolerances: the references are float64 paths. Their central differences are of functions
+// evaluated in Double (rounding ~1e-16/h, negligible; truncation O(h²) at h ≤ 1e-2 on smooth
+// meta losses), so what the tolerances absorb is the float32 rounding of the implementation under
+// test (its Jacobian rows and logits come from float32 GEMMs), not the differences.
+//
 // Helpers are namespaced (MG…) and file-private so they cannot collide with other test files.
 import XCTest
 

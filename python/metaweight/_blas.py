@@ -2,30 +2,61 @@
 
 Debian's OpenBLAS (0.3.21) misdetects recent AVX-512 CPUs (Sapphire Rapids, Zen 4/5) and falls
 back to older kernels that run GEMM several times slower. Unless the user has set
-``OPENBLAS_CORETYPE`` themselves, we pick a core from the CPU flags in ``/proc/cpuinfo``.
+``OPENBLAS_CORETYPE`` themselves (their value always wins), we pick a core type for the CPU from
+``/proc/cpuinfo``: first from ``KERNEL_TABLE``, measured per CPU family with
+``benchmarks/bench_gemm.py`` on ResNet-32's GEMM shapes (see benchmarks/README.md), and for a CPU
+not in the table from its instruction-set flags.
 """
 
 from __future__ import annotations
 
 import os
 
-__all__ = ["chosen_coretype", "configure_openblas"]
+__all__ = ["KERNEL_TABLE", "chosen_coretype", "configure_openblas"]
 
 _CHOSEN: str | None = None
 
+# (vendor_id, cpu family) -> OPENBLAS_CORETYPE with the lowest summed time over ResNet-32's nine
+# convolution GEMM shapes (forward, dW and dcol of the 16-, 32- and 64-channel stages, which
+# carry equal FLOPs), measured with benchmarks/bench_gemm.py; the table in benchmarks/README.md
+# has the numbers. A family is added here only when measured.
+KERNEL_TABLE: dict[tuple[str, int], str] = {
+    # AMD EPYC Zen 5 (family 26, AVX-512): Cooperlake 0.185 s-units vs SkylakeX 0.214,
+    # Haswell 0.219, Zen 0.227.
+    ("AuthenticAMD", 26): "Cooperlake",
+    # AMD Zen 4 (family 25, AVX-512): SkylakeX kernels lose up to 1.5x to Zen/Haswell on the
+    # 16-channel shapes (measurement reported in issue 11). Zen 3 (also family 25, no AVX-512)
+    # gets the same AVX2 kernels.
+    ("AuthenticAMD", 25): "Zen",
+    ("AuthenticAMD", 23): "Zen",
+}
 
-def _cpu_flags() -> set[str]:
+
+def _cpu_info() -> tuple[str, int | None, set[str]]:
+    vendor, family, flags = "", None, set()
     try:
         with open("/proc/cpuinfo", encoding="ascii", errors="replace") as f:
             for line in f:
-                if line.startswith("flags"):
-                    return set(line.split(":", 1)[1].split())
+                key, _, value = line.partition(":")
+                key = key.strip()
+                if key == "vendor_id" and not vendor:
+                    vendor = value.strip()
+                elif key == "cpu family" and family is None:
+                    try:
+                        family = int(value.strip())
+                    except ValueError:
+                        family = None
+                elif key == "flags":
+                    flags = set(value.split())
+                    break
     except OSError:
         pass
-    return set()
+    return vendor, family, flags
 
 
-def _pick(flags: set[str]) -> str | None:
+def _pick(vendor: str, family: int | None, flags: set[str]) -> str | None:
+    if family is not None and (vendor, family) in KERNEL_TABLE:
+        return KERNEL_TABLE[(vendor, family)]
     if {"avx512f", "avx512bw", "avx512vl", "avx512dq", "avx512cd"} <= flags:
         return "SkylakeX"
     if {"avx2", "fma"} <= flags:
@@ -34,7 +65,7 @@ def _pick(flags: set[str]) -> str | None:
 
 
 def configure_openblas() -> str | None:
-    """Sets ``OPENBLAS_CORETYPE`` from the CPU flags unless the user already set it.
+    """Sets ``OPENBLAS_CORETYPE`` for this CPU unless the user already set it.
 
     Returns:
         The core type in effect (the user's own value when set), or None when unknown.
@@ -44,7 +75,7 @@ def configure_openblas() -> str | None:
     if user:
         _CHOSEN = user
         return user
-    core = _pick(_cpu_flags())
+    core = _pick(*_cpu_info())
     if core:
         os.environ["OPENBLAS_CORETYPE"] = core
     _CHOSEN = core
