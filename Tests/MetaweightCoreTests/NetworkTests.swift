@@ -32,20 +32,27 @@ final class NetworkTests: XCTestCase {
 
   /// `Network.jvp` of the logits vs central differences along random parameter directions.
   /// Differences are kink-free: a step whose ends switch a ReLU or a max-pool arg-max is
-  /// replaced by a smaller one (see `KinkPattern`).
+  /// replaced by a smaller one (see `KinkPattern`). The tolerance is the differences' derived
+  /// error bound (`NetworkHarness.bound`) capped at `tolerance`, as in `LayerHarness.checkGradients`.
   private func checkJVP(
     _ t: NetworkHarness, step h: Float, tolerance: Double = 1e-2, file: StaticString = #filePath, line: UInt = #line
   ) {
     var rng = RNG(seed: 41)
     for k in 0..<2 {
       let v = rng.gaussianArray(t.net.params.count)
-      let jvp = t.jvp(v)
-      guard let fd = t.logitsDifference(v, step: h) else {
+      let jvp = Vec.doubles(t.jvp(v))
+      guard let (fd, fine) = t.logitsEstimates(v, step: h) else {
         XCTFail("direction \(k): every step crosses a kink", file: file, line: line)
         continue
       }
+      let dz = t.logitsRounding()
+      let scale = jvp.map { abs($0) }.max() ?? 0
+      let bounds = (0..<fd.count).map { t.bound(fd[$0], fine[$0], valueRounding: dz, analyticScale: scale) }
+      let values = fd.map { $0.value }
+      let derived = FiniteDifference.relativeTolerance(bounds: bounds, jvp, values)
       Check.vectorsClose(
-        Vec.doubles(jvp), fd, tolerance: tolerance, "network JVP of the logits along direction \(k)", file: file, line: line)
+        jvp, values, tolerance: min(derived, tolerance),
+        "network JVP of the logits along direction \(k) (derived bound \(derived))", file: file, line: line)
     }
   }
 
@@ -58,27 +65,39 @@ final class NetworkTests: XCTestCase {
     let g = t.gradient()
     XCTAssertTrue(g.allSatisfy { $0.isFinite }, "backward left gradients unwritten", file: file, line: line)
     var rng = RNG(seed: 42)
-    var analytic: [Double] = [], numeric: [Double] = []
+    var analytic: [Double] = [], numeric: [Double] = [], bounds: [Double] = []
+    let dl = t.lossRounding()
+    let gScale = g.map { Double(abs($0)) }.max() ?? 0
     for _ in 0..<3 {
       let v = rng.gaussianArray(g.count)
-      guard let d = t.lossDifference(v, step: h) else { continue }
-      analytic.append(Vec.dot(g, v))
-      numeric.append(d)
+      guard let (d, fine) = t.lossEstimates(v, step: h) else { continue }
+      let gv = Vec.dot(g, v)
+      analytic.append(gv)
+      numeric.append(d.value)
+      bounds.append(t.bound(d, fine, valueRounding: dl, analyticScale: Vec.dot(g.map { abs($0) }, v.map { abs($0) })))
     }
     XCTAssertEqual(analytic.count, 3, "directions on kinks", file: file, line: line)
-    Check.vectorsClose(analytic, numeric, tolerance: tolerance, "directional derivatives of the loss", file: file, line: line)
+    var derived = FiniteDifference.relativeTolerance(bounds: bounds, analytic, numeric)
+    Check.vectorsClose(
+      analytic, numeric, tolerance: min(derived, tolerance), "directional derivatives of the loss (derived bound \(derived))",
+      file: file, line: line)
     analytic = []
     numeric = []
+    bounds = []
     let idx = Array(rng.permutation(g.count).prefix(coordinates))
     for i in idx {
       var e = [Float](repeating: 0, count: g.count)
       e[i] = 1
-      guard let d = t.lossDifference(e, step: hc) else { continue }
+      guard let (d, fine) = t.lossEstimates(e, step: hc) else { continue }
       analytic.append(Double(g[i]))
-      numeric.append(d)
+      numeric.append(d.value)
+      bounds.append(t.bound(d, fine, valueRounding: dl, analyticScale: gScale))
     }
     XCTAssertLessThanOrEqual(idx.count - analytic.count, idx.count / 10, "coordinates on kinks", file: file, line: line)
-    Check.vectorsClose(analytic, numeric, tolerance: tolerance, "loss gradient coordinates", file: file, line: line)
+    derived = FiniteDifference.relativeTolerance(bounds: bounds, analytic, numeric)
+    Check.vectorsClose(
+      analytic, numeric, tolerance: min(derived, tolerance), "loss gradient coordinates (derived bound \(derived))",
+      file: file, line: line)
   }
 
   /// ⟨u, J·v⟩ = ⟨Jᵀ·u, v⟩ for J = ∂logits/∂θ: `Network.jvp` against `Network.backward`.

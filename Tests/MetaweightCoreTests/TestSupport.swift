@@ -726,6 +726,40 @@ final class NetworkHarness {
     return (.init(value: c.values[0], step: c.step, central: c.central), .init(value: d.values[0], step: d.step, central: d.central))
   }
 
+  /// The kink-free difference of the logits along `v` from step `h`, and the same from half the
+  /// step it used, one estimate per logit.
+  func logitsEstimates(
+    _ v: [Float], step h: Float
+  ) -> (coarse: [FiniteDifference.Estimate], fine: [FiniteDifference.Estimate])? {
+    let f: ([Float]) -> [Double] = { Vec.doubles($0) }
+    guard let c = kinkFreeEstimate(v, step: h, f), let d = kinkFreeEstimate(v, step: Float(c.step / 2), f) else { return nil }
+    return (
+      c.values.map { .init(value: $0, step: c.step, central: c.central) },
+      d.values.map { .init(value: $0, step: d.step, central: d.central) }
+    )
+  }
+
+  /// Longest float32 accumulation from the input to the logits.
+  var accumulation: Int { FiniteDifference.accumulation(net.root, batch: batch) }
+
+  /// Largest |θ|: the scale of the rounding of θ ± s·v.
+  var pointScale: Double { Double(params.map { abs($0) }.max() ?? 0) }
+
+  /// Rounding error δz of one float32 evaluation of the logits.
+  func logitsRounding() -> Double {
+    FiniteDifference.roundingError(scale: Double(logits().map { abs($0) }.max() ?? 0), accumulation: accumulation)
+  }
+
+  /// Error bound of one difference against the exact derivative: `FiniteDifference.errorBound`,
+  /// plus the rounding of the perturbed point (3u·|θ|/s relative) and of the analytic side.
+  func bound(
+    _ coarse: FiniteDifference.Estimate, _ fine: FiniteDifference.Estimate, valueRounding: Double, analyticScale: Double
+  ) -> Double {
+    FiniteDifference.errorBound(coarse: coarse, fine: fine, valueRounding: valueRounding)
+      + 3 * FiniteDifference.unitRoundoff * pointScale / coarse.step * abs(coarse.value)
+      + FiniteDifference.roundingError(scale: analyticScale, accumulation: 2 * accumulation)
+  }
+
   /// Rounding error δL of one float32 evaluation of the mean cross-entropy: the logits carry
   /// `FiniteDifference.roundingError` at the network's accumulation length and their own scale,
   /// and ‖∂L/∂z‖₁ = (1/B)·Σᵢ ‖pᵢ − yᵢ‖₁ ≤ 2 carries it into L.
