@@ -17,7 +17,7 @@ fi
 
 echo "== installing Python dependencies (pip)"
 python3 -m pip install -q setuptools wheel numpy scikit-learn tqdm matplotlib pytest hypothesis \
-  nbformat nbclient ipykernel
+  nbformat nbclient ipykernel ruff mypy typing_extensions
 
 echo "== building and installing metaweight (pip install .)"
 python3 -m pip install -q --no-build-isolation .

@@ -1,10 +1,24 @@
 #!/usr/bin/env bash
-# Set-up, then every test: the Swift unit tests (swift test) under each OpenBLAS kernel family,
-# the same tests under AddressSanitizer + LeakSanitizer, and the Python suite (pytest).
+# Set-up, then lint (ruff, mypy, swift-format report) and every test: the Swift unit tests (swift
+# test) under each OpenBLAS kernel family, the same tests under AddressSanitizer + LeakSanitizer,
+# and the Python suite (pytest).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 bash scripts/setup.sh
 if ! command -v swift >/dev/null 2>&1; then export PATH="/opt/swift/usr/bin:$PATH"; fi
+
+# Lint and types first (seconds): ruff's rules and mypy's strict settings are in pyproject.toml.
+echo "== ruff check"
+python3 -m ruff check python benchmarks scripts examples
+echo "== mypy (strict, python/metaweight)"
+python3 -m mypy
+# swift-format's findings (.swift-format) are reported, not fatal: the Swift sources predate the
+# configuration and are not mass-reformatted.
+if swift format --version >/dev/null 2>&1; then
+  echo "== swift format lint (report only)"
+  findings=$(swift format lint --recursive --configuration .swift-format Sources Tests Package.swift 2>&1 | grep -c "warning:" || true)
+  echo "swift-format: $findings findings"
+fi
 
 # Runs the Swift suite once per OpenBLAS kernel family in $1.. (OPENBLAS_CORETYPE values; "auto" =
 # OpenBLAS's own detection, with OPENBLAS_L2_SIZE unset too), building once. The full log goes to a

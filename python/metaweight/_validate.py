@@ -340,6 +340,27 @@ def as_shape(value: Any, name: str) -> tuple[int, ...]:
     return dims
 
 
+def as_text(value: Any, name: str, expected: str = "a string") -> str:
+    """A text argument (a spec, a name) as ``str`` that the native core can read as UTF-8.
+
+    Raises:
+        InvalidArgumentError: not a ``str``, a NUL character, or a lone surrogate (text that is not
+            valid Unicode and has no UTF-8 form, e.g. ``"\\ud800"``), naming ``name``.
+    """
+    if not isinstance(value, str):
+        raise InvalidArgumentError(f"{name}: expected {expected}, got {type(value).__name__}")
+    if "\x00" in value:
+        raise InvalidArgumentError(f"{name}: expected {expected}, got one with a NUL character")
+    try:
+        value.encode("utf-8")
+    except UnicodeEncodeError as e:
+        raise InvalidArgumentError(
+            f"{name}: expected {expected}, got one with a lone surrogate {value[e.start]!r} at "
+            f"position {e.start} (not valid Unicode text)"
+        ) from None
+    return value
+
+
 def as_path(path: Any, name: str = "path") -> str:
     """A file path argument as ``str``: str, bytes or os.PathLike; not empty, no NUL characters.
 
@@ -347,7 +368,7 @@ def as_path(path: Any, name: str = "path") -> str:
         InvalidArgumentError: anything else, naming ``name``.
     """
     try:
-        p = os.fspath(path)
+        p: str | bytes = os.fspath(path)
     except TypeError:
         raise InvalidArgumentError(
             f"{name}: expected a path (str or os.PathLike), got {type(path).__name__}"
@@ -358,4 +379,11 @@ def as_path(path: Any, name: str = "path") -> str:
         raise InvalidArgumentError(f"{name}: expected a file path, got one with a NUL character")
     if not p:
         raise InvalidArgumentError(f"{name}: expected a file path, got an empty string")
+    try:
+        os.fsencode(p)  # what the native side does; surrogateescape'd bytes pass, lone surrogates not
+    except UnicodeEncodeError as e:
+        raise InvalidArgumentError(
+            f"{name}: expected a file path, got one with a lone surrogate {p[e.start]!r} at position {e.start} "
+            "that has no file-system encoding"
+        ) from None
     return p

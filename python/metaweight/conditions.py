@@ -141,7 +141,8 @@ class Subsample:
         Returns:
             The selected rows.
         """
-        return np.asarray(x)[self.indices]
+        rows: np.ndarray = np.asarray(x)[self.indices]
+        return rows
 
 
 @dataclass(frozen=True)
@@ -250,7 +251,7 @@ def uniform_noise(
     r = _check_fraction(rate, "rate")
     rng = _rng(seed)
     n = labels.shape[0]
-    resampled = rng.random(n) < r
+    resampled = rng.random((n,)) < r
     new = labels.copy()
     k = int(resampled.sum())
     if include_true_class:
@@ -352,7 +353,7 @@ def flip_noise(
     r = _check_fraction(rate, "rate")
     rng = _rng(seed)
     m = _flip_mapping(mapping, c, t, rng)
-    u = rng.random(labels.shape[0])
+    u = rng.random((labels.shape[0],))
     resampled = u < r
     new = labels.copy()
     if t == 1:
@@ -467,7 +468,7 @@ def transition_noise(y: np.ndarray, transition: np.ndarray, seed: SeedLike = 0) 
     rng = _rng(seed)
     cdf = np.cumsum(t, axis=1)
     cdf[:, -1] = 1.0
-    u = rng.random(labels.shape[0])
+    u = rng.random((labels.shape[0],))
     new = (u[:, None] >= cdf[labels]).sum(axis=1).astype(np.int64)
     return _finish(
         labels,

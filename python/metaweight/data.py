@@ -194,7 +194,7 @@ class Dataset:
 
 def _largest_remainder(quotas: np.ndarray, total: int) -> np.ndarray:
     """Integer allocation of ``total`` proportional to ``quotas`` (ties to the lower index)."""
-    base = np.floor(quotas).astype(np.int64)
+    base: np.ndarray = np.floor(quotas).astype(np.int64)
     short = total - int(base.sum())
     if short > 0:
         order = np.argsort(-(quotas - base), kind="stable")

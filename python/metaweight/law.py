@@ -38,11 +38,12 @@ import threading
 import time
 from collections.abc import Sequence
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING, Any, Callable, Union
+from typing import Any, Callable, Union
 
 import numpy as np
 
 from . import _core
+from ._handle import NativeHandle
 from ._validate import (
     as_bool,
     as_features,
@@ -52,6 +53,7 @@ from ._validate import (
     as_optional_split,
     as_path,
     as_shape,
+    as_text,
     fmt_shape,
 )
 from .errors import (
@@ -62,9 +64,6 @@ from .errors import (
     StateError,
 )
 from .trainer import _tqdm
-
-if TYPE_CHECKING:
-    from typing_extensions import Self
 
 __all__ = [
     "LOG_COLUMNS",
@@ -541,7 +540,7 @@ def _as_mask(corrupted: Any, n: int) -> np.ndarray | None:
 def _model_spec(model: Any, name: str = "model") -> tuple[str, tuple[int, ...] | None]:
     """(spec, input_shape or None) of a spec string or a metaweight Network."""
     if isinstance(model, str):
-        return model, None
+        return as_text(model, name, "a spec string"), None
     spec = getattr(model, "spec", None)
     shape = getattr(model, "input_shape", None)
     if isinstance(spec, str) and shape is not None:
@@ -555,7 +554,7 @@ def _model_spec(model: Any, name: str = "model") -> tuple[str, tuple[int, ...] |
 # ---- strategies ----------------------------------------------------------------------------------------
 
 
-class Strategy:
+class Strategy(NativeHandle):
     """A learned LAW weighting strategy: the actor μ, its stage embedding and the settings needed to
     apply it (number of stages, warm-up stages, feature encoding, state smoothing). Applying it is
     deterministic (no exploration noise).
@@ -564,7 +563,8 @@ class Strategy:
     Strategy files are metaweight checkpoints (atomic write, CRC-32, format version).
     """
 
-    _handle: int | None = None
+    _noun = "strategy"
+    _copy_advice = "use save() and Strategy.load()"
 
     def __init__(self, _handle: int) -> None:
         if not isinstance(_handle, int) or isinstance(_handle, bool):
@@ -598,21 +598,8 @@ class Strategy:
         """
         _core.strategy_save(self._use("save"), as_path(path))
 
-    def close(self) -> None:
-        """Frees the native strategy. Idempotent."""
-        h, self._handle = self._handle, None
-        if h is not None:
-            with contextlib.suppress(Exception):  # freeing must not raise
-                _core.strategy_free(h)
-
-    def __del__(self) -> None:
-        self.close()
-
-    def __enter__(self) -> Self:
-        return self
-
-    def __exit__(self, *exc: object) -> None:
-        self.close()
+    def _free(self, handle: int) -> None:
+        _core.strategy_free(handle)
 
     def _use(self, what: str) -> int:
         if self._handle is None:
@@ -983,7 +970,7 @@ def train(
 # ---- the search ------------------------------------------------------------------------------------------
 
 
-class LAWSearch:
+class LAWSearch(NativeHandle):
     """A LAW search: rounds of ``config.parallel`` episodes sharing one strategy model.
 
     Args:
@@ -999,7 +986,8 @@ class LAWSearch:
         InvalidArgumentError: a bad spec, configuration or seed.
     """
 
-    _handle: int | None = None
+    _noun = "search"
+    _copy_advice = "use save() and load() (checkpoints)"
 
     def __init__(
         self, model: Any, config: LAWConfig | None = None, seed: int = 0, *, input_shape: Any = None
@@ -1036,22 +1024,8 @@ class LAWSearch:
             raise StateError(f"{what}: the search has no data yet; call search() (or pass input_shape)")
         return self._handle
 
-    def close(self) -> None:
-        """Frees the native search (strategy model, buffer, episodes). Idempotent."""
-        h, self._handle = self._handle, None
-        self._closed = True
-        if h is not None:
-            with contextlib.suppress(Exception):  # freeing must not raise
-                _core.law_free(h)
-
-    def __del__(self) -> None:
-        self.close()
-
-    def __enter__(self) -> Self:
-        return self
-
-    def __exit__(self, *exc: object) -> None:
-        self.close()
+    def _free(self, handle: int) -> None:
+        _core.law_free(handle)
 
     # -- description
 
@@ -1190,7 +1164,7 @@ class LAWSearch:
         out = []
         cols = len(LOG_COLUMNS)
         for slot in range(cfg.parallel):
-            table = np.empty(cfg.stages * cols, dtype=np.float64)
+            table: np.ndarray = np.empty(cfg.stages * cols, dtype=np.float64)
             try:
                 ep, rd, done = _core.law_episode_log(h, slot, table)
             except StateError:
@@ -1198,7 +1172,7 @@ class LAWSearch:
             table = table.reshape(cfg.stages, cols)
             actions = np.empty(cfg.stages * self._action_dim, dtype=np.float32)
             _core.law_episode_actions(h, slot, actions)
-            ew = None
+            ew: np.ndarray | None = None
             if example_weights:
                 ew = np.empty(cfg.stages * n, dtype=np.float32)
                 _core.law_episode_weights(h, slot, ew)
@@ -1352,7 +1326,8 @@ def _digest(*arrays: np.ndarray | None) -> str:
             h.update(b"none")
             continue
         h.update(repr((a.shape, str(a.dtype))).encode())
-        h.update(memoryview(np.ascontiguousarray(a)).cast("B"))
+        # numpy's stubs declare the buffer protocol (__buffer__) only for Python >= 3.12.
+        h.update(memoryview(np.ascontiguousarray(a)).cast("B"))  # type: ignore[arg-type,unused-ignore]
     return h.hexdigest()
 
 

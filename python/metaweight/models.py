@@ -34,16 +34,14 @@ import numbers
 import threading
 from collections.abc import Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING, Any, Union
+from typing import Any, Union
 
 import numpy as np
 
 from . import _core
-from ._validate import as_bool, as_float, as_int, as_shape, check_finite, fmt_shape
+from ._handle import NativeHandle
+from ._validate import as_bool, as_float, as_int, as_shape, as_text, check_finite, fmt_shape
 from .errors import BusyError, ClosedError, DTypeError, InvalidArgumentError, ShapeError
-
-if TYPE_CHECKING:
-    from typing_extensions import Self
 
 __all__ = [
     "AvgPool2d",
@@ -347,7 +345,7 @@ class _Block:
         object.__setattr__(self, "size", int(np.prod(self.shape, dtype=np.int64)) if self.shape else 1)
 
 
-class Network:
+class Network(NativeHandle):
     """A neural network living in the native core.
 
     Usually made with :func:`build`, :class:`Sequential` or a preset (:func:`mlp`, :func:`lenet5`,
@@ -369,13 +367,11 @@ class Network:
         650
     """
 
-    _handle: int | None = None
+    _noun = "network"
+    _copy_advice = "use net.copy(), or state_dict() and load_state_dict() on a network built the same way"
 
     def __init__(self, spec: str, input_shape: ShapeLike, seed: int = 0) -> None:
-        if not isinstance(spec, str):
-            raise InvalidArgumentError(f"spec: expected a string, got {type(spec).__name__}")
-        if "\x00" in spec:
-            raise InvalidArgumentError("spec: expected a spec string, got one with a NUL character")
+        spec = as_text(spec, "spec", "a spec string")
         shape = as_shape(input_shape, "input_shape")
         seed = as_int(seed, "seed", minimum=0, maximum=2**64 - 1)
         self._lock = threading.Lock()
@@ -386,6 +382,8 @@ class Network:
 
     def _describe(self) -> None:
         h = self._handle
+        if h is None:
+            raise ClosedError("network: the network was closed; create a new one")
         n_params, n_state, n_classes, n_blocks, n_state_blocks = _core.network_info(h)
         self._n_params = int(n_params)
         self._n_state = int(n_state)
@@ -426,43 +424,12 @@ class Network:
                 raise ClosedError(f"{what}: the network was closed; create a new one")
             yield h
 
-    @property
-    def closed(self) -> bool:
-        """Whether :meth:`close` was called."""
-        return self._handle is None
+    def _free(self, handle: int) -> None:
+        _core.network_free(handle)
 
-    def close(self) -> None:
-        """Frees the native network. Idempotent; any later use raises ClosedError.
-
-        A trainer that trains this network keeps the native network alive until it is closed.
-
-        Raises:
-            BusyError: another thread is using the network right now.
-        """
-        if self._handle is None:
-            return
-        with self._use("close") as h:
-            self._handle = None
-            _core.network_free(h)
-
-    def __enter__(self) -> Self:
-        return self
-
-    def __exit__(self, *exc: object) -> None:
-        self.close()
-
-    def __del__(self) -> None:
-        h = self._handle
-        if h is not None and _core is not None:
-            self._handle = None
-            with contextlib.suppress(Exception):
-                _core.network_free(h)
-
-    def __getstate__(self) -> None:
-        raise TypeError(
-            "Network objects cannot be pickled or copied with copy.copy; use net.copy(), or "
-            "state_dict() and load_state_dict() on a network built the same way"
-        )
+    def _close_guard(self) -> contextlib.AbstractContextManager[object]:
+        # Closing waits for nobody: BusyError while a step, prediction or access runs.
+        return self._hold("close")
 
     # -- description ------------------------------------------------------------------------------
 

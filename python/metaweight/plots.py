@@ -25,7 +25,7 @@ import os
 import sys
 from collections.abc import Iterable, Mapping, Sequence
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, Union
+from typing import TYPE_CHECKING, Any, Union, cast
 
 import numpy as np
 
@@ -237,7 +237,7 @@ def accuracy_curves(
         fig = _figure(6.4, 4.0)
         ax = fig.add_subplot()
     else:
-        fig = ax.figure
+        fig = cast("Figure", ax.figure)
     for i, (label, members) in enumerate(_grouped(runs).items()):
         curves = []
         for m in members:
@@ -296,7 +296,7 @@ def weight_functions(
         fig = _figure(6.0, 4.0)
         ax = fig.add_subplot()
     else:
-        fig = ax.figure
+        fig = cast("Figure", ax.figure)
     for i, (label, members) in enumerate(_grouped(curves).items()):
         ys = []
         xs = None
@@ -385,14 +385,14 @@ def weight_distributions(
         fig = _figure(max(5.0, 1.5 * len(items) + 2), 4.2)
         ax = fig.add_subplot()
         pos, data, colors = [], [], []
-        for i, (label, w, c) in enumerate(items):
+        for i, (_label, w, c) in enumerate(items):
             for j, (sel, col) in enumerate(((~c, "#2b8cbe"), (c, "#e34a33"))):
                 if sel.any():
                     pos.append(3 * i + j)
                     data.append(w[sel])
                     colors.append(col)
         parts = ax.violinplot(data, positions=pos, showmeans=True, widths=0.9)
-        for body, col in zip(parts["bodies"], colors):
+        for body, col in zip(cast("list[Any]", parts["bodies"]), colors):
             body.set_facecolor(col)
             body.set_alpha(0.6)
         for k in ("cmeans", "cmins", "cmaxes", "cbars"):
@@ -635,7 +635,7 @@ def law_loss_gap(
     last = slice(e - max(1, e // 4), e)
     wc = t.get("weight_corrupted")
     wk = t.get("weight_clean")
-    if wc is not None and np.isfinite(wc).any():
+    if wc is not None and wk is not None and np.isfinite(wc).any():
         ax2.plot(stages, np.nanmean(wk[last], axis=0), "o-", color="#2b8cbe", label="clean")
         ax2.plot(stages, np.nanmean(wc[last], axis=0), "o-", color="#e34a33", label="corrupted")
         ax2.set_ylabel("mean weight K")
@@ -712,7 +712,7 @@ def imbalance_error(
         fig = _figure(6.0, 4.0)
         ax = fig.add_subplot()
     else:
-        fig = ax.figure
+        fig = cast("Figure", ax.figure)
     for i, (label, (r, m, sd)) in enumerate(series.items()):
         xs = r / (1.0 + r) if x == "proportion" else r
         color = method_color(label, i)
@@ -772,7 +772,7 @@ def confusion_matrix(
         fig = _figure(max(4.0, 0.45 * c + 2.2), max(3.6, 0.45 * c + 1.6))
         ax = fig.add_subplot()
     else:
-        fig = ax.figure
+        fig = cast("Figure", ax.figure)
     im = ax.imshow(shown, cmap="Blues", vmin=0, vmax=1 if normalize else None)
     fig.colorbar(im, ax=ax, shrink=0.85)
     names = list(class_names) if class_names is not None else [str(i) for i in range(c)]

@@ -39,11 +39,12 @@ import time
 import warnings
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING, Any, Callable, Union, overload
+from typing import Any, Callable, Union, overload
 
 import numpy as np
 
 from . import _core
+from ._handle import NativeHandle, refuses_reentry
 from ._methods import ClassBalancedSampling, FineTune, Method, resolve_method
 from ._validate import as_bool, as_features, as_int, as_labels, as_optional_split, as_path, as_weights
 from .errors import (
@@ -55,9 +56,6 @@ from .errors import (
 )
 from .models import Network
 from .optim import SGD, Constant, Optimizer, Schedule, _steps_per_epoch
-
-if TYPE_CHECKING:
-    from typing_extensions import Self
 
 __all__ = ["Augment", "EpochRecord", "History", "SkippedStep", "StepResult", "Trainer"]
 
@@ -306,10 +304,11 @@ def _cross_entropy(logits: np.ndarray, y: np.ndarray) -> np.ndarray:
     z = logits.astype(np.float64)
     m = z.max(axis=1, keepdims=True)
     lse = m[:, 0] + np.log(np.exp(z - m).sum(axis=1))
-    return lse - z[np.arange(len(y)), y]
+    losses: np.ndarray = lse - z[np.arange(len(y)), y]
+    return losses
 
 
-class Trainer:
+class Trainer(NativeHandle):
     """Trains a :class:`~metaweight.Network` with an optimizer, a learning-rate schedule and a method.
 
     Args:
@@ -345,7 +344,8 @@ class Trainer:
         raises :class:`~metaweight.BusyError`.
     """
 
-    _handle: int | None = None
+    _noun = "trainer"
+    _copy_advice = "use save() and load()"
 
     def __init__(
         self,
@@ -480,41 +480,12 @@ class Trainer:
 
     # -- lifetime -------------------------------------------------------------------------------------
 
-    @property
-    def closed(self) -> bool:
-        """Whether :meth:`close` was called."""
-        return self._handle is None
+    def _free(self, handle: int) -> None:
+        _core.trainer_free(handle)
 
-    def close(self) -> None:
-        """Frees the native trainer (optimizer state and buffers). Idempotent.
-
-        The network stays usable through :attr:`model`.
-
-        Raises:
-            BusyError: another thread is using the trainer right now.
-        """
-        if self._handle is None:
-            return
-        with self._model._hold("trainer.close"):
-            h, self._handle = self._handle, None
-            if h is not None:
-                _core.trainer_free(h)
-
-    def __enter__(self) -> Self:
-        return self
-
-    def __exit__(self, *exc: object) -> None:
-        self.close()
-
-    def __del__(self) -> None:
-        h = self._handle
-        if h is not None and _core is not None:
-            self._handle = None
-            with contextlib.suppress(Exception):
-                _core.trainer_free(h)
-
-    def __getstate__(self) -> None:
-        raise TypeError("Trainer objects cannot be pickled or copied; use save() and load()")
+    def _close_guard(self) -> contextlib.AbstractContextManager[object]:
+        # The network stays usable through `model`; BusyError while a step of either runs.
+        return self._model._hold("trainer.close")
 
     @classmethod
     def from_checkpoint(
@@ -792,6 +763,7 @@ class Trainer:
             _core.trainer_permutation(h, out)
         return out
 
+    @refuses_reentry("fit")
     def fit(
         self,
         x: Any,
@@ -909,7 +881,7 @@ class Trainer:
                 if record_weights and self._method.has_class_weights
                 else None
             )
-            meta_iter = _MetaSampler(self, xm, ym, meta_batch_size) if xm is not None else None
+            meta_iter = _MetaSampler(self, xm, ym, meta_batch_size) if xm is not None and ym is not None else None
             loss_sum = acc_sum = meta_sum = 0.0
             seen = 0
             lr = 0.0
@@ -1088,7 +1060,8 @@ class Trainer:
             ShapeError, DTypeError, NonFiniteError: bad ``x``.
             ClosedError: the trainer was closed.
         """
-        return np.argmax(self.logits(x, batch_size=batch_size), axis=1).astype(np.int64)
+        classes: np.ndarray = np.argmax(self.logits(x, batch_size=batch_size), axis=1).astype(np.int64)
+        return classes
 
     def losses(self, x: Any, y: Any, *, batch_size: int = 1000) -> np.ndarray:
         """Eval-mode per-example cross-entropy losses, float32 ``(N,)``. Nothing is updated.

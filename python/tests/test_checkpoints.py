@@ -12,11 +12,6 @@ import pytest
 from _api_support import digits_split, small_cnn, small_mlp
 
 
-@pytest.fixture(scope="module")
-def digits():
-    return digits_split(seed=0)
-
-
 def _bn_dropout_mlp(seed: int) -> mw.Network:
     return mw.mlp(64, hidden=(32, 16), num_classes=10, batch_norm=True, dropout=0.2, seed=seed)
 

@@ -11,16 +11,14 @@ from pathlib import Path
 import metaweight as mw
 import numpy as np
 import pytest
-from _api_support import digits_split
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[2] / "scripts"))
 import soak
 
 
 @pytest.fixture(scope="module")
-def digits():
-    x, y, _, _ = digits_split(seed=0)
-    return x, y
+def digits(digits_xy):
+    return digits_xy
 
 
 @pytest.mark.parametrize("name", ["erm", "l2rw", "mwnet", "gdw", "self_paced"])

@@ -9,12 +9,7 @@ import metaweight as mw
 import metaweight.trainer as trainer_module
 import numpy as np
 import pytest
-from _api_support import digits_split, small_cnn, small_mlp
-
-
-@pytest.fixture(scope="module")
-def digits():
-    return digits_split(seed=0)
+from _api_support import small_cnn, small_mlp
 
 
 def test_mlp_on_clean_digits_reaches_95_percent_test_accuracy(digits):

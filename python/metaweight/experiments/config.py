@@ -368,18 +368,74 @@ def parse_size(size: str | float | None) -> tuple[str, float | None]:
             if not re.fullmatch(r"[A-Za-z][\w-]*", s):
                 raise ConfigError(
                     f"size: expected a name such as 'small' or 'full', or a scale factor, got {size!r}"
-                )
+                ) from None
             return s, None
     if not (scale > 0 and math.isfinite(scale)):
         raise ConfigError(f"size: a scale factor must be positive, got {size!r}")
     return _num(scale), scale
 
 
+# Limits on what a configuration may hold, so that a huge or hostile file (or dictionary) is refused
+# with a ConfigError instead of exhausting memory (MemoryError) or the stack (RecursionError).
+#: Largest configuration file read, in bytes.
+MAX_CONFIG_BYTES = 4 << 20
+#: Deepest nesting of tables and arrays (a real configuration nests 3 or 4 deep).
+MAX_CONFIG_DEPTH = 32
+#: Most values (tables, arrays, scalars together) in one configuration.
+MAX_CONFIG_VALUES = 200_000
+#: Most runs one configuration may expand to (the product of its grid axes).
+MAX_RUNS = 100_000
+
+
+def _check_size(value: Any, where: str) -> None:
+    """ConfigError when ``value`` nests deeper than MAX_CONFIG_DEPTH or holds more than
+    MAX_CONFIG_VALUES values. Iterative, so that the check itself cannot overflow the stack."""
+    stack: list[tuple[Any, int]] = [(value, 0)]
+    count = 0
+    seen: set[int] = set()
+    while stack:
+        v, depth = stack.pop()
+        count += 1
+        if count > MAX_CONFIG_VALUES:
+            raise ConfigError(f"{where}: more than {MAX_CONFIG_VALUES} values; is this a configuration?")
+        if isinstance(v, (Mapping, list, tuple)):
+            if depth >= MAX_CONFIG_DEPTH:
+                raise ConfigError(f"{where}: tables or arrays nested more than {MAX_CONFIG_DEPTH} deep")
+            if id(v) in seen:
+                raise ConfigError(f"{where}: a table or array contains itself")
+            seen.add(id(v))
+            children = list(v.keys()) + list(v.values()) if isinstance(v, Mapping) else list(v)
+            stack.extend((c, depth + 1) for c in children)
+
+
+def _loads_json(text: str, where: str) -> Any:
+    try:
+        return json.loads(text)
+    except RecursionError:
+        raise ConfigError(f"{where}: JSON nested too deeply (more than {MAX_CONFIG_DEPTH} levels)") from None
+
+
 def _read(path: Path) -> dict[str, Any]:
-    text = path.read_text(encoding="utf-8")
+    try:
+        size = path.stat().st_size
+    except OSError as e:
+        raise ConfigError(f"{path}: cannot read the configuration file: {e.strerror}") from None
+    if size > MAX_CONFIG_BYTES:
+        raise ConfigError(f"{path}: {size} bytes; a configuration file is at most {MAX_CONFIG_BYTES} bytes")
+    try:
+        with path.open("rb") as f:
+            data = f.read(MAX_CONFIG_BYTES + 1)
+    except OSError as e:
+        raise ConfigError(f"{path}: cannot read the configuration file: {e.strerror}") from None
+    if len(data) > MAX_CONFIG_BYTES:
+        raise ConfigError(f"{path}: a configuration file is at most {MAX_CONFIG_BYTES} bytes")
+    try:
+        text = data.decode("utf-8")
+    except UnicodeDecodeError as e:
+        raise ConfigError(f"{path}: not UTF-8 text: {e}") from None
     if path.suffix.lower() == ".json":
         try:
-            return json.loads(text)
+            return _loads_json(text, str(path))  # type: ignore[no-any-return]
         except json.JSONDecodeError as e:
             raise ConfigError(f"{path}: invalid JSON: {e}") from None
     if sys.version_info >= (3, 11):
@@ -396,6 +452,8 @@ def _read(path: Path) -> dict[str, Any]:
         return tomllib.loads(text)
     except tomllib.TOMLDecodeError as e:
         raise ConfigError(f"{path}: invalid TOML: {e}") from None
+    except RecursionError:
+        raise ConfigError(f"{path}: TOML nested too deeply (more than {MAX_CONFIG_DEPTH} levels)") from None
 
 
 def _apply_scale(run: dict[str, Any], scale: float) -> None:
@@ -508,6 +566,7 @@ def load_config(
         ConfigError: an invalid configuration.
     """
     if isinstance(source, Mapping):
+        _check_size(source, "configuration")
         raw = copy.deepcopy(dict(source))
         src = None
         default_name = "experiment"
@@ -516,6 +575,9 @@ def load_config(
         if not p.is_file():
             raise ConfigError(f"{p}: configuration file not found")
         raw = _read(p)
+        if not isinstance(raw, dict):
+            raise ConfigError(f"{p}: expected a table at the top level, got {type(raw).__name__}")
+        _check_size(raw, str(p))
         src = str(p)
         default_name = p.stem
     unknown = set(raw) - _TOP_KEYS
@@ -549,6 +611,11 @@ def load_config(
         axes = _flatten_grid(grid)
         if top_seeds is not None and not any(a in ("seed", "seeds") for a, _ in axes):
             axes.append(("seed", list(top_seeds) if isinstance(top_seeds, list) else [top_seeds]))
+        count = 1
+        for _, values in axes:
+            count *= len(values)
+            if count * len(grids) > MAX_RUNS:
+                raise ConfigError(f"grid[{gi}]: expands to more than {MAX_RUNS} runs")
         combos: list[list[tuple[str, Any]]] = [[]]
         for path, values in axes:
             combos = [c + [(path, v)] for c in combos for v in values]
@@ -678,9 +745,12 @@ def _parse_sets(sets: Sequence[str] | Mapping[str, Any] | None) -> dict[str, Any
     if not sets:
         return {}
     if isinstance(sets, Mapping):
+        _check_size(sets, "sets")
         return dict(sets)
     out: dict[str, Any] = {}
     for item in sets:
+        if not isinstance(item, str):
+            raise ConfigError(f"--set: expected key=value strings, got {type(item).__name__}")
         if "=" not in item:
             raise ConfigError(f"--set {item!r}: expected key=value")
         k, v = item.split("=", 1)
@@ -690,9 +760,11 @@ def _parse_sets(sets: Sequence[str] | Mapping[str, Any] | None) -> dict[str, Any
 
 def _parse_value(v: str) -> Any:
     try:
-        return json.loads(v)
+        value = _loads_json(v, f"--set value {v[:40]!r}")
     except json.JSONDecodeError:
         return v
+    _check_size(value, f"--set value {v[:40]!r}")
+    return value
 
 
 def parse_filters(items: Sequence[str] | Mapping[str, Any] | None) -> dict[str, list[str]]:
