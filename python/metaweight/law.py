@@ -43,7 +43,7 @@ from typing import Any, Callable, Union
 import numpy as np
 
 from . import _core
-from ._handle import NativeHandle
+from ._handle import NativeHandle, refuses_reentry
 from ._validate import (
     as_bool,
     as_features,
@@ -1193,6 +1193,7 @@ class LAWSearch(NativeHandle):
             )
         return out
 
+    @refuses_reentry("search")
     def search(
         self,
         x: Any,

@@ -168,3 +168,25 @@ def test_huge_experiment_configs_raise_config_errors(tmp_path: Any) -> None:
         load_config({"description": list(range(300_000))})
     # ConfigError is the library's InvalidArgumentError, not MemoryError or RecursionError.
     assert issubclass(ConfigError, mw.InvalidArgumentError)
+
+
+def test_search_refuses_to_be_called_again_from_its_own_callback() -> None:
+    from metaweight.law import LAWConfig
+
+    rng = np.random.default_rng(0)
+    x = rng.random((60, 4), dtype=np.float32)
+    y = np.arange(60) % 3
+    config = LAWConfig(stages=2, epochs=2, parallel=1, warmup_stages=0)
+    errors: list[Exception] = []
+    with LAWSearch("mlp(hidden=8, classes=3)", config) as s:
+
+        def reenter(log: Any) -> None:
+            try:
+                s.search(x, y, x, y, episodes=1, progress=False)
+            except mw.StateError as e:
+                errors.append(e)
+
+        s.search(x, y, x, y, episodes=1, progress=False, callback=reenter)
+        assert errors and "called again" in str(errors[0])
+        s.search(x, y, x, y, episodes=1, progress=False)  # works again afterwards
+
