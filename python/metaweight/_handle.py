@@ -23,16 +23,12 @@ import threading
 from collections.abc import Callable
 from typing import TYPE_CHECKING, Any, ClassVar, NoReturn, TypeVar
 
-from .errors import MetaweightError, StateError
+from .errors import NotCopyableError, StateError
 
 if TYPE_CHECKING:
     from typing_extensions import Self
 
 __all__ = ["NativeHandle", "NotCopyableError", "refuses_reentry"]
-
-
-class NotCopyableError(MetaweightError, TypeError):
-    """A native handle cannot be pickled or copied (also a ``TypeError``, as ``pickle`` raises)."""
 
 
 class NativeHandle:

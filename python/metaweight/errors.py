@@ -9,6 +9,7 @@ exception a Python user would expect, so ``except ValueError`` or ``except TypeE
     │   └── LabelError                      a label is negative or >= the number of classes
     ├── NonFiniteError (FloatingPointError) NaN/inf in an input, or the loss/gradient diverged
     ├── DTypeError (TypeError)              an array has an unsupported dtype (bool, complex, ...)
+    ├── NotCopyableError (TypeError)        pickling or copying a network, trainer, strategy or search
     ├── StateError (RuntimeError)           the call is not allowed in the object's current state
     │   ├── ClosedError                     the network or trainer was closed
     │   └── BusyError                       the object is in use by another thread
@@ -21,7 +22,8 @@ Messages name the argument at fault, what was expected and what came, e.g.
 
 The classes are defined by the native extension (so errors raised deep inside the Swift core
 arrive as these same types) and re-exported here and from the top-level ``metaweight`` package;
-:class:`DataFileError` (raised by the pure-Python dataset loaders) is defined here.
+:class:`DataFileError` (raised by the pure-Python dataset loaders) and :class:`NotCopyableError`
+(raised by the Python handle classes) are defined here.
 """
 
 from __future__ import annotations
@@ -45,6 +47,11 @@ class DataFileError(MetaweightError, FileNotFoundError):
     """A dataset file or folder is missing or cannot be read (also a ``FileNotFoundError``, as before)."""
 
 
+class NotCopyableError(MetaweightError, TypeError):
+    """An object that owns a native handle (network, trainer, strategy, search) cannot be pickled or
+    copied: the copy would share the handle. Also a ``TypeError``, as ``pickle`` raises."""
+
+
 __all__ = [
     "BusyError",
     "CheckpointError",
@@ -55,6 +62,7 @@ __all__ = [
     "LabelError",
     "MetaweightError",
     "NonFiniteError",
+    "NotCopyableError",
     "ResourceError",
     "ShapeError",
     "StateError",

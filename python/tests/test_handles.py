@@ -14,7 +14,8 @@ import metaweight as mw
 import numpy as np
 import pytest
 from _api_support import small_mlp
-from metaweight._handle import NativeHandle, NotCopyableError
+from metaweight import NotCopyableError
+from metaweight._handle import NativeHandle
 from metaweight.experiments.config import ConfigError, load_config
 from metaweight.law import LAWSearch, Strategy
 
