@@ -287,7 +287,8 @@ public func _mw_trainer_step(
         try tr.step(x: xc.pointer, n: n, labels: try require(lp.baseAddress, "y"), sampleWeights: wc.map { UnsafePointer($0.pointer) })
       }
       if let o = out {
-        o.pointee = mw_step_result(loss: r.loss, accuracy: r.accuracy, lr: r.learningRate, step: r.step, meta_loss: 0)
+        o.pointee = stepResult(
+          loss: r.loss, accuracy: r.accuracy, lr: r.learningRate, step: r.step, metaLoss: 0, r.diagnostics)
       }
     }
   }

@@ -3,6 +3,17 @@ import MetaweightCore
 
 // MARK: - Weighting methods
 
+/// The C step result of a step's figures and diagnostics.
+func stepResult(
+  loss: Double, accuracy: Double, lr: Double, step: Int64, metaLoss: Double, _ d: StepDiagnostics
+) -> mw_step_result {
+  mw_step_result(
+    loss: loss, accuracy: accuracy, lr: lr, step: step, meta_loss: metaLoss,
+    weight_ess: d.effectiveSampleSize, saturated_low: d.saturatedLow, saturated_high: d.saturatedHigh,
+    prediction_majority: d.predictionMajority, label_majority: d.labelMajority,
+    weight_loss_corr: d.weightLossCorrelation)
+}
+
 @_cdecl("mw_trainer_set_method")
 public func _mw_trainer_set_method(_ h: mw_trainer, _ spec: UnsafePointer<CChar>?, _ seed: UInt64) -> mw_status {
   guarded {
@@ -81,10 +92,12 @@ public func _mw_trainer_step_method(
         r.accuracy = s.accuracy
         r.learningRate = s.learningRate
         r.step = s.step
+        r.diagnostics = s.diagnostics
         if let o = wout { o.update(repeating: 1, count: n) }
       }
       if let o = out {
-        o.pointee = mw_step_result(loss: r.loss, accuracy: r.accuracy, lr: r.learningRate, step: r.step, meta_loss: r.metaLoss)
+        o.pointee = stepResult(
+          loss: r.loss, accuracy: r.accuracy, lr: r.learningRate, step: r.step, metaLoss: r.metaLoss, r.diagnostics)
       }
     }
   }

@@ -290,7 +290,9 @@ static PyObject *py_trainer_step(PyObject *self, PyObject *args) {
   if (has_w) PyBuffer_Release(&w);
   if (s == -1) return NULL;
   if (s != MW_OK) return raise_status(s);
-  return Py_BuildValue("(dddLd)", r.loss, r.accuracy, r.lr, (long long)r.step, r.meta_loss);
+  return Py_BuildValue("(dddLd(dddddd))", r.loss, r.accuracy, r.lr, (long long)r.step, r.meta_loss, r.weight_ess,
+                       r.saturated_low, r.saturated_high, r.prediction_majority, r.label_majority,
+                       r.weight_loss_corr);
 }
 
 static PyObject *py_trainer_predict(PyObject *self, PyObject *args) {
@@ -438,7 +440,9 @@ done:
   if (got_cw) PyBuffer_Release(&cw);
   if (s == -1) return NULL;
   if (s != MW_OK) return raise_status(s);
-  return Py_BuildValue("(dddLd)", r.loss, r.accuracy, r.lr, (long long)r.step, r.meta_loss);
+  return Py_BuildValue("(dddLd(dddddd))", r.loss, r.accuracy, r.lr, (long long)r.step, r.meta_loss, r.weight_ess,
+                       r.saturated_low, r.saturated_high, r.prediction_majority, r.label_majority,
+                       r.weight_loss_corr);
 }
 
 static PyObject *py_trainer_weight_function(PyObject *self, PyObject *args) {

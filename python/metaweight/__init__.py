@@ -79,6 +79,12 @@ from .models import (
     wide_resnet,
 )
 from .optim import SGD, Adam, Constant, Cosine, MultiStep, Optimizer, Schedule
+from .monitor import (
+    MetaweightWarning,
+    StepDiagnostics,
+    TrainingCollapseWarning,
+    WeightSaturationWarning,
+)
 from .trainer import Augment, EpochRecord, History, SkippedStep, StepResult, Trainer
 
 
@@ -162,7 +168,11 @@ __all__ = [
     "ShortcutA",
     "SkippedStep",
     "StateError",
+    "StepDiagnostics",
     "StepResult",
+    "TrainingCollapseWarning",
+    "WeightSaturationWarning",
+    "MetaweightWarning",
     "Trainer",
     "__version__",
     "accuracy",

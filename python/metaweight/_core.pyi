@@ -22,8 +22,10 @@ Handle = int
 OptimizerConfig: TypeAlias = tuple[int, float, float, int, float, int, float, float, float]
 #: (kind 0=constant/1=multi-step/2=cosine, milestones (steps), gamma, total_steps, min_lr, warmup_steps)
 ScheduleConfig: TypeAlias = tuple[int, Sequence[int], float, int, float, int]
-#: (loss, accuracy, lr, step, meta_loss)
-StepTuple: TypeAlias = tuple[float, float, float, int, float]
+#: (weight_ess, saturated_low, saturated_high, prediction_majority, label_majority, weight_loss_corr)
+DiagnosticsTuple: TypeAlias = tuple[float, float, float, float, float, float]
+#: (loss, accuracy, lr, step, meta_loss, diagnostics)
+StepTuple: TypeAlias = tuple[float, float, float, int, float, DiagnosticsTuple]
 
 class MetaweightError(Exception): ...
 class InvalidArgumentError(MetaweightError, ValueError): ...

@@ -180,7 +180,11 @@ class MWNet(Method):
     θ on (1/n) Σ V(l_i) l_i with the updated V.
 
     Args:
-        normalize: Normalise the weights by their batch sum (the imbalance script) instead of 1/n.
+        normalize: Normalise the weights by their batch sum (the official imbalance script; the
+            default) instead of dividing by n (the official noisy-label script). Without it the
+            meta-gradient pushes every weight the same way on top of the relative push, and Adam's
+            per-parameter steps turn that common push into a V that *increases* with the loss, so
+            that corrupted labels weigh more than clean ones (README, "Choosing the defaults").
         detach_loss: Feed V the detached loss (the noisy-label script; default).
         hidden: Hidden width of V.
         optimizer: V's optimizer, ``"adam"`` (noisy-label code) or ``"sgd"`` (imbalance code).
@@ -200,7 +204,7 @@ class MWNet(Method):
     name: ClassVar[str] = "mwnet"
     needs_meta: ClassVar[bool] = True
     has_weight_function: ClassVar[bool] = True
-    normalize: bool = False
+    normalize: bool = True
     detach_loss: bool = True
     hidden: int = 100
     optimizer: str = "adam"
@@ -249,6 +253,7 @@ class GDW(MWNet):
 
     name: ClassVar[str] = "gdw"
     has_class_weights: ClassVar[bool] = True
+    normalize: bool = False
     eta: float | None = None
     clip: float = 0.2
     clamp: tuple[float, float] = (1e-6, 1e6)

@@ -55,6 +55,7 @@ from .errors import (
     StateError,
 )
 from .models import Network
+from .monitor import EPOCH_COLUMNS, CollapseMonitor, EpochDiagnostics, StepDiagnostics
 from .optim import SGD, Constant, Optimizer, Schedule, _steps_per_epoch
 
 __all__ = ["Augment", "EpochRecord", "History", "SkippedStep", "StepResult", "Trainer"]
@@ -113,6 +114,9 @@ class StepResult:
     #: True when the step was skipped because its loss, a gradient or a weight was NaN or
     #: infinite (only with ``Trainer(on_nonfinite="skip")``; nothing was updated).
     skipped: bool = False
+    #: Collapse and saturation statistics of the step (:class:`~metaweight.StepDiagnostics`;
+    #: None for a skipped step).
+    diagnostics: StepDiagnostics | None = field(default=None, compare=False)
 
 
 @dataclass(frozen=True)
@@ -148,6 +152,9 @@ class EpochRecord:
             not visited, e.g. under class-balanced sampling).
         class_weights: with ``record_weights=True`` and GDW: the class-level weights ``(N, C)``
             each training example received (its last visit of the epoch).
+        weight_ess, saturated_low, saturated_high, prediction_majority, weight_loss_correlation:
+            the epoch's means of the steps' :class:`~metaweight.StepDiagnostics`
+            (``effective_sample_size`` for ``weight_ess``; None when no step had a value).
     """
 
     epoch: int
@@ -161,6 +168,11 @@ class EpochRecord:
     meta_loss: float | None = None
     example_weights: np.ndarray | None = field(default=None, repr=False, compare=False)
     class_weights: np.ndarray | None = field(default=None, repr=False, compare=False)
+    weight_ess: float | None = None
+    saturated_low: float | None = None
+    saturated_high: float | None = None
+    prediction_majority: float | None = None
+    weight_loss_correlation: float | None = None
 
 
 class History:
@@ -181,6 +193,7 @@ class History:
         "lr",
         "time",
         "meta_loss",
+        *EPOCH_COLUMNS,
     )
 
     def __init__(self, records: Sequence[EpochRecord] = ()) -> None:
@@ -606,14 +619,15 @@ class Trainer(NativeHandle):
         if self._spec == "erm":
             used = weights
             with self._use("step") as h:
-                loss, acc, lr, step, meta_loss = _core.trainer_step(h, x, y, weights)
+                loss, acc, lr, step, meta_loss, diag = _core.trainer_step(h, x, y, weights)
                 if weights is None and self._strategy is not None:
                     # An attached LAW strategy weighted this step: report its weights.
                     wbuf = np.empty(len(y), dtype=np.float32)
                     _, _, _, nw = _core.trainer_strategy_state(h, wbuf)
                     used = wbuf if int(nw) == len(y) else None
             return StepResult(loss, acc, lr, int(step), meta_loss,
-                              used if used is not None else np.ones(len(y), dtype=np.float32))
+                              used if used is not None else np.ones(len(y), dtype=np.float32),
+                              diagnostics=StepDiagnostics.from_tuple(diag))
         wout = np.empty(len(y), dtype=np.float32)
         cwout = (
             np.empty((len(y), self._model.num_classes), dtype=np.float32)
@@ -621,8 +635,9 @@ class Trainer(NativeHandle):
             else None
         )
         with self._use("step") as h:
-            loss, acc, lr, step, meta_loss = _core.trainer_step_method(h, x, y, x_meta, y_meta, wout, cwout)
-        return StepResult(loss, acc, lr, int(step), meta_loss, wout, cwout)
+            loss, acc, lr, step, meta_loss, diag = _core.trainer_step_method(h, x, y, x_meta, y_meta, wout, cwout)
+        return StepResult(loss, acc, lr, int(step), meta_loss, wout, cwout,
+                          diagnostics=StepDiagnostics.from_tuple(diag))
 
     def weight_function(self, losses: Any) -> np.ndarray:
         """Evaluates the learned loss → weight function V of MW-Net or GDW.
@@ -866,6 +881,10 @@ class Trainer(NativeHandle):
         self._last_spe = spe
         bar_cls = _tqdm() if progress else None
         run = History()
+        monitor = CollapseMonitor(
+            self._method.name, has_weight_net=self._method.has_weight_function,
+            needs_meta=self._method.needs_meta, class_level=self._method.has_class_weights,
+            window=max(50, spe), saturation_window=max(150, 3 * spe))
         first = len(self.history) + 1
         last = first + epochs - 1
         for e in range(epochs):
@@ -883,6 +902,7 @@ class Trainer(NativeHandle):
             )
             meta_iter = _MetaSampler(self, xm, ym, meta_batch_size) if xm is not None and ym is not None else None
             loss_sum = acc_sum = meta_sum = 0.0
+            epoch_diag = EpochDiagnostics()
             seen = 0
             lr = 0.0
             bar = (
@@ -902,6 +922,8 @@ class Trainer(NativeHandle):
                             bar.update(1)
                         continue
                     k = len(idx)
+                    epoch_diag.add(r.diagnostics)
+                    monitor.observe(r.step, r.diagnostics, k)
                     if wsum is not None and wcnt is not None and r.weights is not None:
                         np.add.at(wsum, idx, r.weights)
                         np.add.at(wcnt, idx, 1)
@@ -937,6 +959,7 @@ class Trainer(NativeHandle):
                         else None
                     ),
                     class_weights=cw,
+                    **epoch_diag.means(),
                 )
                 if bar is not None:
                     post = {"loss": f"{record.train_loss:.4f}", "acc": f"{record.train_accuracy:.4f}"}

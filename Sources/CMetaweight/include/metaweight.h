@@ -131,6 +131,13 @@ typedef struct {
   double lr;        /* learning rate used */
   int64_t step;     /* updates taken so far */
   double meta_loss; /* meta methods: meta-batch loss at the look-ahead θ̂ (else 0) */
+  /* Collapse and saturation diagnostics of the step (cheap; they never change the step). */
+  double weight_ess;          /* (Σw)²/(n·Σw²) of the per-example weights, in [0, 1]; 0 if all are 0 */
+  double saturated_low;       /* fraction with V(loss) < 0.05 (MW-Net/GDW), else with w <= 1% of mean(w) */
+  double saturated_high;      /* fraction with V(loss) > 0.95 (MW-Net/GDW), else 0 */
+  double prediction_majority; /* share of the batch predicted as its most frequently predicted class */
+  double label_majority;      /* share of the batch carrying its most frequent label */
+  double weight_loss_corr;    /* Pearson correlation of weights and losses over the batch (NaN if constant) */
 } mw_step_result;
 
 /* A trainer owns a reference to the network (freeing the network handle keeps it alive). */
@@ -174,7 +181,7 @@ mw_status mw_trainer_load(mw_trainer tr, const char *path);
  * Methods and options (defaults from ALGORITHMS.md):
  *   erm                                   plain ERM (sample weights allowed in mw_trainer_step)
  *   l2rw(virtual_momentum=0, virtual_lr=0)
- *   mwnet(normalize=0, detach=1, hidden=100, wn_opt=adam, wn_lr=1e-3, wn_wd=1e-4, wn_momentum=0,
+ *   mwnet(normalize=1, detach=1, hidden=100, wn_opt=adam, wn_lr=1e-3, wn_wd=1e-4, wn_momentum=0,
  *         virtual_momentum=0, virtual_lr=0, memory=low)
  *   gdw(eta=auto: 100 for <= 10 classes else 1000, clip=0.2, clamp_min=1e-6, clamp_max=1e6,
  *       prob_clamp=0.999, + the mwnet options but normalize/detach)

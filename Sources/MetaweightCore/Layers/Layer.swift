@@ -265,9 +265,3 @@ open class LeafLayer {
   /// Creates the base.
   public init() {}
 }
-
-/// Adds `tx` (when present) and zero-fills otherwise — helper for linear layers' tangents.
-@inline(__always)
-func copyOrZero(_ src: UnsafePointer<Float>?, into dst: UnsafeMutablePointer<Float>, count: Int) {
-  if let s = src { dst.update(from: s, count: count) } else { dst.update(repeating: 0, count: count) }
-}

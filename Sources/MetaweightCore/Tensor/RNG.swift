@@ -33,10 +33,6 @@ public struct RNG: Sendable {
   /// The state as four words.
   public var stateWords: [UInt64] { [state.0, state.1, state.2, state.3] }
 
-  @inline(__always) private static func rotl(_ x: UInt64, _ k: UInt64) -> UInt64 {
-    (x << k) | (x >> (64 - k))
-  }
-
   /// The next 64 random bits.
   @inlinable @inline(__always)
   public mutating func next() -> UInt64 {

@@ -51,6 +51,8 @@ public struct StepResult: Sendable {
   public var learningRate: Double = 0
   /// Number of updates taken so far (after this one).
   public var step: Int64 = 0
+  /// Collapse and saturation statistics of the step.
+  public var diagnostics = StepDiagnostics()
   /// Creates a zero result.
   public init() {}
 }
@@ -271,6 +273,7 @@ public final class Trainer: @unchecked Sendable {
     r.accuracy = acc
     r.learningRate = Double(lr)
     r.step = stepCount
+    r.diagnostics = stepDiagnostics(weights: UnsafePointer(coefficients.pointer), unit: nil, n: n)
     return r
   }
 

@@ -27,6 +27,9 @@ public enum MethodSpec {
     var cfg = WeightingConfig()
     cfg.method = method
     if method == .bootstrapHard { cfg.bootstrapBeta = 0.8 }
+    // MW-Net normalises its weights by their batch sum unless told otherwise (README, "Choosing the
+    // defaults": un-normalised weights let Adam turn V into an increasing function under noise).
+    if method == .mwnet { cfg.normalizeWeights = true }
     for part in body.split(separator: ",") {
       let kv = part.split(separator: "=", maxSplits: 1).map { String($0).trimmingCharacters(in: " ") }
       guard kv.count == 2, !kv[0].isEmpty else {

@@ -14,6 +14,8 @@ public struct MethodStepResult: Sendable {
   public var learningRate: Double = 0
   /// Updates taken after this one.
   public var step: Int64 = 0
+  /// Collapse and saturation statistics of the step (`StepDiagnostics`).
+  public var diagnostics = StepDiagnostics()
   /// Creates a zero result.
   public init() {}
 }
@@ -331,6 +333,11 @@ extension Trainer {
     guard Elementwise.allFinite(grads.pointer, count: grads.count) else {
       throw MetaweightError.nonFinite("step \(stepCount + 1): a gradient is NaN or infinite; parameters were not updated")
     }
+    // V's outputs for the saturation statistics: MW-Net's weights are V(ℓ) (after V's update),
+    // GDW's first-stage V(ℓ) is in tmpB; other methods have no V.
+    let unit: UnsafePointer<Float>? =
+      method == .mwnet ? UnsafePointer(w) : method == .gdw ? UnsafePointer(ws.tmpB.pointer) : nil
+    result.diagnostics = stepDiagnostics(weights: UnsafePointer(w), unit: unit, n: n)
     result.learningRate = Double(applyUpdate())
     result.step = stepCount
     return result

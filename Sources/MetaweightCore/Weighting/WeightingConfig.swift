@@ -58,7 +58,8 @@ public struct WeightingConfig: Sendable, Equatable {
   public var virtualStepMomentum = false
   /// Virtual step size α; ≤ 0 means the classifier's current learning rate (default).
   public var virtualLR: Float = 0
-  /// MW-Net/GDW: normalise the weights by their batch sum (imbalance script: yes; default no).
+  /// MW-Net: normalise the weights by their batch sum (the imbalance script; `MethodSpec` makes it
+  /// MW-Net's default). GDW never normalises. The noisy-label script does not normalise.
   public var normalizeWeights = false
   /// MW-Net/GDW: detach the loss fed to V (default yes).
   public var detachLoss = true
