@@ -1513,6 +1513,102 @@ def _fam_metrics_probe(draw: Any, rec: Recorder, env: Env) -> None:
     rec.call("accuracy", env.mw.metrics.accuracy, [0, 1], [0, 1])
 
 
+def _must_refuse(copier: Callable[[Any], Any], obj: Any) -> None:
+    """Copies ``obj``; a copy of a native handle that succeeds is a finding (AssertionError)."""
+    copier(obj)
+    raise AssertionError(f"{copier.__name__} of a {type(obj).__name__} succeeded; it would share the native handle")
+
+
+def _finding(message: str) -> None:
+    """Records a silent state corruption as a finding (an exception outside the hierarchy)."""
+    raise AssertionError(message)
+
+
+def _surrogate_text(draw: Any, st: Any, base: str) -> str:
+    """``base`` with a lone surrogate (U+D800..U+DFFF) inserted at a random position."""
+    ch = chr(draw(st.integers(0xD800, 0xDFFF)))
+    at = draw(st.integers(0, len(base)))
+    return base[:at] + ch + base[at:]
+
+
+def fam_handles(draw: Any, rec: Recorder, env: Env) -> None:
+    """Pickling and copying every handle type, re-entrant fit/search callbacks, lone surrogates in
+    specs, names and paths, and huge or deeply nested experiment configurations."""
+    import copy
+    import pickle
+
+    mw = env.mw
+    np, st, _ = _strategies()
+    from metaweight.experiments.config import load_config
+    from metaweight.law import LAWSearch
+
+    op = draw(st.integers(0, 3))
+    if op == 0:
+        kind = draw(st.sampled_from(["network", "trainer", "search", "strategy"]))
+        model = tiny_model(mw, "flat")
+        handles: list[Any] = [model]
+        if kind == "trainer":
+            handles.append(mw.Trainer(model))
+        elif kind == "search":
+            handles.append(LAWSearch("mlp(hidden=5, classes=3)", input_shape=TINY_FLAT))
+        elif kind == "strategy" and env.strategy is not None:
+            handles.append(env.strategy)
+        h = handles[-1]
+        for copier in draw(st.permutations([pickle.dumps, copy.copy, copy.deepcopy])):
+            rec.call(f"{copier.__name__}({type(h).__name__})", _must_refuse, copier, h)
+        for obj in handles:
+            if obj is not env.strategy:
+                obj.close()
+    elif op == 1:
+        model = tiny_model(mw, "flat")
+        tr = mw.Trainer(model, mw.SGD(lr=0.05))
+        x = np.zeros((6, *TINY_FLAT), dtype=np.float32)
+        y = np.arange(6) % 3
+
+        def reenter(t: Any, record: Any) -> None:
+            rec.call("Trainer.fit (from its callback)", t.fit, x, y, epochs=1, batch_size=3, progress=False)
+
+        epochs = draw(st.integers(1, 3))
+        run = rec.call("Trainer.fit", tr.fit, x, y, epochs=epochs, batch_size=3, progress=False, callbacks=[reenter])
+        if run is not None and [r.epoch for r in tr.history] != list(range(1, len(tr.history) + 1)):
+            rec.call("fit history after a re-entrant callback", _finding, f"epochs {[r.epoch for r in tr.history]}")
+        tr.close()
+        model.close()
+    elif op == 2:
+        what = draw(st.sampled_from(["network", "search", "method", "path"]))
+        if what == "network":
+            rec.call("Network(surrogate spec)", mw.Network, _surrogate_text(draw, st, "linear(out=3)"), TINY_FLAT)
+        elif what == "search":
+            rec.call("LAWSearch(surrogate spec)", LAWSearch, _surrogate_text(draw, st, "mlp(hidden=5, classes=3)"))
+        elif what == "method":
+            model = tiny_model(mw, "flat")
+            rec.call("Trainer(surrogate method)", mw.Trainer, model, method=_surrogate_text(draw, st, "erm"))
+            model.close()
+        else:
+            model = tiny_model(mw, "flat")
+            tr = mw.Trainer(model)
+            rec.call("Trainer.save(surrogate path)", tr.save, str(env.tmp / _surrogate_text(draw, st, "s.ckpt")))
+            tr.close()
+            model.close()
+    else:
+        shape = draw(st.sampled_from(["deep_dict", "deep_set", "wide_grid", "many_values"]))
+        if shape == "deep_dict":
+            deep: dict[str, Any] = {}
+            cur = deep
+            for _ in range(draw(st.sampled_from([40, 1000, 20000]))):
+                cur["a"] = {}
+                cur = cur["a"]
+            rec.call("load_config(deep)", load_config, {"defaults": deep})
+        elif shape == "deep_set":
+            d = draw(st.sampled_from([40, 1000, 100000]))
+            rec.call("load_config(sets=deep)", load_config, {}, sets=["seed=" + "[" * d + "]" * d])
+        elif shape == "wide_grid":
+            n = draw(st.sampled_from([400, 1000]))
+            rec.call("load_config(wide grid)", load_config, {"grid": {"seed": list(range(n)), "epochs": list(range(1, n))}})
+        else:
+            rec.call("load_config(many values)", load_config, {"description": list(range(250_000))})
+
+
 #: Families used only by the harness's own tests (never planned by a profile).
 TEST_FAMILIES: dict[str, Callable[[Any, Recorder, Env], None]] = {
     "_abort": _fam_abort,
@@ -1532,6 +1628,7 @@ FAMILIES: dict[str, Callable[[Any, Recorder, Env], None]] = {
     "law_search": fam_law_search,
     "experiments": fam_experiments,
     "threads": fam_threads,
+    "handles": fam_handles,
 }
 
 #: Relative weight of each family in a profile (slow families get fewer examples).
@@ -1548,6 +1645,7 @@ WEIGHTS = {
     "law_search": 0.4,
     "experiments": 2,
     "threads": 1.5,
+    "handles": 1,
 }
 
 
