@@ -307,6 +307,11 @@ func batchSize(_ x: UnsafePointer<Float>?, _ shape: UnsafePointer<Int64>?, _ ran
       "\(name): a batch of \(dims[0]) examples needs \(dims[0] * net.activationFloatsPerExample * 4 / (1 << 20)) MiB "
         + "of activations, over the limit of \(maxActivationFloats * 4 / (1 << 20)) MiB; use smaller batches")
   }
+  // The tape for this batch is allocated by the step: over the machine's limit it is a
+  // ResourceError now rather than an allocation failure later.
+  try Memory.check(
+    bytes: dims[0].multipliedReportingOverflow(by: (net.activationFloatsPerExample + net.inputLayout.size + net.classes) * 4),
+    what: "\(name): activations for a batch of \(dims[0]) examples")
   return dims[0]
 }
 

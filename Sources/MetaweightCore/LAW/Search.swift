@@ -418,6 +418,14 @@ final class LAWEpisode: @unchecked Sendable {
       throw MetaweightError.io("checkpoint: an episode's batch order does not match the data (\(pm.count) entries, \(n) examples)")
     }
     let done = try ck.requireInts("log.stages_done", count: 1)[0]
+    // Stage indices select embedding rows and schedule positions: in range or refused.
+    let k = Int64(config.stages)
+    guard st >= 0, st <= k, done >= 0, done <= k, sv.allSatisfy({ $0.isFinite }) else {
+      throw MetaweightError.io("checkpoint: an episode's stage state is out of range (stage \(st), done \(done), \(config.stages) stages)")
+    }
+    if let cs = ck.ints["completed.stages"], cs.count == 2, !cs.allSatisfy({ $0 >= 0 && $0 <= k }) {
+      throw MetaweightError.io("checkpoint: an episode's completed stages \(cs) are outside 0...\(config.stages)")
+    }
     let table = try ck.requireDoubles("log.table", count: log.table.count)
     let acts = try ck.requireFloats("log.actions", count: log.actions.count)
     let ew = try ck.requireFloats("log.example_weights", count: log.exampleWeights.count)

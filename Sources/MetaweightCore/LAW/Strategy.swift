@@ -166,6 +166,7 @@ public final class LAWStrategy: @unchecked Sendable {
     guard ck.string("law.kind") == "law-strategy" else {
       throw MetaweightError.io("strategy: the file is a metaweight checkpoint but not a LAW strategy")
     }
+    try ck.validateValues()  // every float finite (the actor, its embedding, scale and EMA)
     let format = try ck.requireInts("law.format", count: 1)[0]
     guard format == LAWStrategy.formatVersion else {
       throw MetaweightError.io("strategy: format version \(format) is not supported (expected \(LAWStrategy.formatVersion))")
