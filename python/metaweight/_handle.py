@@ -3,8 +3,10 @@
 :class:`NativeHandle` gives :class:`~metaweight.Network`, :class:`~metaweight.Trainer`,
 :class:`~metaweight.law.Strategy` and :class:`~metaweight.law.LAWSearch` the same lifetime rules:
 
-- ``close()`` frees the native object once (idempotent) under the object's lock, when it has one
-  (a network's or its trainer's: closing one in use by another thread raises ``BusyError``);
+- every object has a lock; ``_hold(what)`` takes it for one call or raises ``BusyError`` naming the
+  call (a network's lock also guards its trainers' calls);
+- ``close()`` frees the native object once (idempotent), under the lock where closing must wait for
+  nobody (a network, a trainer: closing one in use by another thread raises ``BusyError``);
 - ``closed`` tells whether it was closed;
 - ``with obj:`` closes it on exit;
 - ``__del__`` frees a handle nobody closed, never raising (also at interpreter shutdown);
@@ -20,10 +22,10 @@ from __future__ import annotations
 import contextlib
 import functools
 import threading
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from typing import TYPE_CHECKING, Any, ClassVar, NoReturn, TypeVar
 
-from .errors import NotCopyableError, StateError
+from .errors import BusyError, NotCopyableError, StateError
 
 if TYPE_CHECKING:
     from typing_extensions import Self
@@ -42,8 +44,29 @@ class NativeHandle:
     _handle: int | None = None
     #: Set by close(); a handle may also be None before it is created (a lazily created search).
     _closed: bool = False
+    _lock: threading.Lock
     _noun: ClassVar[str] = "object"
     _copy_advice: ClassVar[str] = ""
+    #: What BusyError adds after "in use by another thread", and its advice.
+    _busy_detail: ClassVar[str] = ""
+    _busy_advice: ClassVar[str] = "use one per thread, or guard it with a lock"
+
+    def __new__(cls, *args: Any, **kwargs: Any) -> Self:
+        obj = super().__new__(cls)
+        obj._lock = threading.Lock()
+        return obj
+
+    @contextlib.contextmanager
+    def _hold(self, what: str) -> Iterator[None]:
+        """Holds this object's lock for one call; BusyError when another thread holds it."""
+        if not self._lock.acquire(blocking=False):
+            raise BusyError(
+                f"{what}: the {self._noun} is in use by another thread{self._busy_detail}; {self._busy_advice}"
+            )
+        try:
+            yield
+        finally:
+            self._lock.release()
 
     def _free(self, handle: int) -> None:
         """Frees the native object (``_core.<kind>_free``)."""

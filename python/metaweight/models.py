@@ -31,7 +31,6 @@ from __future__ import annotations
 import contextlib
 import difflib
 import numbers
-import threading
 from collections.abc import Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any, Union
@@ -41,7 +40,7 @@ import numpy as np
 from . import _core
 from ._handle import NativeHandle
 from ._validate import as_bool, as_float, as_int, as_shape, as_text, check_finite, fmt_shape
-from .errors import BusyError, ClosedError, DTypeError, InvalidArgumentError, ShapeError
+from .errors import ClosedError, DTypeError, InvalidArgumentError, ShapeError
 
 __all__ = [
     "AvgPool2d",
@@ -368,13 +367,14 @@ class Network(NativeHandle):
     """
 
     _noun = "network"
+    _busy_detail = " (a step, prediction or parameter access is running)"
+    _busy_advice = "use one network and trainer per thread, or guard them with a lock"
     _copy_advice = "use net.copy(), or state_dict() and load_state_dict() on a network built the same way"
 
     def __init__(self, spec: str, input_shape: ShapeLike, seed: int = 0) -> None:
         spec = as_text(spec, "spec", "a spec string")
         shape = as_shape(input_shape, "input_shape")
         seed = as_int(seed, "seed", minimum=0, maximum=2**64 - 1)
-        self._lock = threading.Lock()
         self._spec = spec
         self._seed = seed
         self._handle = _core.network_create(spec, shape, seed)
@@ -399,19 +399,6 @@ class Network(NativeHandle):
         self._blocks = blocks
 
     # -- lifetime ---------------------------------------------------------------------------------
-
-    @contextlib.contextmanager
-    def _hold(self, what: str) -> Iterator[None]:
-        """Holds the network's lock for one call (also used by trainers); BusyError when taken."""
-        if not self._lock.acquire(blocking=False):
-            raise BusyError(
-                f"{what}: the network is in use by another thread (a step, prediction or parameter "
-                "access is running); use one network and trainer per thread, or guard them with a lock"
-            )
-        try:
-            yield
-        finally:
-            self._lock.release()
 
     @contextlib.contextmanager
     def _use(self, what: str = "network") -> Iterator[int]:
