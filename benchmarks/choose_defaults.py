@@ -26,9 +26,8 @@ import sys
 import time
 import warnings
 
-import numpy as np
-
 import metaweight as mw
+import numpy as np
 from metaweight import conditions, data
 
 MNIST = os.path.join(os.path.dirname(__file__), "..", "..", "shared", "data", "mnist-t10k")

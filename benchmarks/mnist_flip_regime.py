@@ -22,11 +22,10 @@ import os
 import time
 import warnings
 
-import numpy as np
-from sklearn.metrics import roc_auc_score
-
 import metaweight as mw
+import numpy as np
 from metaweight import conditions, data
+from sklearn.metrics import roc_auc_score
 
 MNIST = os.path.join(os.path.dirname(__file__), "..", "..", "shared", "data", "mnist-t10k")
 

@@ -78,13 +78,13 @@ from .models import (
     resnet32,
     wide_resnet,
 )
-from .optim import SGD, Adam, Constant, Cosine, MultiStep, Optimizer, Schedule
 from .monitor import (
     MetaweightWarning,
     StepDiagnostics,
     TrainingCollapseWarning,
     WeightSaturationWarning,
 )
+from .optim import SGD, Adam, Constant, Cosine, MultiStep, Optimizer, Schedule
 from .trainer import Augment, EpochRecord, History, SkippedStep, StepResult, Trainer
 
 

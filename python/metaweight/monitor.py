@@ -201,9 +201,9 @@ class CollapseMonitor:
                 "at lr <= 0.03 with momentum 0.9; see the README's 'Choosing the defaults'), or use a "
                 "method whose weights are not normalised per batch (MWNet, GDW).")
         if self.needs_meta and "ess" not in self.warned:
-            ess = [d.effective_sample_size * n for d, n in list(self._recent)[-self.window:]
-                   if math.isfinite(d.effective_sample_size)]
-            mean_ess = sum(ess) / len(ess) if ess else math.nan
+            ess_values = [d.effective_sample_size * n for d, n in list(self._recent)[-self.window:]
+                          if math.isfinite(d.effective_sample_size)]
+            mean_ess = sum(ess_values) / len(ess_values) if ess_values else math.nan
             if math.isfinite(mean_ess) and mean_ess <= self.min_examples and lm <= 0.9:
                 self._warn(
                     "ess", TrainingCollapseWarning,

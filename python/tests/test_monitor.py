@@ -9,10 +9,9 @@ import warnings
 import metaweight as mw
 import numpy as np
 import pytest
+from _api_support import digits_split
 from metaweight import conditions
 from metaweight.monitor import CollapseMonitor, StepDiagnostics
-
-from _api_support import digits_split
 
 
 def _noisy_digits(seed: int = 0):
