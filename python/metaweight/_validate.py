@@ -169,7 +169,7 @@ def as_labels(
         x_name: the name of that feature array (for the length-mismatch message).
 
     Returns:
-        A C-contiguous int64 array.
+        A C-contiguous int64 array that is a private copy of ``y`` (never a view of it).
 
     Raises:
         DTypeError: float, bool, object or other non-integer dtype.
@@ -204,7 +204,10 @@ def as_labels(
     if kind == "u" and a.dtype.itemsize == 8 and a.size and int(a.max()) > np.iinfo(np.int64).max:
         idx = int(np.argmax(a > np.iinfo(np.int64).max))
         raise LabelError(f"{name}: got label {int(a[idx])} at index {idx}, too large for int64")
-    out = np.ascontiguousarray(a, dtype=np.int64)
+    # A private copy, checked and then used instead of ``y``: another thread rewriting ``y`` during
+    # a call cannot turn a checked label into an out-of-range index (numpy's fancy indexing, as
+    # the core, would otherwise read the caller's memory again after the check).
+    out = np.array(a, dtype=np.int64, order="C", copy=True)
     if num_classes is not None:
         bad = (out < 0) | (out >= num_classes)
         if bad.any():
