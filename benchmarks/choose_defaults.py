@@ -111,7 +111,7 @@ def run_cell(ds_name: str, cond: str, lr: float, seed: int, variants: list[str])
     return out
 
 
-def table(rows: list[dict]) -> str:
+def table(rows: list[dict], warn_marks: bool = True) -> str:
     """Markdown: one line per data set × condition × lr, mean accuracy (AUC) per variant over seeds."""
     variants = [v for v in VARIANTS if any(r["variant"] == v for r in rows)]
     keys = sorted({(r["data"], r["condition"], r["lr"]) for r in rows})
@@ -127,18 +127,22 @@ def table(rows: list[dict]) -> str:
             acc = np.nanmean([r["accuracy"] for r in rs])
             aucs = [r["auc_last10"] for r in rs if r["auc_last10"] is not None]
             s = f"{acc:.3f}" + (f" ({np.mean(aucs):.2f})" if aucs else "")
-            if any(r["warnings"] for r in rs):
+            if warn_marks and any(r["warnings"] for r in rs):
                 s += " ⚠"
             cells.append(s)
         lines.append(f"| {k[0]} | {k[1]} | {k[2]} | " + " | ".join(cells) + " |")
     # Mean rank of each variant over the cells (1 = best accuracy), the summary that chose defaults.
     ranks: dict[str, list[float]] = {v: [] for v in variants}
     for k in keys:
-        accs = {v: np.nanmean([r["accuracy"] for r in rows if (r["data"], r["condition"], r["lr"]) == k
-                               and r["variant"] == v] or [np.nan]) for v in variants}
-        order = sorted(variants, key=lambda v: -np.nan_to_num(accs[v], nan=-1))
+        accs = {}
+        for v in variants:
+            vals = [r["accuracy"] for r in rows if (r["data"], r["condition"], r["lr"]) == k and r["variant"] == v]
+            if vals and not all(np.isnan(vals)):
+                accs[v] = float(np.nanmean(vals))
+        # Rank among the variants run in this cell, scaled to the full field so cells compare.
+        order = sorted(accs, key=lambda v: -accs[v])
         for i, v in enumerate(order):
-            ranks[v].append(i + 1)
+            ranks[v].append(1 + i * (len(variants) - 1) / max(len(order) - 1, 1))
     lines.append("| **mean rank** | | | " + " | ".join(f"{np.mean(ranks[v]):.2f}" for v in variants) + " |")
     return "\n".join(lines)
 
@@ -147,6 +151,7 @@ def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--json", help="write the rows here (appending to an existing file's rows)")
     ap.add_argument("--table", help="only print the tables of this results file")
+    ap.add_argument("--no-warning-marks", action="store_true", help="leave out the ⚠ marks of warnings fit issued")
     ap.add_argument("--data", default="digits,breast_cancer,wine,mnist")
     ap.add_argument("--conditions", default="uniform40,flip40,longtail10")
     ap.add_argument("--lrs", default="0.1,0.02")
@@ -155,7 +160,7 @@ def main() -> None:
     args = ap.parse_args()
     if args.table:
         with open(args.table) as f:
-            print(table(json.load(f)["rows"]))
+            print(table(json.load(f)["rows"], warn_marks=not args.no_warning_marks))
         return
     rows: list[dict] = []
     if args.json and os.path.exists(args.json):

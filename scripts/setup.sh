@@ -18,6 +18,12 @@ fi
 echo "== installing Python dependencies (pip)"
 python3 -m pip install -q setuptools wheel numpy scikit-learn tqdm matplotlib pytest hypothesis \
   nbformat nbclient ipykernel ruff mypy typing_extensions
+# PyTorch (CPU build, no CUDA libraries) runs the transcribed official MW-Net/GDW/L2RW steps that
+# python/tests/test_reference_side_by_side.py checks metaweight's steps against.
+if ! python3 -c "import torch" >/dev/null 2>&1; then
+  echo "== installing PyTorch, CPU build (pip)"
+  python3 -m pip install -q "torch==2.13.0+cpu"
+fi
 
 echo "== building and installing metaweight (pip install .)"
 python3 -m pip install -q --no-build-isolation .
