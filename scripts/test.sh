@@ -34,7 +34,7 @@ swift_suite() {
     else
       OPENBLAS_CORETYPE=$core swift test --skip-build --scratch-path .build-test >"$log" 2>&1 || failed=1
     fi
-    grep -E "error:|Fatal error|fatal error|Crash|Test Case .* failed" "$log" || true
+    grep -E "error:|Fatal error|fatal error|[Ee]xited with .*signal|Test Case .* failed" "$log" || true
     grep -E "Executed [0-9]+ tests" "$log" | tail -n 1 || tail -n 40 "$log"
     rm -f "$log"
   done

@@ -12,6 +12,7 @@ import sys
 import textwrap
 import threading
 import zlib
+from pathlib import Path
 
 import metaweight as mw
 import numpy as np
@@ -119,7 +120,10 @@ _HAMMER = textwrap.dedent(
 
 def test_rewriting_labels_from_another_thread_during_step_losses_and_evaluate_never_crashes():
     # Run in a child so that a crash (the old SIGSEGV) is reported as a failure of this test.
-    env = dict(os.environ, PYTHONPATH=os.pathsep.join(p for p in sys.path if p))
+    # The child imports the same metaweight as this process (installed, or an in-place build),
+    # whatever other folders tests have put on sys.path since.
+    package_dir = str(Path(mw.__file__).resolve().parent.parent)
+    env = dict(os.environ, PYTHONPATH=os.pathsep.join([package_dir, os.environ.get("PYTHONPATH", "")]))
     r = subprocess.run(
         [sys.executable, "-c", _HAMMER.format(calls=200)], capture_output=True, text=True, env=env, timeout=600
     )

@@ -19,6 +19,7 @@ import sys
 import textwrap
 import threading
 import time
+from collections.abc import Iterator
 from pathlib import Path
 
 import metaweight as mw
@@ -30,6 +31,25 @@ PYTHON_DIR = str(Path(mw.__file__).resolve().parent.parent)
 TESTS_DIR = str(Path(__file__).resolve().parent)
 
 
+@pytest.fixture(autouse=True)
+def _sigint_delivered() -> Iterator[None]:
+    """These tests are about Ctrl-C, so SIGINT must reach Python. A shell starts background jobs
+    with SIGINT ignored (and a process inherits that), and then ``_thread.interrupt_main`` and a
+    real SIGINT do nothing: restore Python's handler for the test, whatever launched pytest."""
+    previous = signal.getsignal(signal.SIGINT)
+    signal.signal(signal.SIGINT, signal.default_int_handler)
+    try:
+        yield
+    finally:
+        signal.signal(signal.SIGINT, previous)
+
+
+def _sigint_default() -> None:
+    # In the child before exec: SIG_DFL, so that the child's Python installs its KeyboardInterrupt
+    # handler (an inherited SIG_IGN would be kept).
+    signal.signal(signal.SIGINT, signal.SIG_DFL)
+
+
 def _child(code: str, *args: str) -> subprocess.Popen[str]:
     env = dict(os.environ, PYTHONPATH=os.pathsep.join([PYTHON_DIR, TESTS_DIR, os.environ.get("PYTHONPATH", "")]))
     return subprocess.Popen(
@@ -38,6 +58,7 @@ def _child(code: str, *args: str) -> subprocess.Popen[str]:
         stderr=subprocess.PIPE,
         text=True,
         env=env,
+        preexec_fn=_sigint_default,
     )
 
 
