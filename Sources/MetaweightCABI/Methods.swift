@@ -120,3 +120,73 @@ public func _mw_trainer_weight_function(
     }
   }
 }
+
+// MARK: - The weighting net V in the open
+
+/// The trainer's weighting net V, or MW_E_STATE naming the call and the trainer's method.
+private func requireWeightNet(_ tr: Trainer, _ call: String) throws -> WeightNet {
+  guard let wn = tr.weighting?.weightNet else {
+    let m = tr.weighting?.config.method ?? .erm
+    let name = MethodSpec.names.first { $0.value == m }?.key ?? "erm"
+    throw ABIError(
+      code: MW_E_STATE,
+      message: "\(call): the trainer's method '\(name)' has no weighting net (only MW-Net and GDW learn one)")
+  }
+  return wn
+}
+
+/// "linear1.weight[j]" ... "linear2.bias[0]" for flat index `i` of Θ = [W1 (h), b1 (h), W2 (h), b2 (1)]
+/// (PyTorch's names for the official VNet).
+private func weightNetEntryName(_ i: Int, hidden h: Int) -> String {
+  let blocks = ["linear1.weight", "linear1.bias", "linear2.weight", "linear2.bias"]
+  let b = min(i / max(h, 1), 3)
+  return "\(blocks[b])[\(i - b * h)]"
+}
+
+/// MW-Net/GDW: V's hidden width and its 3h+1 parameters [W1, b1, W2, b2] (metaweight.h).
+@_cdecl("mw_trainer_weight_net_get")
+public func _mw_trainer_weight_net_get(
+  _ h: mw_trainer, _ hidden: UnsafeMutablePointer<Int64>?, _ out: UnsafeMutablePointer<Float>?, _ count: Int64
+) -> mw_status {
+  guarded {
+    try using(h, as: Trainer.self, "trainer") { tr in
+      let wn = try requireWeightNet(tr, "mw_trainer_weight_net_get")
+      let size = wn.params.count
+      if let o = out {
+        guard count == Int64(size) else {
+          throw ABIError.shape("out: expected \(size) floats (3 × hidden \(wn.hidden) + 1), got \(count)")
+        }
+        o.update(from: wn.params.pointer, count: size)
+      }
+      hidden?.pointee = Int64(wn.hidden)
+    }
+  }
+}
+
+/// MW-Net/GDW: sets V's 3h+1 parameters from a checked core copy, keeping V's optimizer state
+/// (metaweight.h).
+@_cdecl("mw_trainer_weight_net_set")
+public func _mw_trainer_weight_net_set(_ h: mw_trainer, _ params: UnsafePointer<Float>?, _ count: Int64) -> mw_status {
+  guarded {
+    let p = try require(params, "params")
+    guard count >= 0, count <= 1 << 28 else { throw ABIError.shape("params: expected 0..2^28 floats, got \(count)") }
+    // Read the caller's memory once, into core memory; everything below checks and uses the copy.
+    let copy = try FloatBuffer(allocating: Int(count), what: "params")
+    copy.pointer.update(from: p, count: Int(count))
+    try using(h, as: Trainer.self, "trainer") { tr in
+      let wn = try requireWeightNet(tr, "mw_trainer_weight_net_set")
+      let size = wn.params.count
+      guard count == Int64(size) else {
+        throw ABIError.shape("params: expected \(size) floats (3 × hidden \(wn.hidden) + 1), got \(count)")
+      }
+      if !Elementwise.allFinite(copy.pointer, count: size) {
+        var i = 0
+        while i < size && copy[i].isFinite { i += 1 }
+        throw ABIError.nonFinite(
+          "params: expected finite values, got \(copy[i]) at flat index \(i) (\(weightNetEntryName(i, hidden: wn.hidden)))")
+      }
+      // Θ only: V's optimizer state (Adam moments / momentum buffer and step count) is kept.
+      wn.params.pointer.update(from: copy.pointer, count: size)
+    }
+  }
+}

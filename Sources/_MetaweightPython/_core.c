@@ -463,6 +463,33 @@ static PyObject *py_trainer_weight_function(PyObject *self, PyObject *args) {
   Py_RETURN_NONE;
 }
 
+/* trainer_weight_net_get(h, out|None) -> hidden: V's flat parameters (3h+1 float32) into out. */
+static PyObject *py_trainer_weight_net_get(PyObject *self, PyObject *args) {
+  PyObject *ho, *oo; uint64_t h;
+  if (!PyArg_ParseTuple(args, "OO", &ho, &oo) || handle_arg(ho, &h)) return NULL;
+  Py_buffer o; int has_o = (oo != Py_None);
+  if (has_o && get_buffer(oo, &o, 'f', 1, "out")) return NULL;
+  mw_status s; int64_t hidden = 0;
+  Py_BEGIN_ALLOW_THREADS s = mw_trainer_weight_net_get(h, &hidden, has_o ? (float *)o.buf : NULL,
+                                                       has_o ? (int64_t)(o.len / 4) : 0);
+  Py_END_ALLOW_THREADS if (has_o) PyBuffer_Release(&o);
+  if (s != MW_OK) return raise_status(s);
+  return PyLong_FromLongLong((long long)hidden);
+}
+
+/* trainer_weight_net_set(h, params): V's flat parameters (3h+1 float32; copied, then checked). */
+static PyObject *py_trainer_weight_net_set(PyObject *self, PyObject *args) {
+  PyObject *ho, *po; uint64_t h;
+  if (!PyArg_ParseTuple(args, "OO", &ho, &po) || handle_arg(ho, &h)) return NULL;
+  Py_buffer p;
+  if (get_buffer(po, &p, 'f', 0, "params")) return NULL;
+  mw_status s;
+  Py_BEGIN_ALLOW_THREADS s = mw_trainer_weight_net_set(h, (const float *)p.buf, (int64_t)(p.len / 4));
+  Py_END_ALLOW_THREADS PyBuffer_Release(&p);
+  if (s != MW_OK) return raise_status(s);
+  Py_RETURN_NONE;
+}
+
 /* ---- LAW: searches and strategies ---- */
 
 /* A C-contiguous buffer with items of format `fmt` ('d' float64, 'B' uint8/bool) and size `itemsize`. */
@@ -782,6 +809,10 @@ static PyMethodDef methods[] = {
     {"trainer_step_method", py_trainer_step_method, METH_VARARGS,
      "trainer_step_method(h, x, y, x_meta, y_meta, weights_out, class_weights_out) -> (loss, acc, lr, step, meta_loss)"},
     {"trainer_weight_function", py_trainer_weight_function, METH_VARARGS, "V(losses) into out."},
+    {"trainer_weight_net_get", py_trainer_weight_net_get, METH_VARARGS,
+     "trainer_weight_net_get(h, out|None) -> hidden; V's 3*hidden+1 parameters into out."},
+    {"trainer_weight_net_set", py_trainer_weight_net_set, METH_VARARGS,
+     "trainer_weight_net_set(h, params): set V's 3*hidden+1 parameters (optimizer state kept)."},
     {"law_create", py_law_create, METH_VARARGS, "law_create(config_spec, network_spec, input_shape, seed) -> handle"},
     {"law_free", py_law_free, METH_VARARGS, "Free a LAW search."},
     {"law_info", py_law_info, METH_VARARGS,

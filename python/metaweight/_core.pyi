@@ -96,6 +96,12 @@ def trainer_step_method(
     /,
 ) -> StepTuple: ...
 def trainer_weight_function(h: Handle, losses: Buffer, out: Buffer, /) -> None: ...
+def trainer_weight_net_get(h: Handle, out: Buffer | None, /) -> int:
+    """V's hidden width h; with ``out``, its 3h+1 parameters [W1, b1, W2, b2] (float32) into it."""
+
+def trainer_weight_net_set(h: Handle, params: Buffer, /) -> None:
+    """Sets V's 3h+1 parameters [W1, b1, W2, b2] (float32); V's optimizer state is kept."""
+
 
 # ---- LAW: searches and strategies ----
 def law_create(config_spec: str, network_spec: str, input_shape: Sequence[int], seed: int, /) -> Handle: ...

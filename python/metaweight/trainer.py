@@ -47,6 +47,7 @@ from . import _core
 from ._handle import NativeHandle, refuses_reentry
 from ._methods import ClassBalancedSampling, FineTune, Method, resolve_method
 from ._validate import as_bool, as_features, as_int, as_labels, as_optional_split, as_path, as_weights
+from ._weight_net import WeightNet
 from .errors import (
     ClosedError,
     DTypeError,
@@ -58,7 +59,7 @@ from .models import Network
 from .monitor import EPOCH_COLUMNS, CollapseMonitor, EpochDiagnostics, StepDiagnostics
 from .optim import SGD, Constant, Optimizer, Schedule, _steps_per_epoch
 
-__all__ = ["Augment", "EpochRecord", "History", "SkippedStep", "StepResult", "Trainer"]
+__all__ = ["Augment", "EpochRecord", "History", "SkippedStep", "StepResult", "Trainer", "WeightNet"]
 
 #: The default optimizer and schedule of :class:`Trainer` (immutable settings objects).
 DEFAULT_OPTIMIZER = SGD()
@@ -666,6 +667,25 @@ class Trainer(NativeHandle):
         with self._use("weight_function") as h:
             _core.trainer_weight_function(h, flat, out)
         return out.reshape(arr.shape)
+
+    @property
+    def weight_net(self) -> WeightNet:
+        """MW-Net's / GDW's weighting net V, read and set like any network: ``state_dict()``,
+        ``load_state_dict(d)``, ``parameters()``, ``get_parameter(name)``, ``set_parameter(name, value)``
+        with PyTorch's names and shapes for the official VNet (``linear1.weight`` (h, 1),
+        ``linear1.bias`` (h,), ``linear2.weight`` (1, h), ``linear2.bias`` (1,)). Setting V keeps
+        V's optimizer state (Adam moments); see :class:`~metaweight.trainer.WeightNet`.
+
+        Raises:
+            StateError: the method has no weighting net (only MW-Net and GDW do).
+            ClosedError: the trainer was closed.
+        """
+        if self._handle is None:
+            raise ClosedError("weight_net: the trainer was closed; create a new one")
+        if not self._method.has_weight_function:
+            raise StateError(f"weight_net: the {self._method.name!r} method has no weighting net "
+                             "(MW-Net and GDW learn one)")
+        return WeightNet(self)
 
     def _require_schedule(self, what: str) -> None:
         if self._provisional:

@@ -209,6 +209,19 @@ mw_status mw_trainer_step_method(mw_trainer tr, const float *x, const int64_t *x
                                  int64_t weights_count, float *class_weights_out, int64_t class_weights_count);
 /* MW-Net/GDW: V(loss) for n losses (the learned loss -> weight function). */
 mw_status mw_trainer_weight_function(mw_trainer tr, const float *losses, int64_t n, float *out);
+/*
+ * MW-Net/GDW: the weighting net V's parameters Θ, 3h+1 floats laid out as
+ * [W1 (h), b1 (h), W2 (h), b2 (1)] for V(l) = sigmoid(W2 relu(W1 l + b1) + b2): in PyTorch's
+ * names for the official VNet, linear1.weight (h x 1), linear1.bias (h), linear2.weight (1 x h),
+ * linear2.bias (1), in that order. Any other method is MW_E_STATE naming the call and the method.
+ * get: *hidden (may be NULL) receives h; out may be NULL, else count must be 3h+1 (MW_E_SHAPE).
+ * set: params (count floats) is copied into core memory first, then checked: count must be 3h+1
+ * (MW_E_SHAPE) and every value finite (MW_E_NONFINITE naming the entry); nothing changes on
+ * failure. Only Θ changes: V's optimizer state (Adam moments or momentum buffer, step count) is
+ * kept, as loading a module's state in PyTorch keeps its optimizer's. Θ is part of checkpoints.
+ */
+mw_status mw_trainer_weight_net_get(mw_trainer tr, int64_t *hidden, float *out, int64_t count);
+mw_status mw_trainer_weight_net_set(mw_trainer tr, const float *params, int64_t count);
 
 /* ---- LAW: learning to auto weight (Li et al. 2020) -------------------------------------- */
 

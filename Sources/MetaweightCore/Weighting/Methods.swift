@@ -170,6 +170,38 @@ public final class WeightingState: @unchecked Sendable {
   }
 }
 
+/// GDW's zero-mean constraint on the class-level weights of one batch (p detached and clamped at
+/// `prob_clamp` as in the official code): ω_it = Σ_{c≠t} ω_ic min(p_ic, clamp) / (1 − min(p_it, clamp)).
+public enum GDWConstraint {
+  /// The constraint's denominator 1 − min(p_t, clamp) for one row of probabilities, computed as
+  /// max(Σ_{c≠t} p_c, 1 − clamp).
+  ///
+  /// With Σ_c p_c = 1 the two are equal in exact arithmetic: Σ_{c≠t} p_c = 1 − p_t, and
+  /// max(1 − p_t, 1 − clamp) = 1 − min(p_t, clamp) because x ↦ 1 − x is decreasing. In float32
+  /// the sum has no cancellation: 1 − p_t at p_t ≈ 0.999 loses about three digits (relative
+  /// error ~1e-4 against float64), the sum of the small off-target probabilities keeps ~1e-7.
+  public static func denominator(_ probs: UnsafePointer<Float>, label t: Int, classes c: Int, clamp: Float) -> Float {
+    var rest: Float = 0
+    for k in 0..<c where k != t { rest += probs[k] }
+    return max(rest, 1 - clamp)
+  }
+
+  /// Sets ω_it of each of `n` rows of `omega` (n × classes) from its off-target entries and the
+  /// probabilities `probs` (n × classes), in place.
+  public static func apply(
+    omega: UnsafeMutablePointer<Float>, probs: UnsafePointer<Float>, labels: UnsafePointer<Int32>, n: Int, classes c: Int,
+    clamp: Float
+  ) {
+    for i in 0..<n {
+      let t = Int(labels[i])
+      let row = probs + i * c
+      var s: Float = 0
+      for k in 0..<c where k != t { s += omega[i * c + k] * min(row[k], clamp) }
+      omega[i * c + t] = s / denominator(row, label: t, classes: c, clamp: clamp)
+    }
+  }
+}
+
 extension Trainer {
   /// The virtual step size α and the factor ∂d/∂g of the virtual direction (1 + μ for Nesterov).
   func virtualStepSize(_ ws: WeightingState) -> (alpha: Float, factor: Float) {
@@ -437,13 +469,11 @@ extension Trainer {
     let (alpha, factor) = virtualStepSize(ws)
     let invN = 1 / Float(n)
     let labels = labels32
-    // Zero-mean constraint (p detached, clamped): ω_it = Σ_{c≠t} ω_ic p_ic / (1 − p_it).
+    // Zero-mean constraint (p detached, clamped): ω_it = Σ_{c≠t} ω_ic p_ic / (1 − p_it), with
+    // 1 − p_it computed without cancellation (`GDWConstraint.denominator`).
     func constrain() {
-      for i in 0..<n {
-        let t = Int(labels[i])
-        var s: Float = 0
-        for k in 0..<c where k != t { s += omega[i * c + k] * min(pr[i * c + k], pc) }
-        omega[i * c + t] = s / (1 - min(pr[i * c + t], pc))
+      labels.withUnsafeBufferPointer { lp in
+        GDWConstraint.apply(omega: omega, probs: UnsafePointer(pr), labels: lp.baseAddress!, n: n, classes: c, clamp: pc)
       }
     }
     // G_ic = ω_ic (p_ic − y_ic)/n.
@@ -478,7 +508,7 @@ extension Trainer {
     let dv = ws.tmpA.pointer
     for i in 0..<n {
       let t = Int(labels[i])
-      let git = gmat[i * c + t] / (1 - min(pr[i * c + t], pc))
+      let git = gmat[i * c + t] / GDWConstraint.denominator(UnsafePointer(pr + i * c), label: t, classes: c, clamp: pc)
       var s: Float = 0
       for k in 0..<c where k != t { s += gmat[i * c + k] + git * min(pr[i * c + k], pc) }
       dv[i] = s
