@@ -22,24 +22,7 @@ from . import _core
 
 __version__: str = _core.version()
 
-from . import _methods as methods
-from . import conditions, data, law, metrics
-from ._methods import (
-    ERM,
-    GDW,
-    L2RW,
-    Bootstrap,
-    ClassBalanced,
-    ClassBalancedSampling,
-    FineTune,
-    Focal,
-    HardMining,
-    InverseFrequency,
-    Method,
-    MWNet,
-    RandomWeights,
-    SelfPaced,
-)
+from . import conditions, data, law, methods, metrics
 from ._validate import as_int as _as_int
 from .errors import (
     BusyError,
@@ -55,6 +38,22 @@ from .errors import (
     ResourceError,
     ShapeError,
     StateError,
+)
+from .methods import (
+    ERM,
+    GDW,
+    L2RW,
+    Bootstrap,
+    ClassBalanced,
+    ClassBalancedSampling,
+    FineTune,
+    Focal,
+    HardMining,
+    InverseFrequency,
+    Method,
+    MWNet,
+    RandomWeights,
+    SelfPaced,
 )
 from .metrics import accuracy, confusion_matrix, per_class_accuracy
 from .models import (

@@ -45,7 +45,6 @@ import numpy as np
 
 from . import _core
 from ._handle import NativeHandle, refuses_reentry
-from ._methods import ClassBalancedSampling, FineTune, Method, resolve_method
 from ._validate import as_bool, as_features, as_int, as_labels, as_optional_split, as_path, as_weights
 from ._weight_net import WeightNet
 from .errors import (
@@ -55,6 +54,7 @@ from .errors import (
     NonFiniteError,
     StateError,
 )
+from .methods import ClassBalancedSampling, FineTune, Method, resolve_method
 from .models import Network
 from .monitor import EPOCH_COLUMNS, CollapseMonitor, EpochDiagnostics, StepDiagnostics
 from .optim import SGD, Constant, Optimizer, Schedule, _steps_per_epoch
