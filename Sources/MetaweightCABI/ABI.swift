@@ -287,8 +287,7 @@ public func _mw_trainer_step(
         try tr.step(x: xc.pointer, n: n, labels: try require(lp.baseAddress, "y"), sampleWeights: wc.map { UnsafePointer($0.pointer) })
       }
       if let o = out {
-        o.pointee = stepResult(
-          loss: r.loss, accuracy: r.accuracy, lr: r.learningRate, step: r.step, metaLoss: 0, r.diagnostics)
+        o.pointee = cStepResult(r)
       }
     }
   }

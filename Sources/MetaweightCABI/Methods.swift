@@ -3,12 +3,11 @@ import MetaweightCore
 
 // MARK: - Weighting methods
 
-/// The C step result of a step's figures and diagnostics.
-func stepResult(
-  loss: Double, accuracy: Double, lr: Double, step: Int64, metaLoss: Double, _ d: StepDiagnostics
-) -> mw_step_result {
-  mw_step_result(
-    loss: loss, accuracy: accuracy, lr: lr, step: step, meta_loss: metaLoss,
+/// The C step result of a step (`StepResult`, any method).
+func cStepResult(_ r: StepResult) -> mw_step_result {
+  let d = r.diagnostics
+  return mw_step_result(
+    loss: r.loss, accuracy: r.accuracy, lr: r.learningRate, step: r.step, meta_loss: r.metaLoss,
     weight_ess: d.effectiveSampleSize, saturated_low: d.saturatedLow, saturated_high: d.saturatedHigh,
     prediction_majority: d.predictionMajority, label_majority: d.labelMajority,
     weight_loss_corr: d.weightLossCorrelation)
@@ -75,7 +74,7 @@ public func _mw_trainer_step_method(
           throw ABIError.shape("class_weights_out: expected \(n * net.classes) floats (N × classes), got \(cwcount)")
         }
       }
-      var r = MethodStepResult()
+      let r: StepResult
       if let state = ws {
         r = try labels.withUnsafeBufferPointer { lp in
           try (metaLabels ?? []).withUnsafeBufferPointer { mp in
@@ -87,17 +86,11 @@ public func _mw_trainer_step_method(
         if let o = wout { o.update(from: state.weights.pointer, count: n) }
         if let o = cwout { o.update(from: state.classWeights.pointer, count: n * net.classes) }
       } else {
-        let s = try labels.withUnsafeBufferPointer { lp in try tr.step(x: xc.pointer, n: n, labels: try require(lp.baseAddress, "y")) }
-        r.loss = s.loss
-        r.accuracy = s.accuracy
-        r.learningRate = s.learningRate
-        r.step = s.step
-        r.diagnostics = s.diagnostics
+        r = try labels.withUnsafeBufferPointer { lp in try tr.step(x: xc.pointer, n: n, labels: try require(lp.baseAddress, "y")) }
         if let o = wout { o.update(repeating: 1, count: n) }
       }
       if let o = out {
-        o.pointee = stepResult(
-          loss: r.loss, accuracy: r.accuracy, lr: r.learningRate, step: r.step, metaLoss: r.metaLoss, r.diagnostics)
+        o.pointee = cStepResult(r)
       }
     }
   }

@@ -181,7 +181,7 @@ private final class MGFixture {
     return rows
   }
 
-  func weightedStep(_ ws: WeightingState) throws -> MethodStepResult {
+  func weightedStep(_ ws: WeightingState) throws -> StepResult {
     try trainer.weightedStep(ws, x: x.pointer, n: n, labels: y.pointer, xMeta: xm.pointer, m: m, labelsMeta: ym.pointer)
   }
 

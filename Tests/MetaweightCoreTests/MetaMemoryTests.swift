@@ -20,7 +20,7 @@ private final class MMRun {
   let network: Network
   let trainer: Trainer
   let ws: WeightingState
-  var results: [MethodStepResult] = []
+  var results: [StepResult] = []
 
   init(
     spec: String, input: Layout, method: WeightingConfig.Method, memory: WeightingConfig.Memory, augment: Bool

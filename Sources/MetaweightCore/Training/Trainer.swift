@@ -41,12 +41,14 @@ public struct Augmentation: Sendable, Equatable {
   }
 }
 
-/// Result of one training step.
+/// Result of one training step, of any method (ERM, a baseline, L2RW, MW-Net, GDW, a LAW strategy).
 public struct StepResult: Sendable {
   /// Mean (unweighted) cross-entropy of the batch.
   public var loss: Double = 0
   /// Training accuracy of the batch (before the update).
   public var accuracy: Double = 0
+  /// Meta loss: L2RW at θ, MW-Net/GDW at the look-ahead θ̂ (0 for methods without a meta batch).
+  public var metaLoss: Double = 0
   /// Learning rate used.
   public var learningRate: Double = 0
   /// Number of updates taken so far (after this one).

@@ -2,24 +2,6 @@
   import Glibc
 #endif
 
-/// Result of one weighted training step.
-public struct MethodStepResult: Sendable {
-  /// Mean unweighted cross-entropy of the train batch before the update.
-  public var loss: Double = 0
-  /// Train-batch accuracy before the update.
-  public var accuracy: Double = 0
-  /// Meta loss: L2RW at θ, MW-Net/GDW at the look-ahead θ̂ (0 for other methods).
-  public var metaLoss: Double = 0
-  /// Learning rate used.
-  public var learningRate: Double = 0
-  /// Updates taken after this one.
-  public var step: Int64 = 0
-  /// Collapse and saturation statistics of the step (`StepDiagnostics`).
-  public var diagnostics = StepDiagnostics()
-  /// Creates a zero result.
-  public init() {}
-}
-
 /// The per-trainer state of a weighting method: its configuration, MW-Net/GDW's weighting network
 /// and optimizer, and the buffers of the meta step (kept between steps, so a step allocates nothing).
 public final class WeightingState: @unchecked Sendable {
@@ -276,7 +258,7 @@ extension Trainer {
   public func weightedStep(
     _ ws: WeightingState, x: UnsafePointer<Float>, n: Int, labels: UnsafePointer<Int64>,
     xMeta: UnsafePointer<Float>?, m: Int, labelsMeta: UnsafePointer<Int64>?
-  ) throws -> MethodStepResult {
+  ) throws -> StepResult {
     try withStateRollback {
       try weightedStepBody(ws, x: x, n: n, labels: labels, xMeta: xMeta, m: m, labelsMeta: labelsMeta)
     }
@@ -285,7 +267,7 @@ extension Trainer {
   private func weightedStepBody(
     _ ws: WeightingState, x: UnsafePointer<Float>, n: Int, labels: UnsafePointer<Int64>,
     xMeta: UnsafePointer<Float>?, m: Int, labelsMeta: UnsafePointer<Int64>?
-  ) throws -> MethodStepResult {
+  ) throws -> StepResult {
     let c = network.classes
     let method = ws.config.method
     if method.needsMeta {
@@ -297,7 +279,7 @@ extension Trainer {
     // hold the meta batch's activations, so they are sized for the larger batch.
     reserve(batch: method == .l2rw || (ws.hasMetaTape && ws.config.memory == .low) ? max(n, m) : n)
     ws.reserve(n: n, m: m, classes: c, network: network, sharing: tape)
-    var result = MethodStepResult()
+    var result = StepResult()
     let w = ws.weights.pointer
     switch method {
     case .l2rw:
