@@ -238,6 +238,17 @@ public func _mw_trainer_create(
   }
 }
 
+@_cdecl("mw_trainer_set_schedule")
+public func _mw_trainer_set_schedule(_ h: mw_trainer, _ sched: UnsafePointer<mw_schedule_config>?) -> mw_status {
+  guarded {
+    let c = try require(sched, "schedule").pointee
+    try using(h, as: Trainer.self, "trainer") { tr in
+      // Validated in full before the trainer's schedule is replaced: nothing changes on an error.
+      tr.schedule = try makeSchedule(c, lr: tr.schedule.baseLR)
+    }
+  }
+}
+
 @_cdecl("mw_trainer_free")
 public func _mw_trainer_free(_ tr: mw_trainer) -> mw_status {
   guarded { try free(tr, as: Trainer.self, "mw_trainer_free") }

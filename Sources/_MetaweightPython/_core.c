@@ -222,35 +222,56 @@ static PyObject *py_network_activation_bytes(PyObject *self, PyObject *args) {
 
 /* ---- trainers ---- */
 
-static PyObject *py_trainer_create(PyObject *self, PyObject *args) {
-  PyObject *ho; uint64_t h; unsigned long long seed;
-  mw_optimizer_config o; memset(&o, 0, sizeof o);
-  int kind, nesterov, decoupled, skind; float gamma, min_lr; long long total, warmup;
-  PyObject *milestones;
-  if (!PyArg_ParseTuple(args, "O(iffififff)(iOfLfL)K", &ho, &kind, &o.lr, &o.momentum, &nesterov,
-                        &o.weight_decay, &decoupled, &o.beta1, &o.beta2, &o.eps, &skind, &milestones, &gamma,
-                        &total, &min_lr, &warmup, &seed) ||
-      handle_arg(ho, &h))
-    return NULL;
-  (void)kind;
-  o.kind = kind; o.nesterov = nesterov; o.decoupled = decoupled;
+/* Converts a schedule tuple (kind, milestones, gamma, total, min_lr, warmup) into *sc; the
+ * milestones go to a PyMem buffer in *ms that the caller frees (also on success). */
+static int schedule_arg(PyObject *t, mw_schedule_config *sc, int64_t **ms) {
+  int skind; float gamma, min_lr; long long total, warmup; PyObject *milestones;
+  *ms = NULL;
+  if (!PyArg_ParseTuple(t, "iOfLfL", &skind, &milestones, &gamma, &total, &min_lr, &warmup)) return -1;
   PyObject *seq = PySequence_Fast(milestones, "milestones: expected a sequence of ints");
-  if (!seq) return NULL;
+  if (!seq) return -1;
   Py_ssize_t nm = PySequence_Fast_GET_SIZE(seq);
-  int64_t *ms = PyMem_Malloc(sizeof(int64_t) * (size_t)(nm + 1));
-  if (!ms) { Py_DECREF(seq); return PyErr_NoMemory(); }
+  *ms = PyMem_Malloc(sizeof(int64_t) * (size_t)(nm + 1));
+  if (!*ms) { Py_DECREF(seq); PyErr_NoMemory(); return -1; }
   for (Py_ssize_t i = 0; i < nm; i++) {
-    ms[i] = PyLong_AsLongLong(PySequence_Fast_GET_ITEM(seq, i));
-    if (PyErr_Occurred()) { Py_DECREF(seq); PyMem_Free(ms); return NULL; }
+    (*ms)[i] = PyLong_AsLongLong(PySequence_Fast_GET_ITEM(seq, i));
+    if (PyErr_Occurred()) { Py_DECREF(seq); return -1; }
   }
   Py_DECREF(seq);
-  mw_schedule_config sc = {skind, ms, (int32_t)nm, gamma, total, min_lr, warmup};
+  mw_schedule_config c = {skind, *ms, (int32_t)nm, gamma, total, min_lr, warmup};
+  *sc = c;
+  return 0;
+}
+
+static PyObject *py_trainer_create(PyObject *self, PyObject *args) {
+  PyObject *ho, *so; uint64_t h; unsigned long long seed;
+  mw_optimizer_config o; memset(&o, 0, sizeof o);
+  int kind, nesterov, decoupled;
+  if (!PyArg_ParseTuple(args, "O(iffififff)OK", &ho, &kind, &o.lr, &o.momentum, &nesterov,
+                        &o.weight_decay, &decoupled, &o.beta1, &o.beta2, &o.eps, &so, &seed) ||
+      handle_arg(ho, &h))
+    return NULL;
+  o.kind = kind; o.nesterov = nesterov; o.decoupled = decoupled;
+  mw_schedule_config sc; int64_t *ms;
+  if (schedule_arg(so, &sc, &ms)) { PyMem_Free(ms); return NULL; }
   mw_trainer t = 0;
   mw_status s;
   Py_BEGIN_ALLOW_THREADS s = mw_trainer_create(h, &o, &sc, (uint64_t)seed, &t);
   Py_END_ALLOW_THREADS PyMem_Free(ms);
   if (s != MW_OK) return raise_status(s);
   return PyLong_FromUnsignedLongLong(t);
+}
+
+static PyObject *py_trainer_set_schedule(PyObject *self, PyObject *args) {
+  PyObject *ho, *so; uint64_t h;
+  if (!PyArg_ParseTuple(args, "OO", &ho, &so) || handle_arg(ho, &h)) return NULL;
+  mw_schedule_config sc; int64_t *ms;
+  if (schedule_arg(so, &sc, &ms)) { PyMem_Free(ms); return NULL; }
+  mw_status s;
+  Py_BEGIN_ALLOW_THREADS s = mw_trainer_set_schedule(h, &sc);
+  Py_END_ALLOW_THREADS PyMem_Free(ms);
+  if (s != MW_OK) return raise_status(s);
+  Py_RETURN_NONE;
 }
 
 static PyObject *py_trainer_free(PyObject *self, PyObject *args) {
@@ -794,6 +815,7 @@ static PyMethodDef methods[] = {
     {"network_signature", py_network_signature, METH_VARARGS, "Architecture signature."},
     {"network_activation_bytes", py_network_activation_bytes, METH_VARARGS, "Activation bytes for a batch."},
     {"trainer_create", py_trainer_create, METH_VARARGS, "trainer_create(net, opt, sched, seed) -> handle"},
+    {"trainer_set_schedule", py_trainer_set_schedule, METH_VARARGS, "trainer_set_schedule(h, sched)"},
     {"trainer_free", py_trainer_free, METH_VARARGS, "Free a trainer handle."},
     {"trainer_set_augmentation", py_trainer_set_augmentation, METH_VARARGS, "Crop padding and flip."},
     {"trainer_step", py_trainer_step, METH_VARARGS, "One training step -> (loss, acc, lr, step, meta_loss)."},

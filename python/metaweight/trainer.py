@@ -34,7 +34,6 @@ from __future__ import annotations
 import contextlib
 import math
 import os
-import tempfile
 import time
 import warnings
 from collections.abc import Iterator, Sequence
@@ -406,7 +405,6 @@ class Trainer(NativeHandle):
         self._steps_per_epoch = (
             None if steps_per_epoch is None else as_int(steps_per_epoch, "steps_per_epoch", minimum=1)
         )
-        self._loaded = False
         self._strategy: Any = None  # an attached metaweight.law.Strategy
         self._last_spe: int | None = None
         self._warned_spe: int | None = None
@@ -466,24 +464,14 @@ class Trainer(NativeHandle):
         s = self._schedule
         spe = self._steps_per_epoch if self._steps_per_epoch is not None else spe_fit
         if self._provisional:
+            # The live trainer (and whatever it loaded) keeps everything; only its schedule,
+            # now convertible to steps, is set.
             total = self.step_count + epochs * spe_fit
             config = self._schedule_config(spe, total)
-            new = self._create(config)
-            try:
-                if self._loaded:  # carry the loaded state over to the real trainer
-                    with self._use("fit") as old, tempfile.TemporaryDirectory(prefix="metaweight-") as d:
-                        path = os.path.join(d, "state.ckpt")
-                        _core.trainer_save(old, path)
-                        _core.trainer_load(new, path)
-            except BaseException:
-                _core.trainer_free(new)
-                raise
-            old_handle, self._handle = self._handle, new
+            with self._use("fit") as h:
+                _core.trainer_set_schedule(h, config)
             self._provisional = False
             self._schedule_spe = spe
-            if old_handle is not None:
-                with contextlib.suppress(Exception):
-                    _core.trainer_free(old_handle)
         elif s._uses_epochs() and self._schedule_spe != spe_fit and self._warned_spe != spe_fit:
             self._warned_spe = spe_fit
             warnings.warn(
@@ -1193,8 +1181,6 @@ class Trainer(NativeHandle):
         p = as_path(path)
         with self._use("load") as h:
             _core.trainer_load(h, p)
-        if self._provisional:
-            self._loaded = True
 
 
 class _MetaSampler:

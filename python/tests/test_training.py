@@ -408,3 +408,30 @@ def test_a_failed_step_leaves_batch_norm_statistics_unchanged(digits):
         trainer.step(x_train[100:200], y_train[100:200])
     for name, value in net.state_dict().items():
         np.testing.assert_array_equal(value, before[name], err_msg=name)
+
+
+def test_an_epoch_schedule_is_set_on_the_live_trainer_without_swapping_it(digits_xy):
+    x, y = digits_xy
+    net = mw.mlp(64, hidden=(16,), num_classes=10, seed=0)
+    tr = mw.Trainer(net, mw.SGD(lr=0.1), mw.MultiStep([1]), seed=0)  # epoch positions: fit resolves them
+    handle = tr._handle
+    tr.fit(x, y, epochs=2, batch_size=100, progress=False)
+    assert tr._handle == handle  # the same native trainer: nothing saved, reloaded or recreated
+    h = tr.history
+    assert h[0].lr == pytest.approx(0.1) and h[1].lr == pytest.approx(0.01)
+
+
+def test_setting_an_invalid_schedule_on_a_live_trainer_changes_nothing(digits_xy):
+    x, y = digits_xy
+    tr = mw.Trainer(mw.mlp(64, hidden=(16,), num_classes=10, seed=0), mw.SGD(lr=0.1), seed=0)
+    tr.step(x[:50], y[:50])
+    before = tr.learning_rate
+    with tr._use("test") as h:
+        with pytest.raises(mw.InvalidArgumentError, match="schedule.kind"):
+            mw._core.trainer_set_schedule(h, (9, [], 0.1, 0, 0.0, 0))
+        with pytest.raises(mw.InvalidArgumentError):
+            mw._core.trainer_set_schedule(h, (1, [-1], 0.1, 0, 0.0, 0))  # a negative milestone
+    assert tr.learning_rate == before
+    with tr._use("test") as h:
+        mw._core.trainer_set_schedule(h, (1, [1], 0.5, 0, 0.0, 0))  # x0.5 from step 1 on
+    assert tr.learning_rate == pytest.approx(0.05)

@@ -144,6 +144,13 @@ typedef struct {
 mw_status mw_trainer_create(mw_network net, const mw_optimizer_config *opt,
                             const mw_schedule_config *schedule, uint64_t seed, mw_trainer *out);
 mw_status mw_trainer_free(mw_trainer tr);
+/*
+ * Replaces a live trainer's learning-rate schedule (the base rate stays the one it was created
+ * with); parameters, optimizer state, step count, random generators and the method's state are
+ * kept. Used to resolve an epoch-based schedule once fit() knows the steps per epoch. The whole
+ * config is validated first: on an error nothing changes.
+ */
+mw_status mw_trainer_set_schedule(mw_trainer tr, const mw_schedule_config *schedule);
 /* Random crop with zero padding `crop_padding` and horizontal flip (image inputs only). */
 mw_status mw_trainer_set_augmentation(mw_trainer tr, int32_t crop_padding, int32_t flip);
 /*
