@@ -809,8 +809,9 @@ def train(
     """Trains a network, weighting every step with ``strategy`` (or unweighted when None), without
     any search: the strategy's actor is applied deterministically, once per stage.
 
-    The batch order is a fresh permutation per epoch from ``numpy.random.default_rng(seed)``, so
-    runs with and without a strategy (same seed) see the same batches. Defaults for ``epochs``,
+    Training is :meth:`Trainer.fit` with the strategy attached: the batch order is a fresh
+    permutation per epoch from the trainer's generator (seeded with ``seed``), so runs with and
+    without a strategy (same seed) see the same batches. Defaults for ``epochs``,
     ``batch_size``, the optimizer and the learning-rate milestones come from ``config``, else from
     the strategy's search configuration, else from :class:`LAWConfig`'s defaults. To compare with
     unweighted training, pass the same ``config`` (or the same explicit values) to both runs.
@@ -890,56 +891,39 @@ def train(
     warm = strategy.warmup_stages if strategy is not None else 0
     if strategy is not None:
         strategy.attach(trainer, total, xv, yv)
-    rng = np.random.default_rng(seed)
     wsum = np.zeros((stages, n), dtype=np.float64)
     wcnt = np.zeros((stages, n), dtype=np.int64)
     wbuf = np.zeros(batch_size, dtype=np.float32)
-    val_acc: list[float] = []
-    tr_loss: list[float] = []
-    tr_acc: list[float] = []
     te_loss: list[float] = []
     te_acc: list[float] = []
-    epoch_w = np.full((epochs, n), np.nan, dtype=np.float32)
-    t0 = time.perf_counter()
-    step = 0
-    for e in range(epochs):
-        perm = rng.permutation(n)
-        esum = np.zeros(n, dtype=np.float64)
-        ecnt = np.zeros(n, dtype=np.int64)
-        loss_sum = acc_sum = 0.0
-        for b in range(spe):
-            idx = perm[b * batch_size : (b + 1) * batch_size]
-            r = trainer.step(xa[idx], ya[idx])
-            k = len(idx)
-            loss_sum += r.loss * k
-            acc_sum += r.accuracy * k
-            if strategy is not None:
-                with trainer._use("strategy_state") as th:
-                    stage, _, _, _ = _core.trainer_strategy_state(th, wbuf)
-                stage = int(stage)
-                wsum[stage, idx] += wbuf[:k]
-                esum[idx] += wbuf[:k]
-            else:
-                stage = 0
-                wsum[0, idx] += 1.0
-                esum[idx] += 1.0
-            wcnt[stage, idx] += 1
-            ecnt[idx] += 1
-            step += 1
-        tr_loss.append(loss_sum / n)
-        tr_acc.append(acc_sum / n)
-        seen = ecnt > 0
-        epoch_w[e, seen] = (esum[seen] / ecnt[seen]).astype(np.float32)
-        if xv is not None and yv is not None:
-            val_acc.append(float(trainer.evaluate(xv, yv)["accuracy"]))
+
+    def on_step(idx: np.ndarray, r: Any) -> None:
+        # Which stage weighted this step: the attached strategy's running state.
+        stage = 0
+        if strategy is not None:
+            with trainer._use("strategy_state") as th:
+                stage = int(_core.trainer_strategy_state(th, wbuf)[0])
+        wsum[stage, idx] += r.weights if r.weights is not None else 1.0
+        wcnt[stage, idx] += 1
+
+    def on_epoch(_t: Any, rec: Any) -> None:
         if xt is not None and yt is not None:
             ev = trainer.evaluate(xt, yt)
             te_loss.append(float(ev["loss"]))
             te_acc.append(float(ev["accuracy"]))
         if progress:
-            extra = f"  val_acc {val_acc[-1]:.4f}" if val_acc else ""
+            extra = f"  val_acc {rec.val_accuracy:.4f}" if rec.val_accuracy is not None else ""
             extra += f"  test_acc {te_acc[-1]:.4f}" if te_acc else ""
-            print(f"law.train epoch {e + 1}/{epochs}  loss {tr_loss[-1]:.4f}{extra}", flush=True)
+            print(f"law.train epoch {rec.epoch}/{epochs}  loss {rec.train_loss:.4f}{extra}", flush=True)
+
+    t0 = time.perf_counter()
+    # The one training loop: fit, with the strategy (if any) weighting every step in the core.
+    history = trainer.fit(xa, ya, epochs=epochs, batch_size=batch_size, x_val=xv, y_val=yv, progress=False,
+                          callbacks=[on_epoch], record_weights=True, _on_step=on_step)
+    val_acc = [float(r.val_accuracy) for r in history if r.val_accuracy is not None]
+    tr_loss = [float(v) for v in history.train_loss]
+    tr_acc = [float(v) for v in history.train_accuracy]
+    epoch_w = np.stack([r.example_weights for r in history if r.example_weights is not None]).astype(np.float32)
     with np.errstate(invalid="ignore", divide="ignore"):
         ew = np.where(wcnt > 0, wsum / np.maximum(wcnt, 1), np.nan).astype(np.float32)
     wc = np.full(stages, np.nan)

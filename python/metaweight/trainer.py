@@ -802,6 +802,7 @@ class Trainer(NativeHandle):
         callbacks: Sequence[Callback] | None = None,
         record_weights: bool = False,
         _plain: bool = False,
+        _on_step: Callable[[np.ndarray, StepResult], None] | None = None,
     ) -> History:
         """Trains for a number of epochs over ``(x, y)``.
 
@@ -931,6 +932,8 @@ class Trainer(NativeHandle):
                         continue
                     k = len(idx)
                     epoch_diag.add(r.diagnostics)
+                    if _on_step is not None:  # law.train's per-stage weight bookkeeping
+                        _on_step(idx, r)
                     monitor.observe(r.step, r.diagnostics, k)
                     if wsum is not None and wcnt is not None and r.weights is not None:
                         np.add.at(wsum, idx, r.weights)
