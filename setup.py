@@ -7,6 +7,7 @@ Swift toolchain at run time. The shared object is then installed as `metaweight/
 """
 
 import os
+import re
 import shutil
 import subprocess
 import sys
@@ -60,7 +61,17 @@ class BuildSwift(build_ext):
         print(f"metaweight: installed extension {target}", flush=True)
 
 
+def version() -> str:
+    """The version, from its one place: MW_VERSION in the C header (the core returns the same)."""
+    header = os.path.join(ROOT, "Sources", "CMetaweight", "include", "metaweight.h")
+    with open(header, encoding="utf-8") as f:
+        m = re.search(r'^#define MW_VERSION "([^"]+)"', f.read(), re.M)
+    if not m:
+        raise RuntimeError(f"metaweight: no MW_VERSION in {header}")
+    return m.group(1)
+
+
 if __name__ == "__main__":
     if sys.platform != "linux":
         print("metaweight: only Linux is supported by this build script", file=sys.stderr)
-    setup(ext_modules=[SwiftExtension("metaweight._core")], cmdclass={"build_ext": BuildSwift})
+    setup(version=version(), ext_modules=[SwiftExtension("metaweight._core")], cmdclass={"build_ext": BuildSwift})

@@ -370,7 +370,7 @@ func writeString(_ s: String, _ buf: UnsafeMutablePointer<CChar>?, _ capacity: I
 /// Stable C strings for version and BLAS info.
 final class StaticStrings: @unchecked Sendable {
   static let shared = StaticStrings()
-  let version = strdup("0.1.0")
+  let version = strdup(MW_VERSION)
   lazy var core: UnsafeMutablePointer<CChar>? = strdup(BLAS.coreName)
   lazy var config: UnsafeMutablePointer<CChar>? = strdup(BLAS.config)
 }

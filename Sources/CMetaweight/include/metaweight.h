@@ -50,7 +50,11 @@ typedef uint64_t mw_trainer; /* a network with optimizer, schedule, method and R
 
 /* The last error message of this thread ("" when none). Valid until the next failing call. */
 const char *mw_last_error(void);
-/* Library version, e.g. "0.1.0". */
+/* The library's version: the one place it is written. mw_version() returns it, Python's
+ * metaweight.__version__ reads it through mw_version(), and setup.py reads it from this line for the
+ * package metadata. */
+#define MW_VERSION "0.1.0"
+/* Library version (MW_VERSION). */
 const char *mw_version(void);
 /* The OpenBLAS core in use (e.g. "SkylakeX") and its configuration string. */
 const char *mw_blas_core(void);
