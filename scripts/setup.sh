@@ -17,7 +17,7 @@ fi
 
 echo "== installing Python dependencies (pip)"
 python3 -m pip install -q setuptools wheel numpy scikit-learn tqdm matplotlib pytest hypothesis \
-  nbformat nbclient ipykernel ruff mypy typing_extensions
+  nbformat nbclient ipykernel ruff mypy typing_extensions onnx onnxruntime
 # PyTorch (CPU build, no CUDA libraries) runs the transcribed official MW-Net/GDW/L2RW steps that
 # python/tests/test_reference_side_by_side.py checks metaweight's steps against.
 if ! python3 -c "import torch" >/dev/null 2>&1; then

@@ -31,6 +31,7 @@ from __future__ import annotations
 import contextlib
 import difflib
 import numbers
+import os
 from collections.abc import Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any, Union
@@ -688,6 +689,32 @@ class Network(NativeHandle):
                 _core.network_set_flat(h, 0, params)
             if buf.size:
                 _core.network_set_flat(h, 1, buf)
+
+    def to_onnx(self, path: str | os.PathLike[str] | None, *, opset: int = 17) -> Any:
+        """Exports the network's inference-mode logits as an ONNX model (the ``metaweight[onnx]`` extra).
+
+        Batch norm uses the running statistics and dropout is off, as in ``Trainer.logits``. The
+        graph's input ``"input"`` is ``(N, *input_shape)`` float32 with a dynamic batch dimension;
+        its output ``"logits"`` is ``(N, num_classes)``. See :mod:`metaweight.onnx` for the
+        operator each layer becomes.
+
+        Args:
+            path: the ``.onnx`` file to write; None writes nothing and only returns the model.
+            opset: the ONNX operator set (11 up to the newest the installed ``onnx`` knows).
+
+        Returns:
+            The ``onnx.ModelProto``.
+
+        Raises:
+            OnnxNotInstalledError: the ``onnx`` package is missing (an ``ImportError``).
+            OnnxExportError: a layer the exporter cannot write; the message names it.
+            InvalidArgumentError: a bad ``opset`` or ``path``.
+            ClosedError: the network was closed.
+            OSError: the file cannot be written.
+        """
+        from .onnx import export
+
+        return export(self, path, opset=opset)
 
     def copy(self) -> Network:
         """An independent network with the same architecture, parameters and buffers.
