@@ -19,7 +19,7 @@ public func _mw_trainer_set_method(_ h: mw_trainer, _ spec: UnsafePointer<CChar>
     let s = String(cString: try require(spec, "method"))
     let cfg = try MethodSpec.parse(s)
     try using(h, as: Trainer.self, "trainer") { tr in
-      tr.weighting = cfg.method == .erm ? nil : try WeightingState(config: cfg, network: tr.network, seed: seed)
+      tr.weighting = try makeStepWeighting(config: cfg, network: tr.network, seed: seed)
     }
   }
 }
@@ -28,9 +28,7 @@ public func _mw_trainer_set_method(_ h: mw_trainer, _ spec: UnsafePointer<CChar>
 public func _mw_trainer_method(_ h: mw_trainer, _ buf: UnsafeMutablePointer<CChar>?, _ cap: Int64, _ len: UnsafeMutablePointer<Int64>?) -> mw_status {
   guarded {
     try using(h, as: Trainer.self, "trainer") { tr in
-      let m = tr.weighting?.config.method ?? .erm
-      let name = MethodSpec.names.first { $0.value == m }?.key ?? "erm"
-      writeString(name, buf, cap, len)
+      writeString(tr.weighting?.name ?? "erm", buf, cap, len)
     }
   }
 }
@@ -55,7 +53,7 @@ public func _mw_trainer_step_method(
       var m = 0
       var metaLabels: [Int64]? = nil
       var xmc: FloatBuffer? = nil
-      if method.needsMeta {
+      if ws?.needsMeta ?? false {
         guard xm != nil else {
           throw ABIError(code: MW_E_ARGUMENT, message: "x_meta: the \(method) method needs a meta batch in every step, got None")
         }
@@ -69,7 +67,7 @@ public func _mw_trainer_step_method(
         throw ABIError.shape("weights_out: expected \(n) floats, got \(wcount)")
       }
       if let _ = cwout {
-        guard method == .gdw else { throw ABIError.argument("class_weights_out: only GDW has class-level weights") }
+        guard ws?.hasClassWeights ?? false else { throw ABIError.argument("class_weights_out: only GDW has class-level weights") }
         guard cwcount == Int64(n * net.classes) else {
           throw ABIError.shape("class_weights_out: expected \(n * net.classes) floats (N × classes), got \(cwcount)")
         }
@@ -119,8 +117,7 @@ public func _mw_trainer_weight_function(
 /// The trainer's weighting net V, or MW_E_STATE naming the call and the trainer's method.
 private func requireWeightNet(_ tr: Trainer, _ call: String) throws -> WeightNet {
   guard let wn = tr.weighting?.weightNet else {
-    let m = tr.weighting?.config.method ?? .erm
-    let name = MethodSpec.names.first { $0.value == m }?.key ?? "erm"
+    let name = tr.weighting?.name ?? "erm"
     throw ABIError(
       code: MW_E_STATE,
       message: "\(call): the trainer's method '\(name)' has no weighting net (only MW-Net and GDW learn one)")

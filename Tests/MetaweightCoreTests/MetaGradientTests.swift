@@ -181,7 +181,7 @@ private final class MGFixture {
     return rows
   }
 
-  func weightedStep(_ ws: WeightingState) throws -> StepResult {
+  func weightedStep(_ ws: StepWeighting) throws -> StepResult {
     try trainer.weightedStep(ws, x: x.pointer, n: n, labels: y.pointer, xMeta: xm.pointer, m: m, labelsMeta: ym.pointer)
   }
 
@@ -320,9 +320,9 @@ final class MetaGradientTests: XCTestCase {
       let theta = fx.theta
       let tape = fx.network.makeTape(batch: fx.n)
       // Directions: a random one, and the meta gradient v (what the methods use).
-      let ws = try WeightingState(config: { var c = WeightingConfig(); c.method = .l2rw; return c }(), network: fx.network, seed: 1)
-      ws.reserve(n: fx.n, m: fx.m, classes: fx.c, network: fx.network)
-      _ = fx.trainer.metaPass(ws, params: fx.network.params.pointer, x: fx.xm.pointer, m: fx.m, labels: fx.ym.pointer)
+      let ws = try L2RW(config: { var c = WeightingConfig(); c.method = .l2rw; return c }(), network: fx.network, seed: 1)
+      ws.meta.reserve(n: fx.n, m: fx.m, network: fx.network)
+      _ = ws.meta.metaPass(fx.trainer, params: fx.network.params.pointer, x: fx.xm.pointer, m: fx.m, labels: fx.ym.pointer)
       let v = fx.trainer.grads.array.map(Double.init)
       let scale = MG.norm(theta) / max(MG.norm(v), 1e-30)
       let directions: [(String, [Double])] = [
@@ -361,8 +361,8 @@ final class MetaGradientTests: XCTestCase {
       let fx = try MGFixture(arch)
       var cfg = WeightingConfig()
       cfg.method = .l2rw
-      let ws = try WeightingState(config: cfg, network: fx.network, seed: 2)
-      ws.reserve(n: fx.n, m: fx.m, classes: fx.c, network: fx.network)
+      let ws = try L2RW(config: cfg, network: fx.network, seed: 2)
+      ws.meta.reserve(n: fx.n, m: fx.m, network: fx.network)
       fx.trainer.reserve(batch: fx.n)
       let theta = fx.theta
       let alpha = fx.alpha
@@ -372,11 +372,11 @@ final class MetaGradientTests: XCTestCase {
       }.map { -$0 / alpha }
 
       let stateBefore = fx.stateBits
-      let metaLoss = fx.trainer.metaPass(ws, params: fx.network.params.pointer, x: fx.xm.pointer, m: fx.m, labels: fx.ym.pointer)
+      let metaLoss = ws.meta.metaPass(fx.trainer, params: fx.network.params.pointer, x: fx.xm.pointer, m: fx.m, labels: fx.ym.pointer)
       XCTAssertEqual(metaLoss, fx.metaLoss(theta), accuracy: 1e-5 * max(1, abs(metaLoss)), "\(arch): meta loss at θ")
       fx.trainForward()
       let u = FloatBuffer(count: fx.n)
-      fx.trainer.projectedGradients(ws, n: fx.n, out: u.pointer)
+      ws.meta.projectedGradients(fx.trainer, n: fx.n, out: u.pointer)
       let uImpl = u.array.map(Double.init)
       MG.assertAgree(uImpl, uFD, "L2RW u vs FD of f(eps), \(arch)")
       // The JVP against reverse mode: uᵢ = ⟨∇L_meta(θ), ∇lᵢ(θ)⟩ (tight: no finite differences).
@@ -394,7 +394,7 @@ final class MetaGradientTests: XCTestCase {
       let fx = try MGFixture(arch)
       var cfg = WeightingConfig()
       cfg.method = .l2rw
-      let ws = try WeightingState(config: cfg, network: fx.network, seed: 2)
+      let ws = try XCTUnwrap(makeStepWeighting(config: cfg, network: fx.network, seed: 2))
       let theta = fx.theta
       let alpha = fx.alpha
       let grads = fx.perExampleGradients()
@@ -452,7 +452,7 @@ final class MetaGradientTests: XCTestCase {
     cfg.weightNetHidden = 10
     cfg.weightNetLR = 0
     configure(&cfg)
-    let ws = try WeightingState(config: cfg, network: fx.network, seed: 4)
+    let ws = try XCTUnwrap(makeStepWeighting(config: cfg, network: fx.network, seed: 4))
     let wn = try XCTUnwrap(ws.weightNet)
     let h = wn.hidden
     let grads = fx.perExampleGradients()
@@ -587,7 +587,7 @@ final class MetaGradientTests: XCTestCase {
     cfg.gdwEta = 0.05
     cfg.gdwClip = 100
     configure(&cfg)
-    let ws = try WeightingState(config: cfg, network: fx.network, seed: 6)
+    let ws = try GDW(config: cfg, network: fx.network, seed: 6)
     let wn = try XCTUnwrap(ws.weightNet)
     let h = wn.hidden
     let n = fx.n, c = fx.c
@@ -700,19 +700,19 @@ final class MetaGradientTests: XCTestCase {
       XCTAssertGreaterThan(fx.network.state.count, 0, "\(arch): has BN state")
       var cfg = WeightingConfig()
       cfg.method = .mwnet
-      let ws = try WeightingState(config: cfg, network: fx.network, seed: 1)
-      ws.reserve(n: fx.n, m: fx.m, classes: fx.c, network: fx.network)
+      let ws = try MWNet(config: cfg, network: fx.network, seed: 1)
+      ws.meta.reserve(n: fx.n, m: fx.m, network: fx.network)
       let before = fx.stateBits
-      _ = fx.trainer.metaPass(ws, params: fx.network.params.pointer, x: fx.xm.pointer, m: fx.m, labels: fx.ym.pointer)
+      _ = ws.meta.metaPass(fx.trainer, params: fx.network.params.pointer, x: fx.xm.pointer, m: fx.m, labels: fx.ym.pointer)
       XCTAssertEqual(fx.stateBits, before, "\(arch): metaPass at θ changed running statistics")
       let shifted = fx.network.params.array.map { $0 * 0.9 + 0.01 }
       _ = shifted.withUnsafeBufferPointer {
-        fx.trainer.metaPass(ws, params: $0.baseAddress!, x: fx.xm.pointer, m: fx.m, labels: fx.ym.pointer)
+        ws.meta.metaPass(fx.trainer, params: $0.baseAddress!, x: fx.xm.pointer, m: fx.m, labels: fx.ym.pointer)
       }
       XCTAssertEqual(fx.stateBits, before, "\(arch): metaPass at θ̂ changed running statistics")
       fx.trainForward()
       let out = FloatBuffer(count: fx.n)
-      fx.trainer.projectedGradients(ws, n: fx.n, out: out.pointer)
+      ws.meta.projectedGradients(fx.trainer, n: fx.n, out: out.pointer)
       XCTAssertEqual(fx.stateBits, before, "\(arch): virtual train forward / JVP changed running statistics")
     }
   }
@@ -735,7 +735,7 @@ final class MetaGradientTests: XCTestCase {
         var cfg = WeightingConfig()
         cfg.method = method
         cfg.memory = memory
-        let ws = try WeightingState(config: cfg, network: a.network, seed: 1)
+        let ws = try XCTUnwrap(makeStepWeighting(config: cfg, network: a.network, seed: 1))
         _ = try a.weightedStep(ws)
         b.trainer.forwardTrainBatch(x: b.x.pointer, n: b.n, labels: b.y.pointer)
         XCTAssertNotEqual(a.stateBits, initial, "\(arch) \(method) \(memory): the step did not update running statistics")

@@ -19,8 +19,10 @@ private struct MMBatch {
 private final class MMRun {
   let network: Network
   let trainer: Trainer
-  let ws: WeightingState
+  let ws: StepWeighting
   var results: [StepResult] = []
+  /// The method's meta tape (MW-Net, GDW), nil without one.
+  var metaTape: NetworkTape? { (ws as? LookAheadWeighting)?.meta.tape }
 
   init(
     spec: String, input: Layout, method: WeightingConfig.Method, memory: WeightingConfig.Memory, augment: Bool
@@ -37,7 +39,7 @@ private final class MMRun {
     var cfg = WeightingConfig()
     cfg.method = method
     cfg.memory = memory
-    ws = try WeightingState(config: cfg, network: network, seed: 5)
+    ws = try XCTUnwrap(makeStepWeighting(config: cfg, network: network, seed: 5))
     trainer.weighting = ws
   }
 
@@ -91,8 +93,8 @@ final class MetaMemoryTests: XCTestCase {
           try fast.step(b)
           try low.step(b)
         }
-        XCTAssertEqual(fast.ws.metaTape?.borrowed.count, 0, "\(label): fast mode borrows no activations")
-        XCTAssertGreaterThan(low.ws.metaTape?.borrowed.count ?? 0, 0, "\(label): low-memory mode borrows no activations")
+        XCTAssertEqual(fast.metaTape?.borrowed.count, 0, "\(label): fast mode borrows no activations")
+        XCTAssertGreaterThan(low.metaTape?.borrowed.count ?? 0, 0, "\(label): low-memory mode borrows no activations")
         let pf = fast.network.params.array, pl = low.network.params.array
         XCTAssertEqual(pf.count, pl.count)
         XCTAssertEqual(pf, pl, "\(label): parameters")
@@ -128,8 +130,8 @@ final class MetaMemoryTests: XCTestCase {
       let run = try MMRun(spec: spec, input: input, method: method, memory: memory, augment: false)
       try run.step(b)
       let label = "\(method) \(memory)"
-      XCTAssertEqual(run.ws.metaTape != nil, hasTape, "\(label): meta tape")
-      guard let mt = run.ws.metaTape else { continue }
+      XCTAssertEqual(run.metaTape != nil, hasTape, "\(label): meta tape")
+      guard let mt = run.metaTape else { continue }
       let train = run.trainer.tape
       XCTAssertTrue(mt.buffers === train.buffers, "\(label): meta tape has its own buffers")
       XCTAssertTrue(mt.scratch === train.scratch, "\(label): meta tape has its own scratch")
@@ -161,7 +163,7 @@ final class MetaMemoryTests: XCTestCase {
     let (spec, input) = Self.cases[3]
     let run = try MMRun(spec: spec, input: input, method: .mwnet, memory: .low, augment: false)
     try run.step(batches(input, classes: 4, n: 6, m: 6, count: 1)[0])
-    let mt = try XCTUnwrap(run.ws.metaTape)
+    let mt = try XCTUnwrap(run.metaTape)
     XCTAssertEqual(mt.borrowed.count, 2)
     XCTAssertEqual(mt.lanes.count, 1)
     XCTAssertEqual(mt.ownedActivationBytes, 0)
@@ -182,7 +184,7 @@ final class MetaMemoryTests: XCTestCase {
           let held = run.trainer.tape.buffers.slotBytes
           let expected = (0..<held.count).map { 4 * (predicted[$0] ?? 0) }
           XCTAssertEqual(held, expected, "\(spec) \(memory) n \(n) m \(m): pool slots")
-          if memory == .low { XCTAssertFalse(run.ws.metaTape?.lanes.isEmpty ?? true, "\(spec): no pooled lanes") }
+          if memory == .low { XCTAssertFalse(run.metaTape?.lanes.isEmpty ?? true, "\(spec): no pooled lanes") }
           slots.append(held)
         }
         XCTAssertEqual(slots[0], slots[1], "\(spec): low mode grew the pool")

@@ -93,8 +93,8 @@ public final class Trainer: @unchecked Sendable {
   let augmented = Scratch()
   /// Copy of the batch-norm running statistics taken before each step, restored when it fails.
   lazy var stateBackup = FloatBuffer(count: network.state.count)
-  /// The weighting method's state (nil = plain ERM).
-  public var weighting: WeightingState?
+  /// The weighting method (nil = plain ERM); its steps are `weightedStep(_:…)`.
+  public var weighting: StepWeighting?
   /// Per-example weights for `step` calls without `sampleWeights` (a LAW strategy); nil = none.
   public var stepWeighting: TrainerStepWeighting?
 

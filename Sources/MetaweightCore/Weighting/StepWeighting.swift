@@ -1,0 +1,204 @@
+/// One weighting method as a trainer sees it: its options, its part of a training step, the weights
+/// that step used, and its own checkpoint section. `Trainer` knows methods only through this
+/// protocol (`Trainer.weighting`, `Trainer.weightedStep`); `makeStepWeighting` builds the type of a
+/// parsed `WeightingConfig`.
+///
+/// A method owns its buffers (kept between steps, so a step allocates nothing once they fit the
+/// batch) and may use the trainer's train-batch buffers (tape, losses, probabilities, logit
+/// gradients, coefficients, gradient) during its `step`.
+public protocol StepWeighting: AnyObject {
+  /// The method and its options.
+  var config: WeightingConfig { get }
+  /// Whether every step needs a meta (clean) batch.
+  var needsMeta: Bool { get }
+  /// Per-example weights of the last step (at least n values).
+  var weights: FloatBuffer { get }
+  /// Whether the method has class-level weights (GDW).
+  var hasClassWeights: Bool { get }
+  /// Class-level weights ω′ of the last step (n × C); empty for methods without them.
+  var classWeights: FloatBuffer { get }
+  /// The weighting net V (MW-Net, GDW); nil for other methods.
+  var weightNet: WeightNet? { get }
+  /// V's optimizer (MW-Net, GDW); nil for other methods.
+  var weightNetOptimizer: Optimizer? { get }
+  /// V's outputs V(ℓᵢ) ∈ (0, 1) of the last step, for the saturation diagnostics; nil for
+  /// methods without V.
+  var unitOutputs: UnsafePointer<Float>? { get }
+
+  /// Sizes the trainer's and the method's buffers for a train batch of `n` and a meta batch of
+  /// `m` (0 without one).
+  func reserve(trainer: Trainer, n: Int, m: Int)
+
+  /// The method's part of one step, before the trainer's `applyUpdate`: the train forward pass
+  /// and whatever the method computes (weights, V's update), ending with the real step's gradient
+  /// in `trainer.grads`. Returns loss, accuracy and meta loss; the trainer fills in the rest.
+  /// - Throws: `MetaweightError.nonFinite` when a loss, weight or gradient is NaN/Inf.
+  func step(
+    trainer: Trainer, x: UnsafePointer<Float>, n: Int, labels: UnsafePointer<Int64>,
+    xMeta: UnsafePointer<Float>?, m: Int, labelsMeta: UnsafePointer<Int64>?
+  ) throws -> StepResult
+
+  /// Saves the method's checkpoint section (`weighting.*`) into `ck`.
+  func save(into ck: inout Checkpoint)
+  /// Checks that `ck` holds this method's section (throws naming the mismatch).
+  func validate(_ ck: Checkpoint) throws
+  /// Restores from `ck` (validated first, so nothing changes on failure).
+  func restore(_ ck: Checkpoint) throws
+}
+
+extension StepWeighting {
+  /// Whether every step needs a meta batch (L2RW, MW-Net, GDW).
+  public var needsMeta: Bool { config.method.needsMeta }
+  /// No class-level weights.
+  public var hasClassWeights: Bool { false }
+  /// No class-level weights.
+  public var classWeights: FloatBuffer { FloatBuffer(count: 0) }
+  /// No weighting net.
+  public var weightNet: WeightNet? { nil }
+  /// No weighting net.
+  public var weightNetOptimizer: Optimizer? { nil }
+  /// No weighting net.
+  public var unitOutputs: UnsafePointer<Float>? { nil }
+  /// The method's spec name (`MethodSpec.names`), e.g. "mwnet".
+  public var name: String { MethodSpec.names.first { $0.value == config.method }?.key ?? "erm" }
+}
+
+/// The step-weighting type of `config`'s method, for `network`; nil for ERM (a trainer without
+/// a weighting method takes plain steps). `seed` draws V's initialisation and the method's
+/// random generator.
+/// - Throws: `MetaweightError.invalidArgument` for invalid options.
+public func makeStepWeighting(config: WeightingConfig, network: Network, seed: UInt64) throws -> StepWeighting? {
+  switch config.method {
+  case .erm: return nil
+  case .l2rw: return try L2RW(config: config, network: network, seed: seed)
+  case .mwnet: return try MWNet(config: config, network: network, seed: seed)
+  case .gdw: return try GDW(config: config, network: network, seed: seed)
+  case .focal, .bootstrapSoft, .bootstrapHard: return try LossBaseline(config: config, network: network, seed: seed)
+  case .classBalanced, .inverseFrequency, .hardMining, .randomGaussian, .selfPaced:
+    return try WeightBaseline(config: config, network: network, seed: seed)
+  }
+}
+
+/// The `weighting.*` checkpoint section every method writes: the method's tag, its random
+/// generator and, for MW-Net and GDW, V and V's optimizer. Section names and seeding are those of
+/// the file format (unchanged since version 1).
+enum WeightingSection {
+  /// V and its optimizer (when `config`'s method has a weighting net) and the method's random
+  /// generator, drawn from `seed` in this order.
+  static func seeds(config: WeightingConfig, seed: UInt64) -> (weightNet: WeightNet?, optimizer: Optimizer?, rng: RNG) {
+    var seeder = RNG(seed: seed ^ 0x5EED_0F5E_ED00)
+    var net: WeightNet?
+    var opt: Optimizer?
+    if config.method.hasWeightNet {
+      net = WeightNet(hidden: config.weightNetHidden, seed: seeder.next())
+      opt = Optimizer(config: config.weightNetOptimizer, count: 3 * config.weightNetHidden + 1)
+    }
+    return (net, opt, RNG(seed: seeder.next()))
+  }
+
+  /// Checks the options shared by every method's initialiser: valid for `network`, and `method`.
+  static func check(_ config: WeightingConfig, is methods: [WeightingConfig.Method], network: Network) throws {
+    try config.validate(classes: network.classes)
+    guard methods.contains(config.method) else {
+      throw MetaweightError.invalidArgument("method: this weighting type implements \(methods), got \(config.method)")
+    }
+  }
+
+  /// Saves the method tag, `rng` and V with its optimizer.
+  static func save(
+    _ config: WeightingConfig, rng: RNG, weightNet: WeightNet?, optimizer: Optimizer?, into ck: inout Checkpoint
+  ) {
+    ck.ints["weighting.method"] = [Int64(config.method.rawValue)]
+    ck.ints["weighting.rng"] = rng.stateWords.map { Int64(bitPattern: $0) }
+    if let wn = weightNet, let opt = optimizer {
+      ck.floats["weighting.net"] = wn.params.array
+      ck.floats["weighting.opt.first"] = opt.first.array
+      ck.floats["weighting.opt.second"] = opt.second.array
+      ck.ints["weighting.opt.steps"] = [opt.steps]
+    }
+  }
+
+  /// Checks that `ck` holds the section of `config`'s method with V's sizes.
+  static func validate(
+    _ config: WeightingConfig, weightNet: WeightNet?, optimizer: Optimizer?, _ ck: Checkpoint
+  ) throws {
+    let m = try ck.requireInts("weighting.method", count: 1)[0]
+    guard m == Int64(config.method.rawValue) else {
+      throw MetaweightError.io(
+        "checkpoint: weighting method mismatch (file has method \(m), trainer has \(config.method))")
+    }
+    _ = try ck.requireInts("weighting.rng", count: 4)
+    if let wn = weightNet, let opt = optimizer {
+      _ = try ck.requireFloats("weighting.net", count: wn.params.count)
+      _ = try ck.requireFloats("weighting.opt.first", count: opt.first.count)
+      _ = try ck.requireFloats("weighting.opt.second", count: opt.second.count)
+      _ = try ck.requireInts("weighting.opt.steps", count: 1)
+    }
+  }
+
+  /// Restores V and its optimizer from a validated `ck`; returns the saved generator.
+  static func restore(weightNet: WeightNet?, optimizer: Optimizer?, _ ck: Checkpoint) throws -> RNG {
+    let rng = RNG(state: try ck.requireInts("weighting.rng", count: 4).map { UInt64(bitPattern: $0) })
+    if let wn = weightNet, let opt = optimizer {
+      let p = try ck.requireFloats("weighting.net", count: wn.params.count)
+      wn.params.pointer.update(from: p, count: p.count)
+      let f = try ck.requireFloats("weighting.opt.first", count: opt.first.count)
+      opt.first.pointer.update(from: f, count: f.count)
+      let s = try ck.requireFloats("weighting.opt.second", count: opt.second.count)
+      opt.second.pointer.update(from: s, count: s.count)
+      opt.steps = try ck.requireInts("weighting.opt.steps", count: 1)[0]
+    }
+    return rng
+  }
+}
+
+extension Trainer {
+  /// One step of the weighting method `ws` (one optimizer update of θ; MW-Net and GDW also
+  /// update V once). `xMeta`/`labelsMeta` are required exactly when the method needs a meta batch.
+  /// - Throws: `MetaweightError.nonFinite` when a loss, weight or gradient is NaN/Inf (θ, the
+  ///   optimizer state and the batch-norm statistics untouched); `MetaweightError.invalidState`
+  ///   when a meta batch is missing.
+  public func weightedStep(
+    _ ws: StepWeighting, x: UnsafePointer<Float>, n: Int, labels: UnsafePointer<Int64>,
+    xMeta: UnsafePointer<Float>?, m: Int, labelsMeta: UnsafePointer<Int64>?
+  ) throws -> StepResult {
+    try withStateRollback {
+      if ws.needsMeta {
+        guard xMeta != nil, labelsMeta != nil, m > 0 else {
+          throw MetaweightError.invalidState("\(ws.config.method): every step needs a meta batch (x_meta, y_meta)")
+        }
+      }
+      ws.reserve(trainer: self, n: n, m: m)
+      var result = try ws.step(trainer: self, x: x, n: n, labels: labels, xMeta: xMeta, m: m, labelsMeta: labelsMeta)
+      guard Elementwise.allFinite(grads.pointer, count: grads.count) else {
+        throw MetaweightError.nonFinite(
+          "step \(stepCount + 1): a gradient is NaN or infinite; parameters were not updated")
+      }
+      result.diagnostics = stepDiagnostics(weights: UnsafePointer(ws.weights.pointer), unit: ws.unitOutputs, n: n)
+      result.learningRate = Double(applyUpdate())
+      result.step = stepCount
+      return result
+    }
+  }
+
+  /// The train forward pass of a method's step: (mean loss, accuracy), throwing when the loss is
+  /// not finite.
+  func forwardCheckedTrainBatch(
+    x: UnsafePointer<Float>, n: Int, labels: UnsafePointer<Int64>
+  ) throws -> (Double, Double) {
+    let (loss, acc) = forwardTrainBatch(x: x, n: n, labels: labels)
+    guard loss.isFinite else {
+      throw MetaweightError.nonFinite(
+        "step \(stepCount + 1): the training loss is \(loss); parameters were not updated")
+    }
+    return (loss, acc)
+  }
+
+  /// Throws `MetaweightError.nonFinite` naming `what` unless the `n` values at `p` are finite.
+  func checkFiniteValues(_ p: UnsafePointer<Float>, _ n: Int, what: String = "example weight") throws {
+    guard Elementwise.allFinite(p, count: n) else {
+      throw MetaweightError.nonFinite(
+        "step \(stepCount + 1): a \(what) is NaN or infinite; parameters were not updated")
+    }
+  }
+}
