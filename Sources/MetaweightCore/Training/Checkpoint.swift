@@ -264,10 +264,11 @@ public struct Checkpoint: Sendable {
     guard let d = opendir(dir) else { return }
     defer { closedir(d) }
     var stale: [String] = []
+    // readdir's records are only as long as their name: read d_name in place up to its NUL
+    // (copying the whole `d_name` array would read past a short record).
+    guard let nameOffset = MemoryLayout<dirent>.offset(of: \dirent.d_name) else { return }
     while let entry = readdir(d) {
-      let name = withUnsafeBytes(of: entry.pointee.d_name) { raw in
-        String(decoding: raw.prefix(while: { $0 != 0 }), as: UTF8.self)
-      }
+      let name = String(cString: (UnsafeRawPointer(entry) + nameOffset).assumingMemoryBound(to: CChar.self))
       guard name.hasPrefix(prefix) else { continue }
       let parts = name.dropFirst(prefix.count).split(separator: ".", omittingEmptySubsequences: false)
       guard parts.count == 2, let pid = Int32(parts[0]), pid > 0, UInt(parts[1]) != nil else { continue }
