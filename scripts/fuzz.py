@@ -3,11 +3,21 @@
 
 Every example runs in a worker subprocess, so a crash (signal, abort) or a hang is caught,
 counted and reported with the call that caused it; the worker is restarted and the run goes on.
-Prints the counts table (calls tried / ok / documented errors / other exceptions / crashes) and
-exits 1 if any call raised an exception outside metaweight's hierarchy or any worker crashed.
+Prints the counts table per family (calls tried / ok / documented errors / other exceptions /
+lost state / crashes) and exits 1 if any call raised an exception outside metaweight's hierarchy
+(a call blocked past its watchdog counts there too), any refused call changed a trainer's state
+("lost": parameters, optimizer state, batch-norm statistics, weight net), or any worker crashed.
+
+Families: the API groups (construct, network, trainer, fit, lifecycle, conditions, data, optim,
+law, law_search, experiments, threads) and the attack classes (mutation: another thread rewrites
+inputs during a call; alloc: allocation bombs; special_files: FIFOs, devices, /proc files,
+directories for every load path; hostile_checkpoint: CRC-valid checkpoints with hostile contents;
+handles: pickling/copying every handle type; reentry: re-entrant callbacks; surrogates: lone
+surrogates in every string argument and huge or deeply nested experiment configs).
 
     python3 scripts/fuzz.py --examples 10000 --seed 0          # long profile (CI: fast profile in pytest)
-    python3 scripts/fuzz.py --family trainer --seed 7 --examples 20 --per-task 20   # reproduce
+    python3 scripts/fuzz.py --family alloc --family special_files --examples 500   # some families
+    python3 scripts/fuzz.py --family trainer --task-seed 7 --examples 20   # reproduce one task
 """
 
 from __future__ import annotations
@@ -52,9 +62,8 @@ def main() -> int:
     )
     print(rep.table())
     for f in rep.findings[:30]:
-        print(
-            f"OTHER EXCEPTION in {f['family']}/{f['call']}({f['args']}): {f['type']}: {f['message']}\n{f['where']}"
-        )
+        what = "LOST STATE" if f["type"] == "LOST STATE" else "OTHER EXCEPTION"
+        print(f"{what} in {f['family']}/{f['call']}({f['args']}): {f['type']}: {f['message']}\n{f['where']}")
     for c in rep.crash_log:
         print(
             f"CRASH task={c['task']} example={c['example']} call={c['call']} rc={c['returncode']} hang={c['hang']}\n{c['stderr'][-1500:]}"
@@ -63,7 +72,7 @@ def main() -> int:
         print(f"HARNESS FAILURE {f}")
     if args.json:
         args.json.write_text(json.dumps(rep.__dict__, indent=1, default=str))
-    return 1 if (rep.other or rep.crashes or rep.failures) else 0
+    return 1 if (rep.other or rep.lost or rep.crashes or rep.failures) else 0
 
 
 if __name__ == "__main__":

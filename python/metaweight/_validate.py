@@ -18,15 +18,16 @@ Rules (the public API documents them where it takes arrays):
 
 from __future__ import annotations
 
+import contextlib
 import math
 import numbers
 import os
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
 from typing import Any
 
 import numpy as np
 
-from .errors import DTypeError, InvalidArgumentError, LabelError, NonFiniteError, ShapeError
+from .errors import DTypeError, InvalidArgumentError, LabelError, NonFiniteError, ResourceError, ShapeError
 
 _DTYPE_WHAT = {
     "b": "bool",
@@ -70,6 +71,22 @@ def _asarray(value: Any, name: str) -> np.ndarray:
         raise DTypeError(f"{name}: cannot make an array of {type(value).__name__} ({e})") from None
 
 
+@contextlib.contextmanager
+def _memory_for(name: str, a: np.ndarray, what: str) -> Iterator[None]:
+    """Turns numpy's MemoryError while converting or checking ``a`` into :class:`ResourceError`
+    (an allocation whose size the caller controls failed), e.g. the float32 copy of a huge
+    broadcast view that costs nothing to make."""
+    try:
+        yield
+    except ResourceError:
+        raise
+    except MemoryError:
+        raise ResourceError(
+            f"{name}: not enough memory for {what} of an array of shape {fmt_shape(a.shape)} "
+            f"({a.size} values); pass fewer examples per call"
+        ) from None
+
+
 def _dtype_name(a: np.ndarray) -> str:
     what = _DTYPE_WHAT.get(a.dtype.kind)
     return f"{a.dtype} ({what})" if what and what not in str(a.dtype) else str(a.dtype)
@@ -86,8 +103,13 @@ def _fmt_index(idx: tuple[int, ...]) -> str:
 
 def check_finite(a: np.ndarray, name: str) -> None:
     """Raises NonFiniteError naming ``name`` and the first NaN/inf index of float array ``a``."""
-    if a.size and not np.isfinite(a).all():
-        idx = _first_bad(~np.isfinite(a))
+    if not a.size:
+        return
+    # One read of ``a``: it may be the caller's own array, which another thread can rewrite between
+    # two reads (a second mask could then be all finite, and the error lost as an IndexError).
+    bad = ~np.isfinite(a)
+    if bad.any():
+        idx = _first_bad(bad)
         raise NonFiniteError(f"{name}: expected finite values, got {a[idx]} at index {_fmt_index(idx)}")
 
 
@@ -145,10 +167,11 @@ def as_features(
         raise ShapeError(
             f"{name}: expected at least one example, got an empty array of shape {fmt_shape(a.shape)}"
         )
-    with np.errstate(over="ignore", invalid="ignore"):  # overflow to inf is reported below
-        out = np.ascontiguousarray(a, dtype=np.float32)
-    if check_values and kind == "f":
-        check_finite(out, name)
+    with _memory_for(name, a, "a float32 copy"):
+        with np.errstate(over="ignore", invalid="ignore"):  # overflow to inf is reported below
+            out = np.ascontiguousarray(a, dtype=np.float32)
+        if check_values and kind == "f":
+            check_finite(out, name)
     return out
 
 
@@ -207,9 +230,10 @@ def as_labels(
     # A private copy, checked and then used instead of ``y``: another thread rewriting ``y`` during
     # a call cannot turn a checked label into an out-of-range index (numpy's fancy indexing, as
     # the core, would otherwise read the caller's memory again after the check).
-    out = np.array(a, dtype=np.int64, order="C", copy=True)
-    if num_classes is not None:
-        bad = (out < 0) | (out >= num_classes)
+    with _memory_for(name, a, "an int64 copy"):
+        out = np.array(a, dtype=np.int64, order="C", copy=True)
+        bad = (out < 0) | (out >= num_classes) if num_classes is not None else None
+    if num_classes is not None and bad is not None:
         if bad.any():
             i = int(np.argmax(bad))
             raise LabelError(
@@ -233,9 +257,10 @@ def as_weights(w: Any, name: str, n: int) -> np.ndarray:
         raise DTypeError(f"{name}: expected a float array, got dtype {_dtype_name(a)}")
     if a.shape != (n,):
         raise ShapeError(f"{name}: expected shape ({n},) (one weight per example), got {fmt_shape(a.shape)}")
-    with np.errstate(over="ignore", invalid="ignore"):
-        out = np.ascontiguousarray(a, dtype=np.float32)
-    check_finite(out, name)
+    with _memory_for(name, a, "a float32 copy"):
+        with np.errstate(over="ignore", invalid="ignore"):
+            out = np.ascontiguousarray(a, dtype=np.float32)
+        check_finite(out, name)
     if (out < 0).any():
         i = int(np.argmax(out < 0))
         raise InvalidArgumentError(f"{name}: expected non-negative weights, got {out[i]} at index {i}")

@@ -24,11 +24,12 @@ from __future__ import annotations
 import gzip
 import os
 import pickle
+import stat
 import zlib
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Union
+from typing import Any, BinaryIO, Union
 
 import numpy as np
 
@@ -331,7 +332,10 @@ def batches(
     if order is None:
         idx = np.arange(n, dtype=np.int64)
     else:
-        idx = np.asarray(order)
+        try:
+            idx = np.asarray(order)
+        except (ValueError, TypeError) as e:  # ragged nested lists, or objects numpy cannot convert
+            raise _core.ShapeError(f"order: expected a 1-D index array, got {type(order).__name__} ({e})") from None
         if idx.ndim != 1:
             raise _core.ShapeError(f"order: expected a 1-D index array, got shape {idx.shape}")
         if idx.size and not np.issubdtype(idx.dtype, np.integer):
@@ -553,10 +557,35 @@ _IDX_DTYPES: dict[int, str] = {
 }
 
 
+def _open_regular(path: Path) -> BinaryIO:
+    """Opens ``path`` for reading if it is a regular file. A FIFO (whose ``open()`` would block
+    until a writer comes), a device such as ``/dev/zero`` (endless), a directory or a socket is
+    refused with :class:`DataFileError`, without blocking."""
+    fd = os.open(path, os.O_RDONLY | getattr(os, "O_NONBLOCK", 0) | getattr(os, "O_CLOEXEC", 0))
+    try:
+        mode = os.fstat(fd).st_mode
+        if not stat.S_ISREG(mode):
+            kind = (
+                "a directory" if stat.S_ISDIR(mode)
+                else "a FIFO" if stat.S_ISFIFO(mode)
+                else "a device" if stat.S_ISCHR(mode) or stat.S_ISBLK(mode)
+                else "a socket" if stat.S_ISSOCK(mode)
+                else "not a regular file"
+            )
+            raise DataFileError(f"{path}: not a regular file ({kind}); expected a dataset file")
+        os.set_blocking(fd, True)
+        return os.fdopen(fd, "rb")
+    except BaseException:
+        os.close(fd)
+        raise
+
+
 def _read_maybe_gzip(path: Path) -> bytes:
     try:
-        with open(path, "rb") as f:
+        with _open_regular(path) as f:
             raw = f.read()
+    except DataFileError:
+        raise
     except FileNotFoundError:
         raise DataFileError(f"{path}: no such file") from None
     except OSError as e:  # a directory, no permission, an I/O error
@@ -782,8 +811,10 @@ class _RestrictedUnpickler(pickle.Unpickler):
 
 def _unpickle(path: Path) -> dict[str, Any]:
     try:
-        with open(path, "rb") as f:
+        with _open_regular(path) as f:
             obj = _RestrictedUnpickler(f, encoding="latin1").load()
+    except DataFileError:
+        raise
     except FileNotFoundError:
         raise DataFileError(f"{path}: no such file") from None
     except OSError as e:  # a directory, no permission, an I/O error

@@ -26,6 +26,7 @@ import json
 import math
 import os
 import re
+import stat
 import threading
 import time
 import traceback
@@ -171,22 +172,38 @@ def _fmt_cell(v: Any) -> Any:
     return v
 
 
+def _read_regular_text(path: Path) -> str:
+    """The UTF-8 text of ``path`` if it is a regular file; OSError otherwise, without blocking (a
+    FIFO's ``open()`` would wait for a writer, ``/dev/zero`` would never end)."""
+    fd = os.open(path, os.O_RDONLY | getattr(os, "O_NONBLOCK", 0) | getattr(os, "O_CLOEXEC", 0))
+    try:
+        if not stat.S_ISREG(os.fstat(fd).st_mode):
+            raise OSError(f"{path}: not a regular file")
+        os.set_blocking(fd, True)
+        with os.fdopen(fd, "rb") as f:
+            fd = -1
+            return f.read().decode("utf-8")
+    finally:
+        if fd >= 0:
+            os.close(fd)
+
+
 def is_finished(path: Path, config: Mapping[str, Any]) -> bool:
     """Whether ``path`` holds a finished run of exactly ``config``."""
     f, c = path / FINAL_FILE, path / CONFIG_FILE
     if not (f.is_file() and c.is_file()):
         return False
     try:
-        saved = json.loads(c.read_text(encoding="utf-8"))
-    except (OSError, json.JSONDecodeError):
+        saved = json.loads(_read_regular_text(c))
+    except (OSError, ValueError):  # ValueError: invalid JSON or UTF-8
         return False
     return canonical(saved) == canonical(config)
 
 
 def read_final(path: Path) -> dict[str, Any] | None:
     try:
-        return json.loads((path / FINAL_FILE).read_text(encoding="utf-8"))
-    except (OSError, json.JSONDecodeError):
+        return json.loads(_read_regular_text(path / FINAL_FILE))
+    except (OSError, ValueError):  # ValueError: invalid JSON or UTF-8
         return None
 
 
@@ -836,9 +853,11 @@ def load_results(folder: str | os.PathLike[str]) -> list[dict[str, Any]]:
     for final_path in sorted(root.rglob(FINAL_FILE)):
         path = final_path.parent
         try:
-            config = json.loads((path / CONFIG_FILE).read_text(encoding="utf-8"))
-            final = json.loads(final_path.read_text(encoding="utf-8"))
-        except (OSError, json.JSONDecodeError):
+            config = json.loads(_read_regular_text(path / CONFIG_FILE))
+            final = json.loads(_read_regular_text(final_path))
+        except (OSError, ValueError):  # not a regular file, unreadable, invalid JSON or UTF-8
+            continue
+        if not isinstance(config, dict) or not isinstance(final, dict):
             continue
         item: dict[str, Any] = {
             "run_id": path.name,
