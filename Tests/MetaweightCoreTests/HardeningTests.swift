@@ -188,6 +188,24 @@ final class HardeningTests: XCTestCase {
     XCTAssertEqual(tr.stepCount, 2)
   }
 
+  func testARefusedStepLeavesTheDropoutAndDataGeneratorsWhereTheyWere() throws {
+    let net = try Network(Models.mlp(widths: [4, 16, 3], batchNorm: true, dropout: 0.2), seed: 1)
+    let tr = try Trainer(network: net, optimizer: OptimizerConfig(), schedule: Schedule(baseLR: 0.01), seed: 2)
+    _ = try step(tr)
+    let dropout = tr.dropoutRNG.rng.stateWords, data = tr.dataRNG.stateWords
+    XCTAssertThrowsError(try step(tr, scale: 1.5e38))  // the forward pass draws a dropout mask, then fails
+    XCTAssertEqual(tr.dropoutRNG.rng.stateWords, dropout)
+    XCTAssertEqual(tr.dataRNG.stateWords, data)
+    // A retried step draws exactly what a step without the refused one would have drawn.
+    let twin = try Trainer(
+      network: try Network(Models.mlp(widths: [4, 16, 3], batchNorm: true, dropout: 0.2), seed: 1),
+      optimizer: OptimizerConfig(), schedule: Schedule(baseLR: 0.01), seed: 2)
+    _ = try step(twin)
+    _ = try step(tr, seed: 5)
+    _ = try step(twin, seed: 5)
+    XCTAssertEqual(tr.network.params.array, twin.network.params.array)
+  }
+
   // MARK: - Temporary files
 
   func testASaveRemovesTheTemporaryFilesOfAKilledSaveToThatPath() throws {

@@ -228,14 +228,18 @@ public final class Trainer: @unchecked Sendable {
   var runningStatisticsOverflowed = false
 
   /// Runs a step body; if it throws, the batch-norm running statistics its forward pass updated
-  /// are restored, so a failed step leaves parameters, optimizer and statistics unchanged.
+  /// and the dropout and data generators it drew from are restored, so a failed step leaves
+  /// parameters, optimizer, statistics and randomness unchanged (a retried step draws the same).
   func withStateRollback<T>(_ body: () throws -> T) throws -> T {
     stateBackup.copy(from: network.state)
+    let generators = (dropout: dropoutRNG.rng, data: dataRNG)
     runningStatisticsOverflowed = false
     do {
       return try body()
     } catch {
       network.state.copy(from: stateBackup)
+      dropoutRNG.rng = generators.dropout
+      dataRNG = generators.data
       if runningStatisticsOverflowed, case .nonFinite = error as? MetaweightError {
         runningStatisticsOverflowed = false
         throw MetaweightError.nonFinite(
