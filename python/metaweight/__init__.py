@@ -39,6 +39,7 @@ from .errors import (
     ShapeError,
     StateError,
 )
+from .label_issues import label_issues as label_issues
 from .methods import (
     ERM,
     GDW,
