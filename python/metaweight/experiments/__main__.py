@@ -45,6 +45,16 @@ def main(argv: Sequence[str] | None = None) -> int:
         metavar="KEY=VALUE",
         help="override a setting of every run (value parsed as JSON), e.g. --set epochs=5",
     )
+    ap.add_argument(
+        "--label-issues",
+        nargs="?",
+        const=5,
+        type=int,
+        default=None,
+        metavar="K",
+        help="write label_issues.csv per run, ranked by the mean weight of the last K epochs (default 5); "
+        "the same as --set label_issues=K",
+    )
     ap.add_argument("--dry-run", action="store_true", help="list the runs and whether they are finished")
     ap.add_argument("--force", action="store_true", help="run finished runs again")
     ap.add_argument("--jobs", type=int, default=1, help="runs trained at once (threads; default 1)")
@@ -63,7 +73,10 @@ def main(argv: Sequence[str] | None = None) -> int:
     status = 0
     for path in args.config:
         try:
-            exp = load_config(path, size=args.size, sets=args.sets)
+            sets = list(args.sets)
+            if args.label_issues is not None:
+                sets.append(f"label_issues={args.label_issues}")
+            exp = load_config(path, size=args.size, sets=sets)
             if args.summary_only:
                 from pathlib import Path
 

@@ -81,7 +81,7 @@ DEFAULTS: dict[str, Any] = {
 #: Keys whose values are components: a name plus options (a string is short for ``{name = ...}``).
 COMPONENTS = ("dataset", "model", "method", "optimizer", "schedule")
 #: Keys a run may have.
-RUN_KEYS = frozenset(DEFAULTS) | {"max_train", "label"}
+RUN_KEYS = frozenset(DEFAULTS) | {"max_train", "label", "label_issues"}
 _TOP_KEYS = frozenset(
     {
         "name",
@@ -526,6 +526,164 @@ def _labels(run: Mapping[str, Any]) -> dict[str, str]:
     }
 
 
+#: Keys of a built-in data set table, by name.
+_BUILTIN_DATASET_KEYS: dict[str, frozenset[str]] = {
+    "digits": frozenset({"name", "label", "test_fraction", "split_seed", "flatten"}),
+    "mnist": frozenset({"name", "label", "test_fraction", "split_seed", "flatten", "directory"}),
+    "mnist-4v9": frozenset(
+        {"name", "label", "test_fraction", "split_seed", "flatten", "directory", "classes", "majority"}
+    ),
+}
+#: Optional keys of every user data set (``npz``, ``npy``, ``idx``, ``cifar``, ``function``).
+_USER_DATASET_COMMON = frozenset(
+    {
+        "name",
+        "label",
+        "flatten",
+        "class_names",
+        "input_shape",
+        "normalize",
+        "meta_indices",
+        "meta",
+        "true_labels",
+    }
+)
+_USER_DATASET_KEYS: dict[str, frozenset[str]] = {
+    "npz": _USER_DATASET_COMMON | {"path", "test_fraction", "split_seed", "num_classes"},
+    "npy": _USER_DATASET_COMMON
+    | {"x", "y", "x_test", "y_test", "test_fraction", "split_seed", "num_classes"},
+    "idx": _USER_DATASET_COMMON | {"directory", "test_fraction", "split_seed"},
+    "cifar": _USER_DATASET_COMMON | {"directory", "num_classes"},
+    "function": _USER_DATASET_COMMON | {"function", "kwargs", "test_fraction", "split_seed", "num_classes"},
+}
+#: Every data set name and its allowed keys.
+DATASET_KEYS: dict[str, frozenset[str]] = {**_BUILTIN_DATASET_KEYS, **_USER_DATASET_KEYS}
+#: Keys of a ``condition`` table.
+CONDITION_KEYS = frozenset(
+    {
+        "label",
+        "noise",
+        "noise_rate",
+        "imbalance_factor",
+        "include_true_class",
+        "mapping",
+        "background_class",
+        "ratio",
+        "total",
+        "seed",
+    }
+)
+#: Keys of the ``[summary]`` table.
+SUMMARY_KEYS = frozenset({"metric", "percent", "decimals", "title", "layout"})
+#: Keys of an ``[[override]]`` table.
+OVERRIDE_KEYS = frozenset({"where", "set"})
+
+
+def _strict(table: Mapping[str, Any], allowed: Iterable[str], section: str, hint: str = "") -> None:
+    """ConfigError naming the first unknown key of ``table`` and its section, listing the allowed keys."""
+    allowed = set(allowed)
+    unknown = sorted(str(k) for k in table if k not in allowed)
+    if unknown:
+        plural = "s" if len(unknown) > 1 else ""
+        raise ConfigError(
+            f"{section}: unknown key{plural} {', '.join(repr(k) for k in unknown)}; "
+            f"allowed keys: {', '.join(sorted(allowed))}{hint}"
+        )
+
+
+def _params(fn: Any, drop: Iterable[str] = ()) -> set[str]:
+    import inspect
+
+    try:
+        names = set(inspect.signature(fn).parameters)
+    except (TypeError, ValueError):  # pragma: no cover - builtins without a signature
+        return set()
+    return names - set(drop) - {"self", "args", "kwargs"}
+
+
+def _component_keys(kind: str, name: str) -> set[str] | None:
+    """The keys a ``model`` / ``optimizer`` / ``schedule`` / ``method`` table of this name may have
+    (None: an unknown name, reported when the run is built)."""
+    base = {"name", "label"}
+    if kind == "model":
+        import metaweight as mw
+
+        sigs: dict[str, set[str]] = {
+            "mlp": _params(mw.mlp, ("input_dim", "num_classes", "seed")),
+            "lenet5": _params(mw.lenet5, ("input_shape", "num_classes", "seed")),
+            "resnet32": _params(mw.resnet32, ("input_shape", "num_classes", "seed")),
+            "wide_resnet": _params(mw.wide_resnet, ("input_shape", "num_classes", "seed")),
+            "spec": {"spec"},
+        }
+        return base | sigs[name] if name in sigs else None
+    if kind == "optimizer":
+        import metaweight as mw
+
+        opt = {"sgd": mw.SGD, "adam": mw.Adam}.get(name.lower())
+        return base | _params(opt) if opt is not None else None
+    if kind == "schedule":
+        import metaweight as mw
+
+        n = name.lower()
+        if n == "constant":
+            return base | _params(mw.Constant)
+        if n == "multistep":
+            return base | _params(mw.MultiStep) | {"fractions"}
+        if n == "cosine":
+            return base | _params(mw.Cosine)
+        return None
+    if kind == "method":
+        import dataclasses
+
+        if name == "law":
+            from ..law import LAWConfig
+
+            return (
+                base
+                | {f.name for f in dataclasses.fields(LAWConfig)}
+                | {
+                    "episodes",
+                    "search_model",
+                    "search_epochs",
+                }
+            )
+        from .. import methods
+        from ..errors import MetaweightError
+
+        try:
+            m = methods.resolve_method(name)
+        except MetaweightError:
+            return None
+        return base | {f.name for f in dataclasses.fields(m)}
+    return None
+
+
+def _check_keys(run: Mapping[str, Any]) -> None:
+    """Every table of a run holds only known keys (ConfigError naming the key and its section)."""
+    ds = run["dataset"]
+    dname = str(ds.get("name"))
+    if dname not in DATASET_KEYS:
+        raise ConfigError(f"dataset.name: expected one of {', '.join(DATASET_KEYS)}, got {dname!r}")
+    hint = ""
+    if dname in _BUILTIN_DATASET_KEYS and set(ds) - DATASET_KEYS[dname]:
+        hint = (
+            f" (for the built-in {dname!r} data set; for your own data set name one of "
+            f'{", ".join(_USER_DATASET_KEYS)}, e.g. dataset = {{name = "npz", path = "mine.npz"}})'
+        )
+    _strict(ds, DATASET_KEYS[dname], "dataset", hint)
+    _strict(run["condition"], CONDITION_KEYS, "condition")
+    for kind in ("model", "optimizer", "schedule", "method"):
+        comp = run[kind]
+        allowed = _component_keys(kind, str(comp.get("name")))
+        if allowed is not None:
+            _strict(comp, allowed, kind, f" (for {kind} {comp.get('name')!r})")
+    search = run["method"].get("search_model") if run["method"].get("name") == "law" else None
+    if isinstance(search, Mapping) and search.get("name"):
+        allowed = _component_keys("model", str(search["name"]))
+        if allowed is not None:
+            _strict(search, allowed, "method.search_model")
+
+
 def _check_run(run: dict[str, Any]) -> None:
     for k in COMPONENTS:
         run[k] = _component(run[k], k)
@@ -545,6 +703,10 @@ def _check_run(run: dict[str, Any]) -> None:
     m = run["meta_per_class"]
     if isinstance(m, bool) or not isinstance(m, int) or m < 0:
         raise ConfigError(f"meta_per_class: expected an integer >= 0, got {m!r}")
+    li = run.get("label_issues", False)
+    if not isinstance(li, bool) and (not isinstance(li, int) or li < 1):
+        raise ConfigError(f"label_issues: expected true, false or a number of last epochs >= 1, got {li!r}")
+    _check_keys(run)
 
 
 def load_config(
@@ -633,7 +795,17 @@ def load_config(
     for i, ov in enumerate(overrides):
         if not isinstance(ov, Mapping) or "set" not in ov:
             raise ConfigError(f"override[{i}]: expected a table with 'set' (and optionally 'where')")
+        _strict(ov, OVERRIDE_KEYS, f"override[{i}]")
         where = ov.get("where") or {}
+        if not isinstance(where, Mapping) or not isinstance(ov["set"], Mapping):
+            raise ConfigError(f"override[{i}]: 'where' and 'set' must be tables")
+        for k in where:
+            head = str(k).split(".")[0]
+            if head not in RUN_KEYS | {"seeds"}:
+                raise ConfigError(
+                    f"override[{i}].where: unknown key {k!r}; allowed keys: {', '.join(sorted(RUN_KEYS))} "
+                    "(or a dotted setting such as condition.noise)"
+                )
         for run in runs:
             _check_run(run)
             labels = _labels(run)
@@ -643,6 +815,21 @@ def load_config(
 
     size_name, scale = parse_size(size)
     sizes = raw.get("sizes") or {}
+    if not isinstance(sizes, Mapping):
+        raise ConfigError(f"sizes: expected a table of [sizes.<name>] tables, got {sizes!r}")
+    for sname, stable in sizes.items():
+        if not isinstance(stable, Mapping):
+            raise ConfigError(f"sizes.{sname}: expected a table, got {stable!r}")
+        for k in stable:
+            if k not in ("scale", "seeds") and str(k).split(".")[0] not in RUN_KEYS:
+                raise ConfigError(
+                    f"sizes.{sname}: unknown key {k!r}; allowed keys: scale, seeds, "
+                    f"{', '.join(sorted(RUN_KEYS))}"
+                )
+    summary = raw.get("summary") or {}
+    if not isinstance(summary, Mapping):
+        raise ConfigError(f"summary: expected a table, got {summary!r}")
+    _strict(summary, SUMMARY_KEYS, "summary")
     if scale is not None:
         runs = _apply_size(runs, {"scale": scale})
     elif size_name in sizes:
@@ -688,7 +875,7 @@ def load_config(
         results=raw.get("results"),
         size=size_name,
         source=src,
-        summary=dict(raw.get("summary") or {}),
+        summary=dict(summary),
     )
 
 

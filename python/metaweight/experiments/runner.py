@@ -60,6 +60,7 @@ CONFIG_FILE = "config.json"
 WEIGHTS_FILE = "weights.npz"
 LAW_FILE = "law_episodes.csv"
 ERROR_FILE = "error.txt"
+LABEL_ISSUES_FILE = "label_issues.csv"
 
 
 @dataclass
@@ -375,7 +376,7 @@ def _epoch_bar(total: int, desc: str, enabled: bool) -> Any:
 def execute_run(spec: RunSpec, folder: Path, *, progress: bool = False) -> dict[str, Any]:
     """Runs one configuration and writes its files into ``folder``; returns the ``final.json`` content."""
     folder.mkdir(parents=True, exist_ok=True)
-    for name in (FINAL_FILE, HISTORY_FILE, WEIGHTS_FILE, LAW_FILE, ERROR_FILE):
+    for name in (FINAL_FILE, HISTORY_FILE, WEIGHTS_FILE, LAW_FILE, ERROR_FILE, LABEL_ISSUES_FILE):
         with contextlib.suppress(FileNotFoundError):
             (folder / name).unlink()
     _write_json(folder / CONFIG_FILE, spec.config)
@@ -423,6 +424,75 @@ def _common_final(spec: RunSpec, p: Prepared, trainer: Any) -> dict[str, Any]:
     }
 
 
+def label_issues_k(cfg: Mapping[str, Any]) -> int:
+    """The number of last epochs whose weights rank the label issues (0: no ``label_issues.csv``).
+    ``label_issues = true`` means the last 5 epochs, an integer k the last k."""
+    v = cfg.get("label_issues", False)
+    if v is True:
+        return 5
+    if v is False or v is None:
+        return 0
+    return int(v)
+
+
+def rank_label_issues(weights: np.ndarray, given: np.ndarray, suggested: np.ndarray) -> list[dict[str, Any]]:
+    """Training examples ranked most-suspect first from their learned weights.
+
+    Args:
+        weights: per-example weights ``(K, N)`` of the last K epochs (NaN: not seen that epoch);
+            their mean is the example's weight, a low weight is a suspect label.
+        given: the training labels ``(N,)``.
+        suggested: the likely true class of each example ``(N,)``.
+
+    Returns:
+        Rows ``index, given_label, suggested_label, score, weight``: ``score`` in [0, 1] is the
+        suspicion, 1 for the lowest mean weight and 0 for the highest (min-max scaled); examples
+        never weighed get score 0 and come last. Ties keep the index order.
+    """
+    w = np.asarray(weights, dtype=np.float64).reshape(-1, len(given))
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", RuntimeWarning)
+        mean = np.nanmean(w, axis=0) if len(w) else np.full(len(given), np.nan)
+    ok = np.isfinite(mean)
+    score = np.zeros(len(given))
+    if ok.any():
+        lo, hi = float(mean[ok].min()), float(mean[ok].max())
+        score[ok] = (hi - mean[ok]) / (hi - lo) if hi > lo else 0.0
+    order = np.lexsort((np.arange(len(given)), ~ok, -score))
+    return [
+        {
+            "index": int(i),
+            "given_label": int(given[i]),
+            "suggested_label": int(suggested[i]),
+            "score": float(score[i]),
+            "weight": float(mean[i]) if ok[i] else None,
+        }
+        for i in order
+    ]
+
+
+def _write_label_issues(
+    folder: Path,
+    trainer: Any,
+    p: Prepared,
+    recent: Sequence[np.ndarray],
+    class_weights: np.ndarray | None,
+) -> None:
+    """``label_issues.csv``: the ranking of :func:`rank_label_issues` (or ``metaweight.label_issues``
+    when that module exists); the suggested class is GDW's argmax of ω at the run's end, else the
+    model's predicted class."""
+    if class_weights is not None and np.shape(class_weights) == (len(p.y_train), p.num_classes):
+        suggested = np.argmax(np.nan_to_num(class_weights, nan=-np.inf), axis=1)
+    else:
+        suggested = np.asarray(trainer.predict(p.x_train))
+    weights = np.stack(recent) if recent else np.empty((0, len(p.y_train)))
+    rows = rank_label_issues(weights, p.y_train, suggested)
+    if p.corrupted.any():
+        for r in rows:
+            r["corrupted"] = int(p.corrupted[r["index"]])
+    _write_csv(folder / LABEL_ISSUES_FILE, rows)
+
+
 def _run_trainer(spec: RunSpec, folder: Path, p: Prepared, progress: bool) -> dict[str, Any]:
     import metaweight as mw
 
@@ -443,6 +513,10 @@ def _run_trainer(spec: RunSpec, folder: Path, p: Prepared, progress: bool) -> di
         seed=seed,
     )
     n = len(p.x_train)
+    k_issues = label_issues_k(cfg)
+    if k_issues and not record:
+        raise ConfigError("label_issues: needs record_weights = true")
+    recent: list[np.ndarray] = []
     wsum = np.zeros(n)
     wcnt = np.zeros(n)
     rows: list[dict[str, Any]] = []
@@ -468,6 +542,9 @@ def _run_trainer(spec: RunSpec, folder: Path, p: Prepared, progress: bool) -> di
             ok = np.isfinite(w)
             wsum[ok] += w[ok]
             wcnt[ok] += 1
+            if k_issues:
+                recent.append(np.array(w, dtype=np.float64))
+                del recent[:-k_issues]
             row["weight_mean"] = float(np.nanmean(w)) if ok.any() else None
             if has_corrupted:
                 c_ok, k_ok = ok & corrupted, ok & ~corrupted
@@ -515,6 +592,8 @@ def _run_trainer(spec: RunSpec, folder: Path, p: Prepared, progress: bool) -> di
     final["weights_mean_over_epochs"] = (
         weight_summary(w_mean, corrupted, p.y_train, p.num_classes) if record else None
     )
+    if k_issues:
+        _write_label_issues(folder, trainer, p, recent, last.class_weights if last is not None else None)
     if cfg.get("save_weights", True):
         arrays: dict[str, np.ndarray] = {
             "corrupted": corrupted,
@@ -674,6 +753,11 @@ def _run_law(spec: RunSpec, folder: Path, p: Prepared, progress: bool) -> dict[s
         "search_model": search_model_cfg,
         "config": lcfg.spec(),
     }
+    k_issues = label_issues_k(cfg)
+    if k_issues:
+        ew = run.epoch_weights if run.epoch_weights is not None else sw
+        recent = [np.asarray(w, dtype=np.float64) for w in np.asarray(ew)[-k_issues:]]
+        _write_label_issues(folder, run.trainer, p, recent, None)
     if cfg.get("save_weights", True):
         np.savez_compressed(
             folder / WEIGHTS_FILE,
