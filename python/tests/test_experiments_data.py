@@ -23,7 +23,6 @@ import pytest
 from metaweight.experiments import ConfigError, load_config, prepare, run_experiment
 from metaweight.experiments.__main__ import main
 from metaweight.experiments.datasets import gather
-from metaweight.experiments.runner import rank_label_issues
 
 REPO = Path(__file__).resolve().parents[2]
 
@@ -292,18 +291,6 @@ def test_bad_files_are_config_errors(tmp_path):
 # ---- label issues ---------------------------------------------------------------------------------------
 
 
-def test_rank_label_issues():
-    w = np.array([[1.0, 0.1, 0.5, np.nan], [1.0, 0.3, 0.5, np.nan]])
-    rows = rank_label_issues(w, np.array([0, 1, 2, 0]), np.array([0, 2, 2, 1]))
-    assert [r["index"] for r in rows] == [1, 2, 0, 3]
-    assert (
-        rows[0]["score"] == 1.0
-        and rows[0]["suggested_label"] == 2
-        and rows[0]["weight"] == pytest.approx(0.2)
-    )
-    assert rows[2]["score"] == 0.0 and rows[3]["weight"] is None
-
-
 def test_label_issues_csv_per_run(tmp_path):
     x, y = _blobs(150)
     np.savez(tmp_path / "d.npz", x=x, y=y)
@@ -328,7 +315,8 @@ def test_label_issues_csv_per_run(tmp_path):
             rows = list(csv.DictReader(f))
         final = json.loads((d / "final.json").read_text())
         assert len(rows) == final["n_train"]
-        assert list(rows[0])[:4] == ["index", "given_label", "suggested_label", "score"]
+        assert list(rows[0])[:6] == ["rank", "index", "given_label", "suggested_label", "score", "weight"]
+        assert "corrupted" in rows[0]
         scores = [float(r["score"]) for r in rows]
         assert scores == sorted(scores, reverse=True)
         assert sorted(int(r["index"]) for r in rows) == list(range(final["n_train"]))
@@ -336,11 +324,13 @@ def test_label_issues_csv_per_run(tmp_path):
             assert [int(r["given_label"]) for r in rows[:5]] == z["y_train"][
                 [int(r["index"]) for r in rows[:5]]
             ].tolist()
-            if "class_weights" in z:  # GDW: the suggested class is argmax of ω at the end
-                cw = z["class_weights"]
-                assert all(
-                    int(r["suggested_label"]) == int(np.argmax(cw[int(r["index"])])) for r in rows[:10]
-                )
+            if "class_weights" in z:  # GDW: ω at the run's end suggests the class (mw.label_issues' rule)
+                cw = z["class_weights"].astype(np.float64)
+                for r in rows[:10]:
+                    i = int(r["index"])
+                    off = cw[i].copy()
+                    off[int(r["given_label"])] = np.inf
+                    assert int(r["suggested_label"]) == int(np.argmin(off))
 
 
 def test_label_issues_command_line_option(tmp_path, capsys):

@@ -435,42 +435,6 @@ def label_issues_k(cfg: Mapping[str, Any]) -> int:
     return int(v)
 
 
-def rank_label_issues(weights: np.ndarray, given: np.ndarray, suggested: np.ndarray) -> list[dict[str, Any]]:
-    """Training examples ranked most-suspect first from their learned weights.
-
-    Args:
-        weights: per-example weights ``(K, N)`` of the last K epochs (NaN: not seen that epoch);
-            their mean is the example's weight, a low weight is a suspect label.
-        given: the training labels ``(N,)``.
-        suggested: the likely true class of each example ``(N,)``.
-
-    Returns:
-        Rows ``index, given_label, suggested_label, score, weight``: ``score`` in [0, 1] is the
-        suspicion, 1 for the lowest mean weight and 0 for the highest (min-max scaled); examples
-        never weighed get score 0 and come last. Ties keep the index order.
-    """
-    w = np.asarray(weights, dtype=np.float64).reshape(-1, len(given))
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore", RuntimeWarning)
-        mean = np.nanmean(w, axis=0) if len(w) else np.full(len(given), np.nan)
-    ok = np.isfinite(mean)
-    score = np.zeros(len(given))
-    if ok.any():
-        lo, hi = float(mean[ok].min()), float(mean[ok].max())
-        score[ok] = (hi - mean[ok]) / (hi - lo) if hi > lo else 0.0
-    order = np.lexsort((np.arange(len(given)), ~ok, -score))
-    return [
-        {
-            "index": int(i),
-            "given_label": int(given[i]),
-            "suggested_label": int(suggested[i]),
-            "score": float(score[i]),
-            "weight": float(mean[i]) if ok[i] else None,
-        }
-        for i in order
-    ]
-
-
 def _write_label_issues(
     folder: Path,
     trainer: Any,
@@ -478,18 +442,42 @@ def _write_label_issues(
     recent: Sequence[np.ndarray],
     class_weights: np.ndarray | None,
 ) -> None:
-    """``label_issues.csv``: the ranking of :func:`rank_label_issues` (or ``metaweight.label_issues``
-    when that module exists); the suggested class is GDW's argmax of ω at the run's end, else the
-    model's predicted class."""
-    if class_weights is not None and np.shape(class_weights) == (len(p.y_train), p.num_classes):
-        suggested = np.argmax(np.nan_to_num(class_weights, nan=-np.inf), axis=1)
-    else:
-        suggested = np.asarray(trainer.predict(p.x_train))
-    weights = np.stack(recent) if recent else np.empty((0, len(p.y_train)))
-    rows = rank_label_issues(weights, p.y_train, suggested)
-    if p.corrupted.any():
-        for r in rows:
-            r["corrupted"] = int(p.corrupted[r["index"]])
+    """``label_issues.csv`` from :func:`metaweight.label_issues` over the weights of the last epochs
+    (``recent``): ``rank, index, given_label, suggested_label, score, weight``, most suspect first,
+    plus ``corrupted`` (0/1) when the run knows the true labels. The suggested class comes from
+    GDW's class-level weights ω at the run's end, else from the model's prediction."""
+    from ..label_issues import label_issues
+
+    n = len(p.y_train)
+    weights = np.stack(recent) if recent else np.full((1, n), np.nan)
+    cw = (
+        class_weights if class_weights is not None and np.shape(class_weights) == (n, p.num_classes) else None
+    )
+    predicted = None if cw is not None else np.asarray(trainer.predict(p.x_train))
+    issues = label_issues(weights, p.y_train, class_weights=cw, predicted=predicted)
+    rows: list[dict[str, Any]] = []
+    known = bool(p.corrupted.any())
+    for r, (i, g, sl, sc, wt) in enumerate(
+        zip(
+            issues.index.tolist(),
+            issues.given_label.tolist(),
+            issues.suggested_label.tolist(),
+            issues.score.tolist(),
+            issues.weight.tolist(),
+        ),
+        start=1,
+    ):
+        row: dict[str, Any] = {
+            "rank": r,
+            "index": i,
+            "given_label": g,
+            "suggested_label": sl,
+            "score": sc if math.isfinite(sc) else None,
+            "weight": wt if math.isfinite(wt) else None,
+        }
+        if known:
+            row["corrupted"] = int(p.corrupted[i])
+        rows.append(row)
     _write_csv(folder / LABEL_ISSUES_FILE, rows)
 
 
