@@ -349,3 +349,15 @@ def test_label_issues_command_line_option(tmp_path, capsys):
     assert main([str(tmp_path / "c.toml"), "--results", str(tmp_path / "r2"), "--quiet"]) == 0
     (run_dir,) = [d for d in (tmp_path / "r2" / "cli").iterdir() if d.is_dir()]
     assert not (run_dir / "label_issues.csv").exists()
+
+
+def test_user_data_sets_are_labelled_by_their_file():
+    def label(ds):
+        (spec,) = load_config({"defaults": {"dataset": ds}}).runs
+        return spec.labels["dataset"], spec.run_id
+
+    assert label({"name": "npz", "path": "data/mine.npz"}) == ("mine", "mine_clean_mlp-256x256_erm_s0")
+    assert label({"name": "npy", "x": "feats.npy", "y": "labels.npy"})[0] == "feats"
+    assert label({"name": "idx", "directory": "/data/fashion/"})[0] == "fashion"
+    assert label({"name": "function", "function": "pkg.mod:load"})[0] == "load"
+    assert label({"name": "npz", "path": "m.npz", "label": "Mine"})[0] == "Mine"

@@ -237,7 +237,17 @@ def _num(v: Any) -> str:
 
 
 def dataset_label(ds: Mapping[str, Any]) -> str:
-    return str(ds.get("label") or ds.get("name", "?"))
+    """The data set's ``label``, else its name; for a user's data set the file's stem (``mine`` for
+    ``mine.npz``), the folder's name or the function's name."""
+    if ds.get("label"):
+        return str(ds["label"])
+    for key in ("path", "x", "directory"):
+        if ds.get("name") in ("npz", "npy", "idx", "cifar") and isinstance(ds.get(key), str) and ds[key]:
+            stem = re.split(r"[/\\]", ds[key].rstrip("/\\"))[-1]
+            return stem.rsplit(".", 1)[0] if key != "directory" else stem
+    if ds.get("name") == "function" and isinstance(ds.get("function"), str):
+        return ds["function"].rpartition(":")[2] or "function"
+    return str(ds.get("name", "?"))
 
 
 def condition_label(cond: Mapping[str, Any]) -> str:
