@@ -180,3 +180,47 @@ public func _mw_trainer_weight_net_set(_ h: mw_trainer, _ params: UnsafePointer<
     }
   }
 }
+
+// MARK: - Raw step diagnostics (opt-in)
+
+/// Turns the recording of the method's raw step arrays on or off (metaweight.h).
+@_cdecl("mw_trainer_set_step_diagnostics")
+public func _mw_trainer_set_step_diagnostics(_ h: mw_trainer, _ on: Int32) -> mw_status {
+  guarded {
+    try using(h, as: Trainer.self, "trainer") { tr in
+      tr.weighting?.recordsRaw = on != 0
+    }
+  }
+}
+
+/// The last recorded step's raw array `name` (metaweight.h).
+@_cdecl("mw_trainer_step_diagnostics")
+public func _mw_trainer_step_diagnostics(
+  _ h: mw_trainer, _ name: UnsafePointer<CChar>?, _ out: UnsafeMutablePointer<Float>?, _ count: Int64,
+  _ length: UnsafeMutablePointer<Int64>?, _ rows: UnsafeMutablePointer<Int64>?
+) -> mw_status {
+  guarded {
+    let key = String(cString: try require(name, "name"))
+    try using(h, as: Trainer.self, "trainer") { tr in
+      let method = tr.weighting?.name ?? "erm"
+      let names = tr.weighting?.rawNames ?? []
+      guard names.contains(key) else {
+        throw ABIError.argument(
+          "name: the method '\(method)' has raw step arrays \(names), got '\(key)'")
+      }
+      guard let ws = tr.weighting, let raw = ws.rawDiagnostic(key) else {
+        throw ABIError(
+          code: MW_E_STATE,
+          message: "mw_trainer_step_diagnostics: the last step was not recorded (turn step diagnostics on before the step)")
+      }
+      if let o = out {
+        guard count == Int64(raw.count) else {
+          throw ABIError.shape("out: expected \(raw.count) floats for '\(key)', got \(count)")
+        }
+        o.update(from: raw.values, count: raw.count)
+      }
+      length?.pointee = Int64(raw.count)
+      rows?.pointee = Int64(raw.rows)
+    }
+  }
+}

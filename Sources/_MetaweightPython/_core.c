@@ -511,6 +511,28 @@ static PyObject *py_trainer_weight_net_set(PyObject *self, PyObject *args) {
   Py_RETURN_NONE;
 }
 
+/* trainer_set_step_diagnostics(h, on): keep the method's raw step arrays from the next step on. */
+static PyObject *py_trainer_set_step_diagnostics(PyObject *self, PyObject *args) {
+  PyObject *ho; uint64_t h; int on;
+  if (!PyArg_ParseTuple(args, "Op", &ho, &on) || handle_arg(ho, &h)) return NULL;
+  CHECK(mw_trainer_set_step_diagnostics(h, (int32_t)on));
+  Py_RETURN_NONE;
+}
+
+/* trainer_step_diagnostics(h, name, out|None) -> (length, rows): the last step's raw array. */
+static PyObject *py_trainer_step_diagnostics(PyObject *self, PyObject *args) {
+  PyObject *ho, *oo; uint64_t h; const char *name;
+  if (!PyArg_ParseTuple(args, "OsO", &ho, &name, &oo) || handle_arg(ho, &h)) return NULL;
+  Py_buffer o; int has_o = (oo != Py_None);
+  if (has_o && get_buffer(oo, &o, 'f', 1, "out")) return NULL;
+  mw_status s; int64_t length = 0, rows = 0;
+  Py_BEGIN_ALLOW_THREADS s = mw_trainer_step_diagnostics(h, name, has_o ? (float *)o.buf : NULL,
+                                                         has_o ? (int64_t)(o.len / 4) : 0, &length, &rows);
+  Py_END_ALLOW_THREADS if (has_o) PyBuffer_Release(&o);
+  if (s != MW_OK) return raise_status(s);
+  return Py_BuildValue("(LL)", (long long)length, (long long)rows);
+}
+
 /* ---- LAW: searches and strategies ---- */
 
 /* A C-contiguous buffer with items of format `fmt` ('d' float64, 'B' uint8/bool) and size `itemsize`. */
@@ -835,6 +857,10 @@ static PyMethodDef methods[] = {
      "trainer_weight_net_get(h, out|None) -> hidden; V's 3*hidden+1 parameters into out."},
     {"trainer_weight_net_set", py_trainer_weight_net_set, METH_VARARGS,
      "trainer_weight_net_set(h, params): set V's 3*hidden+1 parameters (optimizer state kept)."},
+    {"trainer_set_step_diagnostics", py_trainer_set_step_diagnostics, METH_VARARGS,
+     "trainer_set_step_diagnostics(h, on): keep the method's raw step arrays (opt-in)."},
+    {"trainer_step_diagnostics", py_trainer_step_diagnostics, METH_VARARGS,
+     "trainer_step_diagnostics(h, name, out|None) -> (length, rows): the last step's raw array into out."},
     {"law_create", py_law_create, METH_VARARGS, "law_create(config_spec, network_spec, input_shape, seed) -> handle"},
     {"law_free", py_law_free, METH_VARARGS, "Free a LAW search."},
     {"law_info", py_law_info, METH_VARARGS,

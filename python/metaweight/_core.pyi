@@ -103,6 +103,12 @@ def trainer_weight_net_get(h: Handle, out: Buffer | None, /) -> int:
 def trainer_weight_net_set(h: Handle, params: Buffer, /) -> None:
     """Sets V's 3h+1 parameters [W1, b1, W2, b2] (float32); V's optimizer state is kept."""
 
+def trainer_set_step_diagnostics(h: Handle, on: bool, /) -> None:
+    """Keeps the method's raw step arrays from the next step on (``on``), or stops keeping them."""
+
+def trainer_step_diagnostics(h: Handle, name: str, out: Buffer | None, /) -> tuple[int, int]:
+    """(length, rows) of the last step's raw array ``name``; with ``out`` (float32), copied into it."""
+
 
 # ---- LAW: searches and strategies ----
 def law_create(config_spec: str, network_spec: str, input_shape: Sequence[int], seed: int, /) -> Handle: ...

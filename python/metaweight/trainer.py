@@ -65,6 +65,15 @@ DEFAULT_OPTIMIZER = SGD()
 DEFAULT_SCHEDULE = Constant()
 
 PathLike = Union[str, "os.PathLike[str]"]
+
+#: The raw step arrays of ``step(..., diagnostics=True)`` per method (``StepResult.raw``): L2RW's
+#: scores u (N,); MW-Net's V outputs before and after V's update (N,); GDW's g = ∂L_meta/∂ω,
+#: ω before the second stage and ω′ (N, C). Other methods have none.
+RAW_ARRAYS: dict[str, tuple[str, ...]] = {
+    "l2rw": ("u",),
+    "mwnet": ("v_before", "v_after"),
+    "gdw": ("g", "omega", "omega_prime"),
+}
 Callback = Callable[["Trainer", "EpochRecord"], Any]
 
 
@@ -102,6 +111,16 @@ class StepResult:
         weights: per-example weights ``(N,)`` the method used (1 for unweighted ERM; GDW: ω′ at
             the label; an attached LAW strategy's weights).
         class_weights: GDW's class-level weights ω′ ``(N, C)`` (None for other methods).
+        raw: with ``step(..., diagnostics=True)``: the method's raw step arrays by name (None
+            otherwise; an empty dict for methods without any, and None for a skipped step):
+
+            - L2RW: ``"u"`` ``(N,)``, the scores u_i = ⟨∇L_meta, ∇l_i⟩, negative ones included,
+              before ``max(u, 0)`` and the normalisation (``weights = max(u,0)/Σmax(u,0)``);
+            - MW-Net: ``"v_before"`` ``(N,)``, V(l_i) before V's update, and ``"v_after"``
+              ``(N,)``, after it (the weights used);
+            - GDW: ``"g"`` ``(N, C)``, g = ∂L_meta/∂ω; ``"omega"`` ``(N, C)``, ω before the
+              second stage (after the first zero-mean constraint); ``"omega_prime"`` ``(N, C)``,
+              ω′ (``class_weights``).
     """
 
     loss: float
@@ -117,6 +136,7 @@ class StepResult:
     #: Collapse and saturation statistics of the step (:class:`~metaweight.StepDiagnostics`;
     #: None for a skipped step).
     diagnostics: StepDiagnostics | None = field(default=None, compare=False)
+    raw: dict[str, np.ndarray] | None = field(default=None, repr=False, compare=False)
 
 
 @dataclass(frozen=True)
@@ -155,6 +175,10 @@ class EpochRecord:
         weight_ess, saturated_low, saturated_high, prediction_majority, weight_loss_correlation:
             the epoch's means of the steps' :class:`~metaweight.StepDiagnostics`
             (``effective_sample_size`` for ``weight_ess``; None when no step had a value).
+        raw: with ``fit(record_raw=...)`` (every epoch, or the last one): the raw step arrays of
+            :attr:`StepResult.raw` gathered over the epoch's steps and aligned with the ``x``
+            given to ``fit``: ``(N,)`` or ``(N, C)`` per name, each example's values from its
+            step of the epoch (NaN for examples not visited, e.g. in a skipped step).
     """
 
     epoch: int
@@ -173,6 +197,7 @@ class EpochRecord:
     saturated_high: float | None = None
     prediction_majority: float | None = None
     weight_loss_correlation: float | None = None
+    raw: dict[str, np.ndarray] | None = field(default=None, repr=False, compare=False)
 
 
 class History:
@@ -603,8 +628,9 @@ class Trainer(NativeHandle):
         weights: np.ndarray | None,
         x_meta: np.ndarray | None,
         y_meta: np.ndarray | None,
+        diagnostics: bool = False,
     ) -> StepResult:
-        """One native step on already validated arrays."""
+        """One native step on already validated arrays (``diagnostics``: also its raw arrays)."""
         if self._spec == "erm":
             used = weights
             with self._use("step") as h:
@@ -616,17 +642,33 @@ class Trainer(NativeHandle):
                     used = wbuf if int(nw) == len(y) else None
             return StepResult(loss, acc, lr, int(step), meta_loss,
                               used if used is not None else np.ones(len(y), dtype=np.float32),
-                              diagnostics=StepDiagnostics.from_tuple(diag))
+                              diagnostics=StepDiagnostics.from_tuple(diag), raw={} if diagnostics else None)
         wout = np.empty(len(y), dtype=np.float32)
         cwout = (
             np.empty((len(y), self._model.num_classes), dtype=np.float32)
             if self._method.has_class_weights
             else None
         )
+        names = RAW_ARRAYS.get(self._method.name, ()) if diagnostics else ()
+        got: dict[str, np.ndarray] = {}
         with self._use("step") as h:
-            loss, acc, lr, step, meta_loss, diag = _core.trainer_step_method(h, x, y, x_meta, y_meta, wout, cwout)
+            if not names:
+                loss, acc, lr, step, meta_loss, diag = _core.trainer_step_method(h, x, y, x_meta, y_meta, wout, cwout)
+            else:
+                # Recording is on for this one step only: off, a step copies nothing extra.
+                _core.trainer_set_step_diagnostics(h, True)
+                try:
+                    loss, acc, lr, step, meta_loss, diag = _core.trainer_step_method(
+                        h, x, y, x_meta, y_meta, wout, cwout)
+                    for name in names:
+                        length, rows = _core.trainer_step_diagnostics(h, name, None)
+                        arr = np.empty(length, dtype=np.float32)
+                        _core.trainer_step_diagnostics(h, name, arr)
+                        got[name] = arr if length == rows else arr.reshape(rows, length // rows)
+                finally:
+                    _core.trainer_set_step_diagnostics(h, False)
         return StepResult(loss, acc, lr, int(step), meta_loss, wout, cwout,
-                          diagnostics=StepDiagnostics.from_tuple(diag))
+                          diagnostics=StepDiagnostics.from_tuple(diag), raw=got if diagnostics else None)
 
     def weight_function(self, losses: Any) -> np.ndarray:
         """Evaluates the learned loss → weight function V of MW-Net or GDW.
@@ -696,6 +738,7 @@ class Trainer(NativeHandle):
         sample_weights: Any = None,
         x_meta: Any = None,
         y_meta: Any = None,
+        diagnostics: bool = False,
     ) -> StepResult:
         """Takes one training step (one optimizer update) on a batch.
 
@@ -707,6 +750,10 @@ class Trainer(NativeHandle):
                 ``sum_i w_i l_i / N``.
             x_meta: the meta batch of meta-weighting methods; must be None for ``"erm"``.
             y_meta: its labels; must be None for ``"erm"``.
+            diagnostics: also return the method's raw step arrays in :attr:`StepResult.raw`
+                (L2RW's scores u, MW-Net's V outputs before and after V's update, GDW's g, ω and
+                ω′; see :data:`RAW_ARRAYS`). Off (the default) nothing extra is copied; the step
+                takes the same values either way.
 
         Returns:
             The :class:`StepResult` (loss and accuracy measured before the update).
@@ -725,6 +772,7 @@ class Trainer(NativeHandle):
         if self._handle is None:
             raise ClosedError("step: the trainer was closed; create a new one")
         self._require_schedule("step")
+        diagnostics = as_bool(diagnostics, "diagnostics")
         net = self._model
         xa = as_features(x, "x", net.input_shape)
         ya = as_labels(y, "y", net.num_classes, n=len(xa))
@@ -736,7 +784,7 @@ class Trainer(NativeHandle):
                 )
             w = as_weights(sample_weights, "sample_weights", len(xa))
         xm, ym = self._meta_batch_arrays(x_meta, y_meta)
-        return self._checked_step(xa, ya, w, xm, ym, "")
+        return self._checked_step(xa, ya, w, xm, ym, "", diagnostics)
 
     def _checked_step(
         self,
@@ -746,10 +794,11 @@ class Trainer(NativeHandle):
         x_meta: np.ndarray | None,
         y_meta: np.ndarray | None,
         where: str,
+        diagnostics: bool = False,
     ) -> StepResult:
         """A native step applying the ``on_nonfinite`` policy (``where`` is added to messages)."""
         try:
-            return self._raw_step(x, y, weights, x_meta, y_meta)
+            return self._raw_step(x, y, weights, x_meta, y_meta, diagnostics)
         except NonFiniteError as err:
             if self._on_nonfinite == "raise":
                 if where:
@@ -801,6 +850,7 @@ class Trainer(NativeHandle):
         progress: bool = True,
         callbacks: Sequence[Callback] | None = None,
         record_weights: bool = False,
+        record_raw: bool | str = False,
         _plain: bool = False,
         _on_step: Callable[[np.ndarray, StepResult], None] | None = None,
     ) -> History:
@@ -826,6 +876,13 @@ class Trainer(NativeHandle):
                 :class:`EpochRecord`; if one returns True, training stops after that epoch.
             record_weights: keep the weight every training example received in each epoch
                 (``EpochRecord.example_weights``, and ``class_weights`` for GDW).
+            record_raw: keep the raw step arrays of ``step(..., diagnostics=True)``
+                (:attr:`StepResult.raw`) in ``EpochRecord.raw``, aligned with ``x``: ``"last"``
+                for the last epoch of this call only (its steps alone take the diagnostics; a
+                callback stopping early leaves no record), ``True`` or ``"all"`` for every epoch.
+                Memory: per recorded epoch, N floats (L2RW), 2N (MW-Net) or 3·N·C (GDW), as
+                float32; the per-step arrays are not kept beyond that. False (default) records
+                nothing and copies nothing.
 
         The data-level baselines act here: :class:`~metaweight.FineTune` trains on ``(x, y)`` and
         then on the meta set for its ``epochs`` (recorded as further epochs), and
@@ -848,6 +905,15 @@ class Trainer(NativeHandle):
         batch_size = as_int(batch_size, "batch_size", minimum=1)
         progress = as_bool(progress, "progress")
         record_weights = as_bool(record_weights, "record_weights")
+        if record_raw is True or record_raw == "all":
+            raw_mode = "all"
+        elif record_raw is False or record_raw is None:
+            raw_mode = ""
+        elif record_raw == "last":
+            raw_mode = "last"
+        else:
+            raise InvalidArgumentError(
+                f"record_raw: expected False, True, 'all' or 'last', got {record_raw!r}")
         net = self._model
         xa = as_features(x, "x", net.input_shape)
         ya = as_labels(y, "y", net.num_classes, n=len(xa))
@@ -902,6 +968,8 @@ class Trainer(NativeHandle):
             perm = self._permutation(n)
             if isinstance(self._method, ClassBalancedSampling):
                 perm = _class_balanced_order(perm, ya, net.num_classes)
+            raw_on = raw_mode == "all" or (raw_mode == "last" and e == epochs - 1)
+            raw_epoch: dict[str, np.ndarray] | None = {} if raw_on else None
             wsum = np.zeros(n, dtype=np.float64) if record_weights else None
             wcnt = np.zeros(n, dtype=np.int64) if record_weights else None
             cw = (
@@ -925,7 +993,13 @@ class Trainer(NativeHandle):
                     xb = np.take(xa, idx, axis=0)
                     yb = np.take(ya, idx)
                     mxb, myb = meta_iter.next() if meta_iter is not None else (None, None)
-                    r = self._checked_step(xb, yb, None, mxb, myb, f"fit: epoch {epoch_no}, batch {b + 1}/{spe}")
+                    r = self._checked_step(xb, yb, None, mxb, myb, f"fit: epoch {epoch_no}, batch {b + 1}/{spe}",
+                                           raw_on)
+                    if raw_epoch is not None and r.raw:
+                        for name, arr in r.raw.items():
+                            if name not in raw_epoch:
+                                raw_epoch[name] = np.full((n, *arr.shape[1:]), np.nan, dtype=np.float32)
+                            raw_epoch[name][idx] = arr
                     if r.skipped:
                         if bar is not None:
                             bar.update(1)
@@ -971,6 +1045,7 @@ class Trainer(NativeHandle):
                     ),
                     class_weights=cw,
                     **epoch_diag.means(),
+                    raw=raw_epoch,
                 )
                 if bar is not None:
                     post = {"loss": f"{record.train_loss:.4f}", "acc": f"{record.train_accuracy:.4f}"}

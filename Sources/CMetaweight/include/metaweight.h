@@ -233,6 +233,29 @@ mw_status mw_trainer_weight_function(mw_trainer tr, const float *losses, int64_t
  */
 mw_status mw_trainer_weight_net_get(mw_trainer tr, int64_t *hidden, float *out, int64_t count);
 mw_status mw_trainer_weight_net_set(mw_trainer tr, const float *params, int64_t count);
+/*
+ * Opt-in raw step diagnostics: what a step of L2RW, MW-Net or GDW computes before its weights.
+ * set_step_diagnostics(on != 0): every later step of the trainer's method keeps its raw arrays
+ * until turned off (off by default; off, a step copies nothing extra, and a step takes
+ * bit-identical values either way). The setting belongs to the method: mw_trainer_set_method and
+ * a new trainer start with it off, and it is not part of checkpoints. Other methods: a no-op.
+ * step_diagnostics(name): the last step's raw array `name`, row-major, copied into out (NULL, or
+ * exactly *length floats, else MW_E_SHAPE); *length (may be NULL) receives its float count and
+ * *rows (may be NULL) its rows n (the batch size):
+ *   l2rw:  "u"            the scores u_i = <grad L_meta, grad l_i> (n), negative ones included,
+ *                         before max(u, 0) and the normalisation;
+ *   mwnet: "v_before"     V(l_i) before V's update (n);
+ *          "v_after"      V(l_i) after it, the step's weights (n);
+ *   gdw:   "g"            g = dL_meta/d(omega) (n x classes);
+ *          "omega"        omega before the second stage, after the first zero-mean constraint
+ *                         (n x classes);
+ *          "omega_prime"  omega', the class-level weights used (n x classes).
+ * A name the method does not have is MW_E_ARGUMENT (naming the method's names); MW_E_STATE when
+ * the last step was not recorded (diagnostics off, no step yet, or the step failed).
+ */
+mw_status mw_trainer_set_step_diagnostics(mw_trainer tr, int32_t on);
+mw_status mw_trainer_step_diagnostics(mw_trainer tr, const char *name, float *out, int64_t count,
+                                      int64_t *length, int64_t *rows);
 
 /* ---- LAW: learning to auto weight (Li et al. 2020) -------------------------------------- */
 

@@ -28,6 +28,12 @@ public final class GDW: LookAheadWeighting, @unchecked Sendable {
   private var omega = FloatBuffer(count: 0)  // ω (n × C)
   /// g_ic = ∂L_meta/∂ω_ic of the last step (n × C).
   private(set) var g = FloatBuffer(count: 0)
+  /// ω before the second stage (after the first constraint), kept only when `recordsRaw` (n × C).
+  private var omegaBefore = FloatBuffer(count: 0)
+  /// Whether steps are recorded for `rawDiagnostic` (ω before the second stage is copied).
+  public var recordsRaw = false
+  /// Rows and columns of the last recorded step (rows 0: none).
+  private var rawRows = 0, rawColumns = 0
   /// The section's generator (saved for the checkpoint layout; GDW draws nothing).
   private var rng: RNG
 
@@ -72,6 +78,7 @@ public final class GDW: LookAheadWeighting, @unchecked Sendable {
       g = FloatBuffer(count: n * c)
       classWeights = FloatBuffer(count: n * c)
     }
+    if recordsRaw && omegaBefore.count < n * c { omegaBefore = FloatBuffer(count: n * c) }
     meta.reserve(trainer: trainer, n: n, m: m)
   }
 
@@ -81,6 +88,7 @@ public final class GDW: LookAheadWeighting, @unchecked Sendable {
     xMeta: UnsafePointer<Float>?, m: Int, labelsMeta: UnsafePointer<Int64>?
   ) throws -> StepResult {
     var result = StepResult()
+    rawRows = 0
     guard let xm = xMeta, let ym = labelsMeta else { return result }
     (result.loss, result.accuracy) = try trainer.forwardCheckedTrainBatch(x: x, n: n, labels: labels)
     let c = trainer.network.classes
@@ -141,6 +149,7 @@ public final class GDW: LookAheadWeighting, @unchecked Sendable {
     try trainer.checkFiniteValues(UnsafePointer(net.grads.pointer), net.grads.count, what: "weight-net gradient")
     optimizer.update(params: net.params.pointer, grads: net.grads.pointer, count: net.params.count, lr: cfg.weightNetLR)
     // 4. ω′ = clamp(ω − clamp(η g/‖g‖₁, ±clip), [min, max]), constrained again.
+    if recordsRaw { omegaBefore.pointer.update(from: omega, count: n * c) }
     let eta = cfg.eta(classes: c)
     let scale = gnorm > 0 ? Float(Double(eta) / gnorm) : 0
     for idx in 0..<(n * c) {
@@ -154,7 +163,24 @@ public final class GDW: LookAheadWeighting, @unchecked Sendable {
     // 5. Real step from G′_ic = ω′_ic (p_ic − y_ic)/n.
     logitGradient()
     trainer.backwardLogits(UnsafePointer(lg))
+    if recordsRaw { (rawRows, rawColumns) = (n, c) }
     return result
+  }
+
+  /// "g": g = ∂L_meta/∂ω (n × C); "omega": ω before the second stage, after the first zero-mean
+  /// constraint (n × C); "omega_prime": ω′, the class-level weights used (n × C).
+  public var rawNames: [String] { ["g", "omega", "omega_prime"] }
+
+  /// See `StepWeighting`.
+  public func rawDiagnostic(_ name: String) -> (values: UnsafePointer<Float>, count: Int, rows: Int)? {
+    guard rawRows > 0 else { return nil }
+    let count = rawRows * rawColumns
+    switch name {
+    case "g": return (UnsafePointer(g.pointer), count, rawRows)
+    case "omega": return (UnsafePointer(omegaBefore.pointer), count, rawRows)
+    case "omega_prime": return (UnsafePointer(classWeights.pointer), count, rawRows)
+    default: return nil
+    }
   }
 
   /// See `StepWeighting`.

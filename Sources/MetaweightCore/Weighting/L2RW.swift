@@ -15,6 +15,10 @@ public final class L2RW: LookAheadWeighting, @unchecked Sendable {
   public private(set) var weights = FloatBuffer(count: 0)
   /// uᵢ (n).
   private var u = FloatBuffer(count: 0)
+  /// Whether steps are recorded for `rawDiagnostic` (u is kept anyway).
+  public var recordsRaw = false
+  /// Rows of the last recorded step (0: none).
+  private var rawRows = 0
   /// The section's generator (saved for the checkpoint layout; L2RW draws nothing).
   private var rng: RNG
 
@@ -42,6 +46,7 @@ public final class L2RW: LookAheadWeighting, @unchecked Sendable {
     xMeta: UnsafePointer<Float>?, m: Int, labelsMeta: UnsafePointer<Int64>?
   ) throws -> StepResult {
     var result = StepResult()
+    rawRows = 0
     guard let xm = xMeta, let ym = labelsMeta else { return result }
     let w = weights.pointer
     // 1. v = ∇L_meta(θ) (ε = 0, so θ̂ = θ), in the tape the train batch then uses.
@@ -60,7 +65,17 @@ public final class L2RW: LookAheadWeighting, @unchecked Sendable {
     try trainer.checkFiniteValues(UnsafePointer(w), n)
     // 4. The real step's gradient Σ wᵢ ∇lᵢ.
     trainer.backwardWeighted(coefficients: w)
+    if recordsRaw { rawRows = n }
     return result
+  }
+
+  /// "u": the raw scores uᵢ (n), negative ones included, before max(u, 0) and normalisation.
+  public var rawNames: [String] { ["u"] }
+
+  /// See `StepWeighting`.
+  public func rawDiagnostic(_ name: String) -> (values: UnsafePointer<Float>, count: Int, rows: Int)? {
+    guard rawRows > 0, name == "u" else { return nil }
+    return (UnsafePointer(u.pointer), rawRows, rawRows)
   }
 
   /// See `StepWeighting`.

@@ -22,6 +22,12 @@ public final class MWNet: LookAheadWeighting, @unchecked Sendable {
   private var coef = FloatBuffer(count: 0)  // cᵢ (n)
   private var dv = FloatBuffer(count: 0)  // v′ᵢ = dV/dℓ (n)
   private var dvPrime = FloatBuffer(count: 0)  // dL/dv′ᵢ (n)
+  /// V(ℓᵢ) before V's update, kept only when `recordsRaw` (n).
+  private var before = FloatBuffer(count: 0)
+  /// Whether steps are recorded for `rawDiagnostic` (V's outputs before its update are copied).
+  public var recordsRaw = false
+  /// Rows of the last recorded step (0: none).
+  private var rawRows = 0
   /// The section's generator (saved for the checkpoint layout; MW-Net draws nothing).
   private var rng: RNG
 
@@ -56,6 +62,7 @@ public final class MWNet: LookAheadWeighting, @unchecked Sendable {
       dv = FloatBuffer(count: n)
       dvPrime = FloatBuffer(count: n)
     }
+    if recordsRaw && before.count < n { before = FloatBuffer(count: n) }
     meta.reserve(trainer: trainer, n: n, m: m)
   }
 
@@ -65,6 +72,7 @@ public final class MWNet: LookAheadWeighting, @unchecked Sendable {
     xMeta: UnsafePointer<Float>?, m: Int, labelsMeta: UnsafePointer<Int64>?
   ) throws -> StepResult {
     var result = StepResult()
+    rawRows = 0
     guard let xm = xMeta, let ym = labelsMeta else { return result }
     let w = weights.pointer
     (result.loss, result.accuracy) = try trainer.forwardCheckedTrainBatch(x: x, n: n, labels: labels)
@@ -72,6 +80,7 @@ public final class MWNet: LookAheadWeighting, @unchecked Sendable {
     let (alpha, factor) = meta.virtualStepSize(trainer)
     // 1–2. vᵢ = V(lᵢ); θ̂ = θ − α Σ cᵢ ∇lᵢ.
     net.forward(l, n: n, out: w)
+    if recordsRaw { before.pointer.update(from: w, count: n) }
     let c = coef.pointer
     let sumV = coefficients(v: UnsafePointer(w), losses: l, n: n, out: c)
     trainer.backwardWeighted(coefficients: c)
@@ -100,7 +109,21 @@ public final class MWNet: LookAheadWeighting, @unchecked Sendable {
     try trainer.checkFiniteValues(UnsafePointer(w), n)
     _ = coefficients(v: UnsafePointer(w), losses: l, n: n, out: c)
     trainer.backwardWeighted(coefficients: c)
+    if recordsRaw { rawRows = n }
     return result
+  }
+
+  /// "v_before": V(ℓᵢ) before V's update (n); "v_after": after it, the step's weights (n).
+  public var rawNames: [String] { ["v_before", "v_after"] }
+
+  /// See `StepWeighting`.
+  public func rawDiagnostic(_ name: String) -> (values: UnsafePointer<Float>, count: Int, rows: Int)? {
+    guard rawRows > 0 else { return nil }
+    switch name {
+    case "v_before": return (UnsafePointer(before.pointer), rawRows, rawRows)
+    case "v_after": return (UnsafePointer(weights.pointer), rawRows, rawRows)
+    default: return nil
+    }
   }
 
   /// The step coefficients cᵢ from vᵢ: vᵢ/n (or vᵢ/Σv), plus the V′ term when the loss is not

@@ -24,6 +24,16 @@ public protocol StepWeighting: AnyObject {
   /// V's outputs V(ℓᵢ) ∈ (0, 1) of the last step, for the saturation diagnostics; nil for
   /// methods without V.
   var unitOutputs: UnsafePointer<Float>? { get }
+  /// Whether `step` keeps the raw arrays of each step for `rawDiagnostic` (opt-in; off, a step
+  /// copies nothing extra and takes bit-identical values either way).
+  var recordsRaw: Bool { get set }
+  /// The names of the method's raw step arrays (`rawDiagnostic`), e.g. ["u"] for L2RW; empty
+  /// for methods without any.
+  var rawNames: [String] { get }
+  /// The last step's raw array `name` (one of `rawNames`) and its row count n: (values, n ×
+  /// columns values). nil when the name is unknown or the last step was not recorded
+  /// (`recordsRaw` off, or the step failed).
+  func rawDiagnostic(_ name: String) -> (values: UnsafePointer<Float>, count: Int, rows: Int)?
 
   /// Sizes the trainer's and the method's buffers for a train batch of `n` and a meta batch of
   /// `m` (0 without one).
@@ -59,6 +69,15 @@ extension StepWeighting {
   public var weightNetOptimizer: Optimizer? { nil }
   /// No weighting net.
   public var unitOutputs: UnsafePointer<Float>? { nil }
+  /// No raw arrays: recording is a no-op.
+  public var recordsRaw: Bool {
+    get { false }
+    set {}
+  }
+  /// No raw arrays.
+  public var rawNames: [String] { [] }
+  /// No raw arrays.
+  public func rawDiagnostic(_ name: String) -> (values: UnsafePointer<Float>, count: Int, rows: Int)? { nil }
   /// The method's spec name (`MethodSpec.names`), e.g. "mwnet".
   public var name: String { MethodSpec.names.first { $0.value == config.method }?.key ?? "erm" }
 }
