@@ -361,3 +361,28 @@ def test_user_data_sets_are_labelled_by_their_file():
     assert label({"name": "idx", "directory": "/data/fashion/"})[0] == "fashion"
     assert label({"name": "function", "function": "pkg.mod:load"})[0] == "load"
     assert label({"name": "npz", "path": "m.npz", "label": "Mine"})[0] == "Mine"
+
+
+@pytest.mark.parametrize(
+    ("extra", "word"),
+    [
+        ({"test_fraction": 1.5}, "test_fraction"),
+        ({"split_seed": -1}, "split_seed"),
+        ({"num_classes": 0}, "num_classes"),
+    ],
+)
+def test_bad_data_set_options(tmp_path, extra, word):
+    x, y = _blobs(30)
+    np.savez(tmp_path / "d.npz", x=x, y=y)
+    with pytest.raises(ConfigError, match=word):
+        prepare(_run({"name": "npz", "path": str(tmp_path / "d.npz"), **extra}, meta_per_class=0))
+
+
+def test_rewritten_file_is_read_again(tmp_path):
+    x, y = _blobs(60)
+    np.savez(tmp_path / "d.npz", x=x, y=y)
+    ds = {"name": "npz", "path": str(tmp_path / "d.npz")}
+    a = prepare(_run(ds, meta_per_class=0))
+    np.savez(tmp_path / "d.npz", x=x[:45] + 1, y=y[:45])
+    b = prepare(_run(ds, meta_per_class=0))
+    assert len(a.x_train) + len(a.x_test) == 60 and len(b.x_train) + len(b.x_test) == 45

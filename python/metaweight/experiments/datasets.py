@@ -125,6 +125,11 @@ def prepare(run: Mapping[str, Any]) -> Prepared:
     ``mapping``); for ``mnist-4v9``: ``ratio`` (majority : minority) and ``total`` (training images;
     default as many as the data allow). The clean, class-balanced meta set of ``meta_per_class``
     images per class is drawn first, disjoint from training.
+
+    The user's data sets (``npz``, ``npy``, ``idx``, ``cifar``, ``function``; README, "Your own
+    data") are handled as row numbers until the end: the test split, a given meta set, the
+    condition and ``max_train`` select rows, and only the selected rows are then read (:func:`gather`)
+    from the possibly memory-mapped files.
     """
     ds_cfg = dict(run["dataset"])
     model_name = run["model"]["name"]
@@ -340,8 +345,15 @@ def _call_function(ds: Mapping[str, Any]) -> Any:
 
 def _load_user(ds: Mapping[str, Any]) -> _UserData:
     name = str(ds["name"])
-    frac = float(ds.get("test_fraction", 0.3))
-    split_seed = int(ds.get("split_seed", 0))
+    frac = ds.get("test_fraction", 0.3)
+    if isinstance(frac, bool) or not isinstance(frac, (int, float)) or not 0 < frac < 1:
+        raise ConfigError(f"dataset.test_fraction: expected a number in (0, 1), got {frac!r}")
+    split_seed = ds.get("split_seed", 0)
+    if isinstance(split_seed, bool) or not isinstance(split_seed, int) or split_seed < 0:
+        raise ConfigError(f"dataset.split_seed: expected an integer >= 0, got {split_seed!r}")
+    nc = ds.get("num_classes")
+    if nc is not None and (isinstance(nc, bool) or not isinstance(nc, int) or nc < 1):
+        raise ConfigError(f"dataset.num_classes: expected a positive integer, got {nc!r}")
     x_test_src: Any = None
     y_test: np.ndarray | None = None
     classes: tuple[str, ...] | None = None
@@ -381,7 +393,7 @@ def _load_user(ds: Mapping[str, Any]) -> _UserData:
                 str(_path(ds, "directory")), flatten=False, test_fraction=frac, seed=split_seed
             )
         elif name == "cifar":
-            got = data.load_cifar(str(_path(ds, "directory")), num_classes=int(ds.get("num_classes", 10)))
+            got = data.load_cifar(str(_path(ds, "directory")), num_classes=int(nc if nc is not None else 10))
         else:
             got = _call_function(ds)
         if isinstance(got, data.Dataset):
@@ -500,8 +512,19 @@ def _shape(x: np.ndarray, ds: Mapping[str, Any], flatten: bool) -> np.ndarray:
 
 
 def _prepare_user(run: Mapping[str, Any], ds: Mapping[str, Any], flatten: bool) -> Prepared:
+    stamps = {}  # a rewritten file is loaded again
+    for k in ("path", "x", "y", "x_test", "y_test", "directory", "meta", "meta_indices", "true_labels"):
+        v = ds.get(k)
+        if isinstance(v, str):
+            try:
+                st = os.stat(v)
+                stamps[k] = [st.st_mtime_ns, st.st_size]
+            except OSError:
+                pass
     key = json.dumps(
-        {k: v for k, v in ds.items() if k not in ("flatten", "normalize")}, sort_keys=True, default=str
+        [{k: v for k, v in ds.items() if k not in ("flatten", "normalize")}, stamps],
+        sort_keys=True,
+        default=str,
     )
     with _lock:
         u = _user_cache.get(key)
