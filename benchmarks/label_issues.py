@@ -21,6 +21,9 @@ the true class (`suggest`).
 Usage:
     python benchmarks/label_issues.py [--datasets digits,mnist] [--noises uniform,flip] [--seeds 0]
         [--methods l2rw,mwnet,gdw,law,cleanlab] [--law-episodes 16] [--json out.json]
+    python benchmarks/label_issues.py --table benchmarks/results_label_issues.json   # the README table
+
+With --json, finished (dataset, noise, seed, method) rows in the file are kept and skipped.
 """
 
 from __future__ import annotations
@@ -130,6 +133,31 @@ def run_cleanlab(x: np.ndarray, y: np.ndarray, corrupted: np.ndarray, y_true: np
     return row
 
 
+NAMES = {"l2rw": "L2RW", "mwnet": "MW-Net", "gdw": "GDW", "law": "LAW", "cleanlab": "cleanlab (ERM, 5-fold)"}
+
+
+def table(path: str) -> str:
+    """The README table: precision@k / AUC / suggested-label accuracy, mean over the seeds."""
+    with open(path) as f:
+        rows = json.load(f)["rows"]
+    cells = sorted({(r["dataset"], r["noise"]) for r in rows}, key=lambda c: (c[0] != "digits", c[1] != "uniform"))
+    seeds = sorted({r["seed"] for r in rows})
+    out = ["| method | " + " | ".join(f"{d} / {n} 40%" for d, n in cells) + " |",
+           "|---|" + ":---:|" * len(cells)]
+    for m in NAMES:
+        line = [NAMES[m]]
+        for d, n in cells:
+            rs = [r for r in rows if (r["dataset"], r["noise"], r["method"]) == (d, n, m)]
+            if not rs:
+                line.append("–")
+                continue
+            p, a, s = (float(np.mean([r[k] for r in rs])) for k in ("precision", "auc", "suggest"))
+            line.append(f"{p:.2f} / {a:.2f} / {s:.2f}")
+        out.append("| " + " | ".join(line) + " |")
+    out.append(f"\n(seeds {', '.join(map(str, seeds))})")
+    return "\n".join(out)
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--datasets", default="digits,mnist")
@@ -138,7 +166,11 @@ def main() -> None:
     ap.add_argument("--methods", default="l2rw,mwnet,gdw,law,cleanlab")
     ap.add_argument("--law-episodes", type=int, default=16)
     ap.add_argument("--json", default=None)
+    ap.add_argument("--table", default=None, help="print the markdown table of a results file and exit")
     args = ap.parse_args()
+    if args.table:
+        print(table(args.table))
+        return
     rows: list[dict[str, Any]] = []
     if args.json:
         try:
