@@ -11,7 +11,7 @@ public final class LossBaseline: StepWeighting, @unchecked Sendable {
   /// Per-example weights of the last step (all 1).
   public private(set) var weights = FloatBuffer(count: 0)
   /// The section's generator (saved for the checkpoint layout; nothing is drawn).
-  private var rng: RNG
+  public var rng: RNG
 
   /// The baseline of `config` for `network`.
   /// - Throws: `MetaweightError.invalidArgument` for invalid options.
@@ -76,21 +76,6 @@ public final class LossBaseline: StepWeighting, @unchecked Sendable {
     return result
   }
 
-  /// See `StepWeighting`.
-  public func save(into ck: inout Checkpoint) {
-    WeightingSection.save(config, rng: rng, weightNet: nil, optimizer: nil, into: &ck)
-  }
-
-  /// See `StepWeighting`.
-  public func validate(_ ck: Checkpoint) throws {
-    try WeightingSection.validate(config, weightNet: nil, optimizer: nil, ck)
-  }
-
-  /// See `StepWeighting`.
-  public func restore(_ ck: Checkpoint) throws {
-    try validate(ck)
-    rng = try WeightingSection.restore(weightNet: nil, optimizer: nil, ck)
-  }
 }
 
 /// The baselines that weight examples from the train batch alone, the real step being on
@@ -108,7 +93,7 @@ public final class WeightBaseline: StepWeighting, @unchecked Sendable {
   /// Per-class weights (class-balanced, inverse frequency; all 1 otherwise), summing to C.
   let classTable: [Float]
   /// Generator for the random-weights baseline.
-  private var rng: RNG
+  public var rng: RNG
 
   /// The baseline of `config` for `network`.
   /// - Throws: `MetaweightError.invalidArgument` for invalid options.
@@ -179,19 +164,4 @@ public final class WeightBaseline: StepWeighting, @unchecked Sendable {
     return result
   }
 
-  /// See `StepWeighting`.
-  public func save(into ck: inout Checkpoint) {
-    WeightingSection.save(config, rng: rng, weightNet: nil, optimizer: nil, into: &ck)
-  }
-
-  /// See `StepWeighting`.
-  public func validate(_ ck: Checkpoint) throws {
-    try WeightingSection.validate(config, weightNet: nil, optimizer: nil, ck)
-  }
-
-  /// See `StepWeighting`.
-  public func restore(_ ck: Checkpoint) throws {
-    try validate(ck)
-    rng = try WeightingSection.restore(weightNet: nil, optimizer: nil, ck)
-  }
 }

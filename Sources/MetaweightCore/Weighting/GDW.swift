@@ -35,7 +35,7 @@ public final class GDW: LookAheadWeighting, @unchecked Sendable {
   /// Rows and columns of the last recorded step (rows 0: none).
   private var rawRows = 0, rawColumns = 0
   /// The section's generator (saved for the checkpoint layout; GDW draws nothing).
-  private var rng: RNG
+  public var rng: RNG
 
   /// GDW for `network`, V initialised from `seed`.
   /// - Throws: `MetaweightError.invalidArgument` for invalid options, or `detachLoss` false.
@@ -183,21 +183,6 @@ public final class GDW: LookAheadWeighting, @unchecked Sendable {
     }
   }
 
-  /// See `StepWeighting`.
-  public func save(into ck: inout Checkpoint) {
-    WeightingSection.save(config, rng: rng, weightNet: net, optimizer: optimizer, into: &ck)
-  }
-
-  /// See `StepWeighting`.
-  public func validate(_ ck: Checkpoint) throws {
-    try WeightingSection.validate(config, weightNet: net, optimizer: optimizer, ck)
-  }
-
-  /// See `StepWeighting`.
-  public func restore(_ ck: Checkpoint) throws {
-    try validate(ck)
-    rng = try WeightingSection.restore(weightNet: net, optimizer: optimizer, ck)
-  }
 }
 
 /// GDW's zero-mean constraint on the class-level weights of one batch (p detached and clamped at

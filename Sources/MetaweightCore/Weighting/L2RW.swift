@@ -20,7 +20,7 @@ public final class L2RW: LookAheadWeighting, @unchecked Sendable {
   /// Rows of the last recorded step (0: none).
   private var rawRows = 0
   /// The section's generator (saved for the checkpoint layout; L2RW draws nothing).
-  private var rng: RNG
+  public var rng: RNG
 
   /// L2RW for `network`.
   /// - Throws: `MetaweightError.invalidArgument` for invalid options.
@@ -78,19 +78,4 @@ public final class L2RW: LookAheadWeighting, @unchecked Sendable {
     return (UnsafePointer(u.pointer), rawRows, rawRows)
   }
 
-  /// See `StepWeighting`.
-  public func save(into ck: inout Checkpoint) {
-    WeightingSection.save(config, rng: rng, weightNet: nil, optimizer: nil, into: &ck)
-  }
-
-  /// See `StepWeighting`.
-  public func validate(_ ck: Checkpoint) throws {
-    try WeightingSection.validate(config, weightNet: nil, optimizer: nil, ck)
-  }
-
-  /// See `StepWeighting`.
-  public func restore(_ ck: Checkpoint) throws {
-    try validate(ck)
-    rng = try WeightingSection.restore(weightNet: nil, optimizer: nil, ck)
-  }
 }

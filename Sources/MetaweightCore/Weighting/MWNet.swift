@@ -29,7 +29,7 @@ public final class MWNet: LookAheadWeighting, @unchecked Sendable {
   /// Rows of the last recorded step (0: none).
   private var rawRows = 0
   /// The section's generator (saved for the checkpoint layout; MW-Net draws nothing).
-  private var rng: RNG
+  public var rng: RNG
 
   /// MW-Net for `network`, V initialised from `seed`.
   /// - Throws: `MetaweightError.invalidArgument` for invalid options.
@@ -188,19 +188,4 @@ public final class MWNet: LookAheadWeighting, @unchecked Sendable {
     return UnsafePointer(dp)
   }
 
-  /// See `StepWeighting`.
-  public func save(into ck: inout Checkpoint) {
-    WeightingSection.save(config, rng: rng, weightNet: net, optimizer: optimizer, into: &ck)
-  }
-
-  /// See `StepWeighting`.
-  public func validate(_ ck: Checkpoint) throws {
-    try WeightingSection.validate(config, weightNet: net, optimizer: optimizer, ck)
-  }
-
-  /// See `StepWeighting`.
-  public func restore(_ ck: Checkpoint) throws {
-    try validate(ck)
-    rng = try WeightingSection.restore(weightNet: net, optimizer: optimizer, ck)
-  }
 }

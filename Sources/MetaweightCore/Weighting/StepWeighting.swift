@@ -48,12 +48,9 @@ public protocol StepWeighting: AnyObject {
     xMeta: UnsafePointer<Float>?, m: Int, labelsMeta: UnsafePointer<Int64>?
   ) throws -> StepResult
 
-  /// Saves the method's checkpoint section (`weighting.*`) into `ck`.
-  func save(into ck: inout Checkpoint)
-  /// Checks that `ck` holds this method's section (throws naming the mismatch).
-  func validate(_ ck: Checkpoint) throws
-  /// Restores from `ck` (validated first, so nothing changes on failure).
-  func restore(_ ck: Checkpoint) throws
+  /// The method's random generator (`weighting.rng` in its checkpoint section; only the random
+  /// baseline draws from it).
+  var rng: RNG { get set }
 }
 
 extension StepWeighting {
@@ -78,6 +75,19 @@ extension StepWeighting {
   public var rawNames: [String] { [] }
   /// No raw arrays.
   public func rawDiagnostic(_ name: String) -> (values: UnsafePointer<Float>, count: Int, rows: Int)? { nil }
+  /// Saves the method's checkpoint section (`weighting.*`: tag, generator, V and its optimizer).
+  public func save(into ck: inout Checkpoint) {
+    WeightingSection.save(config, rng: rng, weightNet: weightNet, optimizer: weightNetOptimizer, into: &ck)
+  }
+  /// Checks that `ck` holds this method's section (throws naming the mismatch).
+  public func validate(_ ck: Checkpoint) throws {
+    try WeightingSection.validate(config, weightNet: weightNet, optimizer: weightNetOptimizer, ck)
+  }
+  /// Restores from `ck` (validated first, so nothing changes on failure).
+  public func restore(_ ck: Checkpoint) throws {
+    try validate(ck)
+    rng = try WeightingSection.restore(weightNet: weightNet, optimizer: weightNetOptimizer, ck)
+  }
   /// The method's spec name (`MethodSpec.names`), e.g. "mwnet".
   public var name: String { MethodSpec.names.first { $0.value == config.method }?.key ?? "erm" }
 }
