@@ -22,23 +22,40 @@ let swiftSettings: [SwiftSetting] = []
 
 var products: [Product] = [
   // MARK: - Public API
-  .library(name: "MetaweightCore", targets: ["MetaweightCore"]),
+  .library(
+    name: "MetaweightCore",
+    targets: [
+      "MetaweightTensor", "MetaweightLayers", "MetaweightOptim", "MetaweightTraining", "MetaweightWeighting",
+      "MetaweightLAW",
+    ]),
   .library(name: "MetaweightCABI", type: .static, targets: ["MetaweightCABI"]),
 ]
 
 var targets: [Target] = [
   // MARK: - Public API
 
-  /// Tensors, layers, networks, losses, optimizers, data and the weighting algorithms.
+  // One target per concern; every dependency points down this list (a target imports only
+  // targets above it), so the compiler refuses a cycle.
+
+  /// Float buffers over OpenBLAS, element-wise kernels, threads, random numbers, errors, memory limits.
+  .target(name: "MetaweightTensor", dependencies: ["_CBLAS"], swiftSettings: swiftSettings),
+  /// Layers (forward, backward and tangent passes), networks, losses, the model zoo and its spec grammar.
+  .target(name: "MetaweightLayers", dependencies: ["MetaweightTensor"], swiftSettings: swiftSettings),
+  /// SGD and Adam, learning-rate schedules.
+  .target(name: "MetaweightOptim", dependencies: ["MetaweightTensor"], swiftSettings: swiftSettings),
+  /// The trainer (one step, evaluation, checkpoints, step diagnostics) and the protocols a
+  /// weighting method implements to take part in its step.
   .target(
-    name: "MetaweightCore",
-    dependencies: ["_CBLAS"],
-    swiftSettings: swiftSettings
-  ),
+    name: "MetaweightTraining", dependencies: ["MetaweightLayers", "MetaweightOptim"],
+    swiftSettings: swiftSettings),
+  /// L2RW, MW-Net, GDW and the baselines: one file per method, plus their settings and spec.
+  .target(name: "MetaweightWeighting", dependencies: ["MetaweightTraining"], swiftSettings: swiftSettings),
+  /// LAW: features, the DDPG strategy model, the episode search and the strategy as a step weighting.
+  .target(name: "MetaweightLAW", dependencies: ["MetaweightWeighting"], swiftSettings: swiftSettings),
   /// The exported C entry points (the contract is `CMetaweight/include/metaweight.h`).
   .target(
     name: "MetaweightCABI",
-    dependencies: ["MetaweightCore", "CMetaweight"],
+    dependencies: ["MetaweightLAW", "MetaweightWeighting", "MetaweightTraining", "CMetaweight"],
     swiftSettings: swiftSettings
   ),
   /// The hand-written C header and the thread-local last-error storage.
@@ -55,11 +72,12 @@ var targets: [Target] = [
   // MARK: - Tests
   .testTarget(
     name: "MetaweightCoreTests",
-    dependencies: ["MetaweightCore"]
+    dependencies: ["MetaweightTensor", "MetaweightLayers", "MetaweightOptim", "MetaweightTraining", "MetaweightWeighting", "MetaweightLAW"]
   ),
   .testTarget(
     name: "MetaweightCABITests",
-    dependencies: ["MetaweightCABI", "CMetaweight", "MetaweightCore"]
+    dependencies: ["MetaweightCABI", "CMetaweight", "MetaweightTensor", "MetaweightLayers", "MetaweightOptim",
+      "MetaweightTraining", "MetaweightWeighting", "MetaweightLAW"]
   ),
 ]
 

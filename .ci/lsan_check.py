@@ -1,7 +1,7 @@
 #!/usr/bin/env python3
 """Reads a `swift test` log run under AddressSanitizer/LeakSanitizer and fails (exit 1) on any
 AddressSanitizer error or any leak whose allocation stack touches metaweight's own code
-(Sources/: MetaweightCore, MetaweightCABI, CMetaweight). Leaks of the XCTest harness on Linux
+(Sources/: the Metaweight* Swift targets, MetaweightCABI, CMetaweight). Leaks of the XCTest harness on Linux
 (test-case objects it never releases, and what their setUp stored) are listed but not failures.
 
     python3 .ci/lsan_check.py swift-test-asan.log
@@ -12,7 +12,7 @@ from __future__ import annotations
 import re
 import sys
 
-OURS = re.compile(r"/Sources/|\$s14MetaweightCore|\$s14MetaweightCABI|\bmw_[a-z_]+\b")
+OURS = re.compile(r"/Sources/|\$s\d+Metaweight[A-Za-z]+|\bmw_[a-z_]+\b")
 
 
 def main(path: str) -> int:

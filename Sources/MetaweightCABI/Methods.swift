@@ -1,5 +1,10 @@
 import CMetaweight
-import MetaweightCore
+import MetaweightTensor
+import MetaweightLayers
+import MetaweightOptim
+import MetaweightTraining
+import MetaweightWeighting
+import MetaweightLAW
 
 // MARK: - Weighting methods
 
@@ -28,7 +33,7 @@ public func _mw_trainer_set_method(_ h: mw_trainer, _ spec: UnsafePointer<CChar>
 public func _mw_trainer_method(_ h: mw_trainer, _ buf: UnsafeMutablePointer<CChar>?, _ cap: Int64, _ len: UnsafeMutablePointer<Int64>?) -> mw_status {
   guarded {
     try using(h, as: Trainer.self, "trainer") { tr in
-      writeString(tr.weighting?.name ?? "erm", buf, cap, len)
+      writeString(tr.method?.name ?? "erm", buf, cap, len)
     }
   }
 }
@@ -48,7 +53,7 @@ public func _mw_trainer_step_method(
       // Caller arrays are copied into core-owned memory, then checked; only the copies are used.
       let xc = try copyFinite(xp, n * net.inputLayout.size, "x")
       let labels = try checkLabels(y, ny, n: n, classes: net.classes)
-      let ws = tr.weighting
+      let ws = tr.method
       let method = ws?.config.method ?? .erm
       var m = 0
       var metaLabels: [Int64]? = nil
@@ -104,7 +109,7 @@ public func _mw_trainer_weight_function(
     guard n >= 0, n <= 1 << 28 else { throw ABIError.shape("losses: expected 0..2^28 values, got \(n)") }
     let lc = try copyFinite(l, Int(n), "losses")  // read the caller's memory once
     try using(h, as: Trainer.self, "trainer") { tr in
-      guard let wn = tr.weighting?.weightNet else {
+      guard let wn = tr.method?.weightNet else {
         throw ABIError(code: MW_E_STATE, message: "weight_function: only MW-Net and GDW have a weighting function")
       }
       wn.forward(lc.pointer, n: Int(n), out: o)
@@ -116,8 +121,8 @@ public func _mw_trainer_weight_function(
 
 /// The trainer's weighting net V, or MW_E_STATE naming the call and the trainer's method.
 private func requireWeightNet(_ tr: Trainer, _ call: String) throws -> WeightNet {
-  guard let wn = tr.weighting?.weightNet else {
-    let name = tr.weighting?.name ?? "erm"
+  guard let wn = tr.method?.weightNet else {
+    let name = tr.method?.name ?? "erm"
     throw ABIError(
       code: MW_E_STATE,
       message: "\(call): the trainer's method '\(name)' has no weighting net (only MW-Net and GDW learn one)")
@@ -188,7 +193,7 @@ public func _mw_trainer_weight_net_set(_ h: mw_trainer, _ params: UnsafePointer<
 public func _mw_trainer_set_step_diagnostics(_ h: mw_trainer, _ on: Int32) -> mw_status {
   guarded {
     try using(h, as: Trainer.self, "trainer") { tr in
-      tr.weighting?.recordsRaw = on != 0
+      tr.method?.recordsRaw = on != 0
     }
   }
 }
@@ -202,13 +207,13 @@ public func _mw_trainer_step_diagnostics(
   guarded {
     let key = String(cString: try require(name, "name"))
     try using(h, as: Trainer.self, "trainer") { tr in
-      let method = tr.weighting?.name ?? "erm"
-      let names = tr.weighting?.rawNames ?? []
+      let method = tr.method?.name ?? "erm"
+      let names = tr.method?.rawNames ?? []
       guard names.contains(key) else {
         throw ABIError.argument(
           "name: the method '\(method)' has raw step arrays \(names), got '\(key)'")
       }
-      guard let ws = tr.weighting, let raw = ws.rawDiagnostic(key) else {
+      guard let ws = tr.method, let raw = ws.rawDiagnostic(key) else {
         throw ABIError(
           code: MW_E_STATE,
           message: "mw_trainer_step_diagnostics: the last step was not recorded (turn step diagnostics on before the step)")

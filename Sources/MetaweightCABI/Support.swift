@@ -1,5 +1,10 @@
 import CMetaweight
-import MetaweightCore
+import MetaweightTensor
+import MetaweightLayers
+import MetaweightOptim
+import MetaweightTraining
+import MetaweightWeighting
+import MetaweightLAW
 
 #if canImport(Glibc)
   import Glibc

@@ -1,7 +1,12 @@
 import CMetaweight
 import Foundation
 @testable import MetaweightCABI
-import MetaweightCore
+import MetaweightTensor
+import MetaweightLayers
+import MetaweightOptim
+import MetaweightTraining
+import MetaweightWeighting
+import MetaweightLAW
 import XCTest
 
 /// mw_trainer_set_step_diagnostics / mw_trainer_step_diagnostics: the opt-in raw step arrays of

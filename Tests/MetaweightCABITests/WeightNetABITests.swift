@@ -1,7 +1,12 @@
 import CMetaweight
 import Foundation
 @testable import MetaweightCABI
-import MetaweightCore
+import MetaweightTensor
+import MetaweightLayers
+import MetaweightOptim
+import MetaweightTraining
+import MetaweightWeighting
+import MetaweightLAW
 import XCTest
 
 /// mw_trainer_weight_net_get / _set: V's parameters read and set through the C ABI, checked
@@ -129,7 +134,7 @@ final class WeightNetABITests: XCTestCase {
       mw_trainer_step_method(tr, &x, &shape, 2, &y, 6, &xm, &sm, 2, &ym, 6, &r, nil, 0, nil, 0), MW_OK, lastError())
     var entry: Trainer? = nil
     try using(tr, as: Trainer.self, "trainer") { entry = $0 }
-    let opt = try XCTUnwrap(entry?.weighting?.weightNetOptimizer)
+    let opt = try XCTUnwrap(entry?.method?.weightNetOptimizer)
     let first = opt.first.array, second = opt.second.array, steps = opt.steps
     XCTAssertEqual(steps, 1)
     var theta: [Float] = (0..<10).map { Float($0) * 0.1 - 0.3 }

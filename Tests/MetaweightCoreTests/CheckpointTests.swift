@@ -1,7 +1,12 @@
 import Foundation
 import XCTest
 
-@testable import MetaweightCore
+@testable import MetaweightTensor
+@testable import MetaweightLayers
+@testable import MetaweightOptim
+@testable import MetaweightTraining
+@testable import MetaweightWeighting
+@testable import MetaweightLAW
 
 /// The checkpoint file format (sections, CRC-32, version, atomic write) and exact resumption of a
 /// `Trainer` from its checkpoint.

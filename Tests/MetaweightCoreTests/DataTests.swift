@@ -1,6 +1,11 @@
 import XCTest
 
-@testable import MetaweightCore
+@testable import MetaweightTensor
+@testable import MetaweightLayers
+@testable import MetaweightOptim
+@testable import MetaweightTraining
+@testable import MetaweightWeighting
+@testable import MetaweightLAW
 
 /// The seeded generator and the image augmentation.
 final class DataTests: XCTestCase {

@@ -1,5 +1,10 @@
 import Foundation
-@testable import MetaweightCore
+@testable import MetaweightTensor
+@testable import MetaweightLayers
+@testable import MetaweightOptim
+@testable import MetaweightTraining
+@testable import MetaweightWeighting
+@testable import MetaweightLAW
 import XCTest
 
 /// GDW's zero-mean constraint ω_it = Σ_{c≠t} ω_ic p_ic / (1 − p_it) near the probability clamp:

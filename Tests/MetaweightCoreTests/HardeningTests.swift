@@ -1,7 +1,12 @@
 import Foundation
 import XCTest
 
-@testable import MetaweightCore
+@testable import MetaweightTensor
+@testable import MetaweightLayers
+@testable import MetaweightOptim
+@testable import MetaweightTraining
+@testable import MetaweightWeighting
+@testable import MetaweightLAW
 
 #if canImport(Glibc)
   import Glibc

@@ -1,6 +1,11 @@
 import XCTest
 
-@testable import MetaweightCore
+@testable import MetaweightTensor
+@testable import MetaweightLayers
+@testable import MetaweightOptim
+@testable import MetaweightTraining
+@testable import MetaweightWeighting
+@testable import MetaweightLAW
 
 /// The fast kernels against naive loops written here: GEMM (OpenBLAS) against
 /// `Reference.gemm`, convolution against a direct NCHW convolution, pooling against window loops.

@@ -1,7 +1,12 @@
 import Foundation
 import XCTest
 
-@testable import MetaweightCore
+@testable import MetaweightTensor
+@testable import MetaweightLayers
+@testable import MetaweightOptim
+@testable import MetaweightTraining
+@testable import MetaweightWeighting
+@testable import MetaweightLAW
 
 /// LAW (Li et al. 2020): the DDPG pieces (critic regression, actor ascent, MLP gradients), the
 /// replay buffer and FDU counts, the DNR reward, the features and weighting function, stage

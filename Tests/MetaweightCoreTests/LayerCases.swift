@@ -1,4 +1,9 @@
-@testable import MetaweightCore
+@testable import MetaweightTensor
+@testable import MetaweightLayers
+@testable import MetaweightOptim
+@testable import MetaweightTraining
+@testable import MetaweightWeighting
+@testable import MetaweightLAW
 
 /// The small layer configurations the gradient, JVP and adjoint tests share. Sizes are tiny so
 /// coordinate-wise finite differences over every parameter and input stay fast in debug builds.

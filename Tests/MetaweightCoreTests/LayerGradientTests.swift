@@ -1,6 +1,11 @@
 import XCTest
 
-@testable import MetaweightCore
+@testable import MetaweightTensor
+@testable import MetaweightLayers
+@testable import MetaweightOptim
+@testable import MetaweightTraining
+@testable import MetaweightWeighting
+@testable import MetaweightLAW
 
 /// Reverse mode (`backward`) against central finite differences of L = Σ r·y, for every
 /// parameter and every input element of each layer (dL/dθ and dL/dx).

@@ -12,7 +12,12 @@
 // Helpers are namespaced (MG…) and file-private so they cannot collide with other test files.
 import XCTest
 
-@testable import MetaweightCore
+@testable import MetaweightTensor
+@testable import MetaweightLayers
+@testable import MetaweightOptim
+@testable import MetaweightTraining
+@testable import MetaweightWeighting
+@testable import MetaweightLAW
 
 // MARK: - Fixture
 

@@ -6,7 +6,12 @@
 // checked here by poisoning the activations declared dead. L2RW always shares one tape.
 import XCTest
 
-@testable import MetaweightCore
+@testable import MetaweightTensor
+@testable import MetaweightLayers
+@testable import MetaweightOptim
+@testable import MetaweightTraining
+@testable import MetaweightWeighting
+@testable import MetaweightLAW
 
 private struct MMBatch {
   let x: FloatBuffer
@@ -19,7 +24,7 @@ private struct MMBatch {
 private final class MMRun {
   let network: Network
   let trainer: Trainer
-  let ws: StepWeighting
+  let ws: WeightingMethod
   var results: [StepResult] = []
   /// The method's meta tape (MW-Net, GDW), nil without one.
   var metaTape: NetworkTape? { (ws as? LookAheadWeighting)?.meta.tape }

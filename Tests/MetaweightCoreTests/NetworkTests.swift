@@ -1,6 +1,11 @@
 import XCTest
 
-@testable import MetaweightCore
+@testable import MetaweightTensor
+@testable import MetaweightLayers
+@testable import MetaweightOptim
+@testable import MetaweightTraining
+@testable import MetaweightWeighting
+@testable import MetaweightLAW
 
 /// Whole networks: `Network.jvp` and `Network.backward` against finite differences and each
 /// other, batch-norm state handling, model sizes and the spec language.

@@ -1,6 +1,11 @@
 import XCTest
 
-@testable import MetaweightCore
+@testable import MetaweightTensor
+@testable import MetaweightLayers
+@testable import MetaweightOptim
+@testable import MetaweightTraining
+@testable import MetaweightWeighting
+@testable import MetaweightLAW
 
 // Shared helpers for the layer, loss, network and kernel tests: seeded random data, layout
 // transposes written independently of the library, vector comparisons, and `LayerHarness`, which

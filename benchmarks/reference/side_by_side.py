@@ -305,7 +305,7 @@ def model_classes(ns: types.SimpleNamespace):
 
 
 def read_checkpoint(path: str) -> dict[str, Any]:
-    """Parses a metaweight checkpoint (Sources/MetaweightCore/Training/Checkpoint.swift layout)."""
+    """Parses a metaweight checkpoint (Sources/MetaweightTraining/Checkpoint.swift layout)."""
     raw = open(path, "rb").read()
     if raw[:8] != b"MWCKPT\0\0":
         raise ValueError("not a metaweight checkpoint")

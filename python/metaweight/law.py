@@ -23,7 +23,7 @@ Typical use::
     run = strategy.train("mlp(hidden=256x256, classes=10)", x, y, x_val=x_val, y_val=y_val)
     print(run.trainer.evaluate(x_test, y_test), roc_auc(run.example_weights, mask))
 
-Every choice the paper leaves open is a :class:`LAWConfig` field; ``Sources/MetaweightCore/LAW/
+Every choice the paper leaves open is a :class:`LAWConfig` field; ``Sources/MetaweightLAW/
 README.md`` lists them with the reasons for their defaults.
 """
 

@@ -163,7 +163,7 @@ def _residual(body: _Node, shortcut: _Node | None) -> _Node:
     return _Node("residual", body.inp, body.out, children=[body] + ([shortcut] if shortcut else []))
 
 
-# The presets, expanded as Sources/MetaweightCore/Models/Models.swift does.
+# The presets, expanded as Sources/MetaweightLayers/Models/Models.swift does.
 
 
 def _mlp(widths: list[int], bn: bool, dropout: float) -> _Node:
@@ -239,7 +239,7 @@ def _wide_resnet(inp: Layout, classes: int, depth: int, widen: int, dropout: flo
 
 
 class _SpecParser:
-    """The grammar of Sources/MetaweightCore/Network/Spec.swift::
+    """The grammar of Sources/MetaweightLayers/Network/Spec.swift::
 
     spec  := item (';' item)*
     item  := name ['(' key '=' value (',' key '=' value)* ')'] | 'residual' '{' spec ['|' spec] '}'

@@ -1658,7 +1658,7 @@ class CkptSection:
 
 
 def ckpt_parse(data: bytes) -> tuple[int, list[CkptSection]]:
-    """The sections of a checkpoint (format of Sources/MetaweightCore/Training/Checkpoint.swift):
+    """The sections of a checkpoint (format of Sources/MetaweightTraining/Checkpoint.swift):
     magic ``MWCKPT\\0\\0``, u32 version, u32 section count; per section u32 name length, name,
     u8 kind, u64 value count, the values (little-endian); a CRC-32 of everything before it last."""
     import numpy as np

@@ -20,7 +20,7 @@ import pytest
 from _api_support import small_mlp
 
 # ---------------------------------------------------------------------------------------------
-# A CRC-valid checkpoint rewriter (the format of Sources/MetaweightCore/Training/Checkpoint.swift)
+# A CRC-valid checkpoint rewriter (the format of Sources/MetaweightTraining/Checkpoint.swift)
 
 _MAGIC = b"MWCKPT\0\0"
 _FMT = {1: "<f", 2: "<q", 3: "<B"}

@@ -299,7 +299,7 @@ typedef struct {
  *   actor_hidden=64 critic_hidden=64 actor_lr=1e-5 critic_lr=1e-4 actor_l2=0.1 gamma=0.9
  *   tau=0.01 noise=0.3 noise_decay=0.95 noise_correlation=0.5 buffer_size=10000 fdu_epochs=5
  *   fdu_batch=64 reward_k=1 reward_scale=10
- * (Sources/MetaweightCore/LAW/README.md explains each.) network_spec / input_shape: the
+ * (Sources/MetaweightLAW/README.md explains each.) network_spec / input_shape: the
  * classifier, as mw_network_create.
  */
 mw_status mw_law_create(const char *config_spec, const char *network_spec, const int64_t *input_shape,
