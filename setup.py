@@ -45,7 +45,9 @@ class BuildSwift(build_ext):
         swift = find_swift()
         env = dict(os.environ)
         env["METAWEIGHT_PYTHON_INCLUDE"] = sysconfig.get_paths()["include"]
-        scratch = os.path.join(ROOT, ".build-python")
+        # $METAWEIGHT_SWIFT_SCRATCH (relative to the source root) lets a build use its own SwiftPM
+        # scratch directory, e.g. scripts/wheel.sh next to another `pip install .`.
+        scratch = os.path.join(ROOT, os.environ.get("METAWEIGHT_SWIFT_SCRATCH") or ".build-python")
         cmd = [
             swift, "build", "-c", "release", "--product", "_metaweight_core",
             "--scratch-path", scratch, "-Xswiftc", "-static-stdlib",
