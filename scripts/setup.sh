@@ -19,6 +19,9 @@ echo "== installing Python dependencies (pip)"
 # onnx/onnxruntime: the ONNX export tests; pandas: the scikit-learn estimator's DataFrame checks.
 python3 -m pip install -q setuptools wheel numpy scikit-learn tqdm matplotlib pytest hypothesis \
   nbformat nbclient ipykernel ruff mypy typing_extensions onnx onnxruntime pandas
+# Ray (metaweight[ray], core only: no dashboard): experiment grids on a cluster; scripts/test.sh
+# starts a two-node loopback cluster for the tests marked `ray`.
+python3 -m pip install -q "ray==2.60.0"
 # PyTorch (CPU build, no CUDA libraries) runs the transcribed official MW-Net/GDW/L2RW steps that
 # python/tests/test_reference_side_by_side.py checks metaweight's steps against.
 if ! python3 -c "import torch" >/dev/null 2>&1; then

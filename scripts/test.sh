@@ -61,8 +61,24 @@ grep -E "Executed [0-9]+ tests" "$asan_log" | tail -n 1
 python3 .ci/lsan_check.py "$asan_log"
 rm -f "$asan_log"
 
+# A real two-node Ray cluster on this machine, everything bound to 127.0.0.1 (scripts/ray_cluster.py:
+# a head node and a second node, 1 CPU each, Ray's files under $METAWEIGHT_RAY_DIR). The tests
+# marked `ray` (grids, LAW, data-parallel training, the worker-kill tests marked `slow_ray`) run
+# against it through METAWEIGHT_RAY_ADDRESS; the trap stops exactly its processes on any exit.
+echo "== Ray cluster (two nodes on 127.0.0.1)"
+export RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER=0 RAY_USAGE_STATS_ENABLED=0
+export METAWEIGHT_RAY_DIR="${METAWEIGHT_RAY_DIR:-/tmp/metaweight-ray-ci}"
+python3 scripts/ray_cluster.py stop --dir "$METAWEIGHT_RAY_DIR" >/dev/null 2>&1 || true  # a previous run's, if any
+trap 'python3 scripts/ray_cluster.py stop --dir "$METAWEIGHT_RAY_DIR" || true' EXIT
+METAWEIGHT_RAY_ADDRESS=$(python3 scripts/ray_cluster.py start --dir "$METAWEIGHT_RAY_DIR")
+export METAWEIGHT_RAY_ADDRESS
+echo "Ray cluster at $METAWEIGHT_RAY_ADDRESS"
+python3 scripts/ray_cluster.py sockets --dir "$METAWEIGHT_RAY_DIR" | tail -n 1
+
 echo "== pytest"
 python3 -m pytest -q -p no:cacheprovider python/tests
+python3 scripts/ray_cluster.py stop --dir "$METAWEIGHT_RAY_DIR"
+trap - EXIT
 
 # The self-contained wheel (scripts/wheel.sh: pip wheel + auditwheel repair), installed with pip into
 # a fresh venv inside a minimal Debian root (debootstrap, cached in /var/cache/metaweight-debootstrap)

@@ -14,6 +14,7 @@ examples:
   python -m metaweight.experiments examples/configs/noisy_digits.toml --size small --only method=gdw,mwnet
   python -m metaweight.experiments examples/configs/l2rw_ratio.toml --dry-run
   python -m metaweight.experiments CONFIG --summary-only       # rewrite summary.md/csv from the results
+  python -m metaweight.experiments CONFIG --ray HEAD:6379      # each run a task on a Ray cluster
 
 --only KEY=VALUE[,VALUE...] (repeatable, all must match): KEY is dataset, condition, model, method
 (name or label, case-insensitive), seed, run (a substring of the run id) or a dotted setting such as
@@ -58,7 +59,22 @@ def main(argv: Sequence[str] | None = None) -> int:
     ap.add_argument("--dry-run", action="store_true", help="list the runs and whether they are finished")
     ap.add_argument("--force", action="store_true", help="run finished runs again")
     ap.add_argument("--jobs", type=int, default=1, help="runs trained at once (threads; default 1)")
-    ap.add_argument("--threads", type=int, default=None, help="metaweight.set_threads(N) before running")
+    ap.add_argument(
+        "--threads",
+        type=int,
+        default=None,
+        help="metaweight.set_threads(N) before running; with --ray, each run's threads and the CPUs its "
+        "Ray task reserves (default 1)",
+    )
+    ap.add_argument(
+        "--ray",
+        nargs="?",
+        const="auto",
+        default=None,
+        metavar="auto|ADDRESS",
+        help="run each run as a task on a Ray cluster: auto (the cluster of this machine, RAY_ADDRESS) "
+        "or HEAD:PORT; needs pip install 'metaweight[ray]'",
+    )
     ap.add_argument("--summary-only", action="store_true", help="only rewrite summary.md/summary.csv")
     ap.add_argument("--quiet", action="store_true", help="no progress bars or per-run lines")
     args = ap.parse_args(argv)
@@ -68,7 +84,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     from .config import load_config
     from .runner import run_experiment, write_summary
 
-    if args.threads is not None:
+    if args.threads is not None and args.ray is None:
         mw.set_threads(args.threads)
     status = 0
     for path in args.config:
@@ -93,11 +109,16 @@ def main(argv: Sequence[str] | None = None) -> int:
                 jobs=args.jobs,
                 progress=not args.quiet,
                 log=None if args.quiet else print,
+                ray=args.ray,
+                threads=args.threads if args.ray is not None else None,
             )
         except (ConfigError, FileNotFoundError) as e:
             print(f"error: {e}" if isinstance(e, ConfigError) else f"error: {path}: {e}", file=sys.stderr)
             status = 2
             continue
+        except (ImportError, ConnectionError, mw.InvalidArgumentError) as e:
+            print(f"error: {e}", file=sys.stderr)
+            return 2
         except KeyboardInterrupt:
             print("interrupted; finished runs are kept and skipped next time", file=sys.stderr)
             return 130

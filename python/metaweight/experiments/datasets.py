@@ -15,7 +15,7 @@ import numpy as np
 from .. import conditions, data
 from .config import ConfigError
 
-__all__ = ["USER_DATASETS", "Prepared", "gather", "mnist_directory", "prepare"]
+__all__ = ["USER_DATASETS", "Prepared", "gather", "load_source", "mnist_directory", "prepare"]
 
 _DATASETS = ("digits", "mnist", "mnist-4v9")
 
@@ -116,7 +116,21 @@ def _noise(
     )
 
 
-def prepare(run: Mapping[str, Any]) -> Prepared:
+def load_source(run: Mapping[str, Any]) -> tuple[str, Any]:
+    """The run's data set as loaded, before its condition, meta set and test split of rows: a key
+    (runs with equal keys share it) and the object :func:`prepare` takes as ``source``. A grid on Ray
+    loads each source once on the driver and ships it to the workers through the object store, so
+    the nodes need neither the files nor a user's ``function`` module."""
+    ds_cfg = dict(run["dataset"])
+    flatten = bool(ds_cfg.get("flatten", run["model"]["name"] == "mlp"))
+    if ds_cfg["name"] in USER_DATASETS:
+        key = _user_key(ds_cfg)
+        return "user:" + key, _user_source(ds_cfg, key)
+    ds = _load(ds_cfg, flatten)
+    return "builtin:" + json.dumps([ds_cfg, flatten], sort_keys=True, default=str), ds
+
+
+def prepare(run: Mapping[str, Any], source: Any = None) -> Prepared:
     """Loads the run's data set and applies its condition; seeded by ``run["seed"]`` (the data set's
     train/test split by ``dataset.split_seed``, default 0, so every seed is tested on the same set).
 
@@ -130,13 +144,15 @@ def prepare(run: Mapping[str, Any]) -> Prepared:
     data") are handled as row numbers until the end: the test split, a given meta set, the
     condition and ``max_train`` select rows, and only the selected rows are then read (:func:`gather`)
     from the possibly memory-mapped files.
+
+    ``source``: the data set from :func:`load_source` for this run (default: loaded here, cached).
     """
     ds_cfg = dict(run["dataset"])
     model_name = run["model"]["name"]
     flatten = bool(ds_cfg.get("flatten", model_name == "mlp"))
     if ds_cfg["name"] in USER_DATASETS:
-        return _prepare_user(run, ds_cfg, flatten)
-    ds = _load(ds_cfg, flatten)
+        return _prepare_user(run, ds_cfg, flatten, source)
+    ds = source if source is not None else _load(ds_cfg, flatten)
     seed = int(run["seed"])
     cond = {k: v for k, v in dict(run["condition"]).items() if k != "label"}
     cond_seed = int(cond.pop("seed", seed))
@@ -511,7 +527,7 @@ def _shape(x: np.ndarray, ds: Mapping[str, Any], flatten: bool) -> np.ndarray:
     return x
 
 
-def _prepare_user(run: Mapping[str, Any], ds: Mapping[str, Any], flatten: bool) -> Prepared:
+def _user_key(ds: Mapping[str, Any]) -> str:
     stamps = {}  # a rewritten file is loaded again
     for k in ("path", "x", "y", "x_test", "y_test", "directory", "meta", "meta_indices", "true_labels"):
         v = ds.get(k)
@@ -521,11 +537,14 @@ def _prepare_user(run: Mapping[str, Any], ds: Mapping[str, Any], flatten: bool) 
                 stamps[k] = [st.st_mtime_ns, st.st_size]
             except OSError:
                 pass
-    key = json.dumps(
+    return json.dumps(
         [{k: v for k, v in ds.items() if k not in ("flatten", "normalize")}, stamps],
         sort_keys=True,
         default=str,
     )
+
+
+def _user_source(ds: Mapping[str, Any], key: str) -> _UserData:
     with _lock:
         u = _user_cache.get(key)
         if u is None:
@@ -533,6 +552,13 @@ def _prepare_user(run: Mapping[str, Any], ds: Mapping[str, Any], flatten: bool) 
             if len(_user_cache) > 8:
                 _user_cache.clear()
             _user_cache[key] = u
+    return u
+
+
+def _prepare_user(
+    run: Mapping[str, Any], ds: Mapping[str, Any], flatten: bool, source: Any = None
+) -> Prepared:
+    u = source if source is not None else _user_source(ds, _user_key(ds))
     seed = int(run["seed"])
     cond = {k: v for k, v in dict(run["condition"]).items() if k != "label"}
     cond_seed = int(cond.pop("seed", seed))

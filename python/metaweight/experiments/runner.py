@@ -373,18 +373,46 @@ def _epoch_bar(total: int, desc: str, enabled: bool) -> Any:
     return tqdm(total=total, desc=desc, unit="epoch", leave=False, position=1, dynamic_ncols=True)
 
 
-def execute_run(spec: RunSpec, folder: Path, *, progress: bool = False) -> dict[str, Any]:
-    """Runs one configuration and writes its files into ``folder``; returns the ``final.json`` content."""
-    folder.mkdir(parents=True, exist_ok=True)
+#: Every file a run writes; ``final.json`` (the mark of a finished run) is written last.
+RUN_FILES = (CONFIG_FILE, HISTORY_FILE, LAW_FILE, LABEL_ISSUES_FILE, WEIGHTS_FILE, ERROR_FILE, FINAL_FILE)
+
+
+def _clear_run(folder: Path) -> None:
+    """Removes a previous attempt's files (``final.json`` first, so the run reads as unfinished)."""
     for name in (FINAL_FILE, HISTORY_FILE, WEIGHTS_FILE, LAW_FILE, ERROR_FILE, LABEL_ISSUES_FILE):
         with contextlib.suppress(FileNotFoundError):
             (folder / name).unlink()
+
+
+def store_run_files(folder: Path, files: Mapping[str, bytes]) -> None:
+    """Writes a run's files (name → content, from a run executed elsewhere) into ``folder``: the
+    previous attempt's files are removed, then each file is written atomically, ``final.json`` last,
+    so the run reads as finished only once every file is in place."""
+    unknown = set(files) - set(RUN_FILES)
+    if unknown:
+        raise ValueError(f"files: unexpected run files {sorted(unknown)}; expected some of {list(RUN_FILES)}")
+    folder.mkdir(parents=True, exist_ok=True)
+    _clear_run(folder)
+    for name in RUN_FILES:
+        if name in files:
+            tmp = folder / f".{name}.{os.getpid()}.{threading.get_ident()}.tmp"
+            tmp.write_bytes(files[name])
+            os.replace(tmp, folder / name)
+
+
+def execute_run(spec: RunSpec, folder: Path, *, progress: bool = False, source: Any = None) -> dict[str, Any]:
+    """Runs one configuration and writes its files into ``folder``; returns the ``final.json`` content.
+
+    ``source``: the run's data set from :func:`~metaweight.experiments.datasets.load_source`
+    (default: loaded from the configuration here)."""
+    folder.mkdir(parents=True, exist_ok=True)
+    _clear_run(folder)
     _write_json(folder / CONFIG_FILE, spec.config)
     cfg = spec.config
     t0 = time.perf_counter()
     with warnings.catch_warnings(record=True) as caught:
         warnings.simplefilter("always")
-        prepared = prepare(cfg)
+        prepared = prepare(cfg, source)
         if cfg["method"]["name"] == "law":
             final = _run_law(spec, folder, prepared, progress)
         else:
@@ -820,6 +848,9 @@ def run_experiment(
     jobs: int = 1,
     progress: bool = True,
     log: Callable[[str], None] | None = print,
+    ray: str | bool | None = None,
+    threads: int | None = None,
+    max_retries: int = 3,
 ) -> ExperimentReport:
     """Runs (the selected part of) an experiment grid; finished runs are skipped.
 
@@ -834,13 +865,42 @@ def run_experiment(
         dry_run: list the runs (and whether each is finished) without running anything.
         force: run finished runs again.
         jobs: runs trained at once on threads (the native core's threads are divided among them).
-        progress: progress bars (tqdm, when installed).
+            Not used with ``ray``: the cluster runs as many runs at once as its CPUs allow.
+        progress: progress bars (tqdm, when installed); with ``ray``, one bar counting the runs
+            finished across the cluster.
         log: where lines go (``None``: nowhere).
+        ray: run each run as a task on a Ray cluster: ``"auto"`` (or True) for the cluster this
+            machine belongs to, or its address ``"HOST:PORT"`` (README, "Beyond one machine: Ray").
+            ``None`` (default): here, without importing Ray. The data sets are loaded here and
+            shipped once through Ray's object store; each run's files are written here,
+            atomically, as its task finishes.
+        threads: the native threads of each run. With ``ray``, also the CPUs each run's task
+            reserves (default 1). Without ``ray``, default: :func:`metaweight.get_threads` divided
+            among the ``jobs``.
+        max_retries: with ``ray``, how many times a run whose worker process died (killed, out of
+            memory, node lost) is started again before it counts as failed.
 
     Returns:
         An :class:`ExperimentReport`; ``summary.md`` and ``summary.csv`` are written (not for a
         dry run) over every finished run of the experiment, also those not selected this time.
+
+    Raises:
+        InvalidArgumentError: ``threads`` or ``max_retries`` out of range, a malformed ``ray``.
+        ImportError: ``ray`` given, and Ray is not installed (``pip install 'metaweight[ray]'``).
+        ConnectionError: no Ray cluster at ``ray``'s address.
     """
+    from ..errors import InvalidArgumentError
+
+    if threads is not None and (isinstance(threads, bool) or not isinstance(threads, int) or threads < 1):
+        raise InvalidArgumentError(f"threads: expected an integer >= 1 or None, got {threads!r}")
+    if isinstance(max_retries, bool) or not isinstance(max_retries, int) or max_retries < 0:
+        raise InvalidArgumentError(f"max_retries: expected an integer >= 0, got {max_retries!r}")
+    on_ray = ray is not None and ray is not False
+    if on_ray:
+        from .ray_grid import import_ray, ray_address
+
+        ray_address(ray)  # type: ignore[arg-type]  # a malformed address or no Ray: before any work
+        import_ray()
     t0 = time.perf_counter()
     say = log or (lambda _s: None)
     exp = config if isinstance(config, Experiment) else load_config(config, size=size, sets=sets)
@@ -863,15 +923,29 @@ def run_experiment(
             report.results.append(RunResult(spec, "skipped", path, final=read_final(path)))
         else:
             todo.append(spec)
+    session = None
+    if on_ray and todo:
+        from .ray_grid import RaySession
+
+        session = RaySession(ray, threads or 1)  # type: ignore[arg-type]
     say(
         f"{exp.name}: {len(selected)} runs selected, {len(selected) - len(todo)} already finished, "
         f"{len(todo)} to run (results in {folder})"
+        + (f" on the Ray cluster, {threads or 1} CPU(s) per run" if session is not None else "")
     )
     folder.mkdir(parents=True, exist_ok=True)
     jobs = max(1, int(jobs))
     bar = _outer_bar(len(todo), progress)
     write = bar.write if bar is not None else say
     lock = threading.Lock()
+
+    def done(r: RunResult) -> RunResult:
+        with lock:
+            if log is not None:
+                write(_result_line(r))
+            if bar is not None:
+                bar.update(1)
+        return r
 
     def one(spec: RunSpec) -> RunResult:
         path = folder / spec.run_id
@@ -887,28 +961,28 @@ def run_experiment(
                 path.mkdir(parents=True, exist_ok=True)
                 _write_atomic(path / ERROR_FILE, traceback.format_exc())
             r = RunResult(spec, "failed", path, error=msg, seconds=time.perf_counter() - t)
-        with lock:
-            if log is not None:
-                write(_result_line(r))
-            if bar is not None:
-                bar.update(1)
-        return r
+        return done(r)
 
     try:
-        if jobs == 1:
-            for spec in todo:
-                report.results.append(one(spec))
-        else:
+        if session is not None:
+            report.results.extend(session.run(todo, folder, max_retries=max_retries, done=done))
+        elif not on_ray:
             import metaweight as mw
 
-            threads = mw.get_threads()
-            mw.set_threads(max(1, threads // jobs))
+            before = mw.get_threads()
+            mw.set_threads(threads if threads is not None else max(1, before // jobs))
             try:
-                with ThreadPoolExecutor(max_workers=jobs) as pool:
-                    report.results.extend(pool.map(one, todo))
+                if jobs == 1:
+                    for spec in todo:
+                        report.results.append(one(spec))
+                else:
+                    with ThreadPoolExecutor(max_workers=jobs) as pool:
+                        report.results.extend(pool.map(one, todo))
             finally:
-                mw.set_threads(threads)
+                mw.set_threads(before)
     finally:
+        if session is not None:
+            session.close()
         if bar is not None:
             bar.close()
         report.summary, report.markdown = write_summary(exp, folder)
