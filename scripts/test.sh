@@ -84,6 +84,6 @@ trap - EXIT
 # a fresh venv inside a minimal Debian root (debootstrap, cached in /var/cache/metaweight-debootstrap)
 # with no Swift and no OpenBLAS: training, a checkpoint round trip and the OpenBLAS kernel choice
 # there. Fails the run on any failure; prints "SKIPPED" only where debootstrap/chroot cannot run
-# (not root, or an unprivileged container). ~25 s warm, ~1.5 min cold.
+# (not root, or an unprivileged container). ~0.5-1 min warm, ~3.5 min cold (debootstrap).
 echo "== wheel in a fresh Debian root (scripts/wheel_test.sh)"
 bash scripts/wheel_test.sh

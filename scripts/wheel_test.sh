@@ -8,20 +8,22 @@
 # MW-Net, and a checkpoint round trip.
 #
 # The Debian root is cached in $METAWEIGHT_DEBOOTSTRAP_CACHE (default
-# /var/cache/metaweight-debootstrap, outside the repository) and copied for each run, so the cache
-# stays pristine. numpy (the wheel's one dependency) is downloaded on the host with pip into a
-# wheelhouse next to it, for the root's Python and glibc, and installed inside with
-# --no-index --find-links: nothing inside the root touches the network, and the host's pip
-# configuration (index, proxy, certificates) applies to the download.
+# /var/cache/metaweight-debootstrap, outside the repository); each run works in an overlay on it
+# (a copy where overlayfs is unavailable), so the cache stays pristine. numpy (the wheel's one
+# dependency) is downloaded on the host with pip into a wheelhouse next to it, for the root's Python
+# and glibc, and installed inside with --no-index --find-links: nothing inside the root touches the
+# network, and the host's pip configuration (index, proxy, certificates) applies to the download.
 #
 # Exit status: 0 when the checks pass, or, with a line starting "SKIPPED", when this machine cannot
-# run debootstrap and chroot at all (not root, or no CAP_SYS_ADMIN/CAP_SYS_CHROOT, as in an
+# run debootstrap and chroot at all (not root, chroot or mounting /proc refused, as in an
 # unprivileged container); non-zero on any failure, including a failing debootstrap.
-# Cold (no cache): ~1.5 min here (debootstrap ~50 s); warm: ~25 s, most of it the wheel build.
+# Time here (2 shared cores): warm 26 s on an idle machine, 51-63 s at load 10 (the wheel build
+# ~25 s of it); cold, with debootstrap's download and install, 3.5 min (debootstrap 43-156 s).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 export PIP_ROOT_USER_ACTION=ignore PIP_DISABLE_PIP_VERSION_CHECK=1
 start=$SECONDS
+elapsed() { echo "[$((SECONDS - start)) s]"; }
 
 skip() {
   echo "wheel_test.sh: SKIPPED, the wheel was not tested in an isolated Debian root: $*"
@@ -56,10 +58,12 @@ mkdir -p "$cache"
 run=$(mktemp -d "$cache/run.XXXXXX")
 root=$run/root
 cleanup() {
-  local rc=$?
-  if mountpoint -q "$root/proc" 2>/dev/null; then umount "$root/proc" || umount -l "$root/proc"; fi
-  if mountpoint -q "$root/proc" 2>/dev/null; then
-    echo "wheel_test.sh: $root/proc is still mounted; $run left in place" >&2
+  local rc=$? m
+  for m in "$root/proc" "$root"; do
+    if mountpoint -q "$m" 2>/dev/null; then umount "$m" || umount -l "$m"; fi
+  done
+  if mountpoint -q "$root/proc" 2>/dev/null || mountpoint -q "$root" 2>/dev/null; then
+    echo "wheel_test.sh: $root is still mounted; $run left in place" >&2
   else
     rm -rf --one-file-system "$run"
   fi
@@ -75,7 +79,7 @@ else
   METAWEIGHT_WHEEL_DIR="$run/dist" bash scripts/wheel.sh
   wheel=$(ls "$run"/dist/metaweight-*.whl)
 fi
-echo "== wheel: $(basename "$wheel")"
+echo "== wheel: $(basename "$wheel") $(elapsed)"
 
 # -- the Debian root (cached) ---------------------------------------------------------------------------
 base=$cache/$suite-minbase
@@ -98,7 +102,16 @@ stamp="suite=$suite variant=minbase include=$include mirror=$mirror"
     echo "debootstrap: $((SECONDS - t0)) s, $(du -sh "$base" | cut -f1)"
   fi
 ) 9>"$cache/lock"
-cp -a "$base" "$root"
+# Held shared while this run uses the cached root (a rebuild takes it exclusively).
+exec 8<"$cache/lock"
+flock -s 8
+# This run's root: an overlay on the cached one (writes land in $run/upper), or a copy where
+# overlayfs is not available.
+mkdir -p "$root" "$run/upper" "$run/work"
+if ! mount -t overlay overlay -o "lowerdir=$base,upperdir=$run/upper,workdir=$run/work" "$root" 2>/dev/null; then
+  rmdir "$root"
+  cp -a "$base" "$root"
+fi
 
 in_root() {
   chroot "$root" /usr/bin/env -i PATH=/usr/bin:/bin HOME=/root LANG=C.UTF-8 "$@"
@@ -120,7 +133,7 @@ if grep -qiE "openblas|libblas" <<<"$(in_root /sbin/ldconfig -p)"; then
   echo "wheel_test.sh: the root's dynamic linker knows a BLAS" >&2
   exit 1
 fi
-echo "== the root holds no Swift, no OpenBLAS, no BLAS"
+echo "== the root holds no Swift, no OpenBLAS, no BLAS $(elapsed)"
 
 # numpy for the root's Python and glibc, downloaded on the host.
 pyver=$(in_root python3 -c 'import sys; print(f"{sys.version_info[0]}.{sys.version_info[1]}")')
@@ -140,7 +153,7 @@ with zipfile.ZipFile(sys.argv[1]) as z:
 EOF
 )
 wheelhouse=$cache/wheelhouse-cp${pyver/./}
-echo "== pip download $(echo "$requires" | tr '\n' ' ')for Python $pyver, glibc $glibc -> $wheelhouse"
+echo "== pip download $(echo "$requires" | tr '\n' ' ')for Python $pyver, glibc $glibc -> $wheelhouse $(elapsed)"
 # pip takes the platform tags literally: every manylinux tag the root's glibc satisfies.
 platforms=(--platform manylinux2014_x86_64)
 for ((minor = ${glibc#*.}; minor >= 17; minor--)); do platforms+=(--platform "manylinux_2_${minor}_x86_64"); done
@@ -152,7 +165,7 @@ cp "$wheelhouse"/*.whl "$wheel" "$root/wheelhouse/"
 cp scripts/wheel_smoke.py "$root/tmp/wheel_smoke.py"
 
 mount -t proc proc "$root/proc"
-echo "== in the root: python3 -m venv /opt/venv; pip install $(basename "$wheel")"
+echo "== in the root: python3 -m venv /opt/venv; pip install $(basename "$wheel") $(elapsed)"
 in_root python3 -m venv /opt/venv
 in_root /opt/venv/bin/pip install -q --no-index --find-links /wheelhouse "/wheelhouse/$(basename "$wheel")"
 in_root /opt/venv/bin/pip list --format=freeze
@@ -163,6 +176,6 @@ if [ -n "$stray" ]; then
 fi
 version=$(in_root /opt/venv/bin/python -m metaweight --version)
 echo "python -m metaweight --version: $version"
-echo "== in the root: scripts/wheel_smoke.py"
+echo "== in the root: scripts/wheel_smoke.py $(elapsed)"
 in_root /opt/venv/bin/python /tmp/wheel_smoke.py
 echo "wheel_test.sh: passed in $((SECONDS - start)) s"
