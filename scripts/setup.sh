@@ -16,9 +16,10 @@ if ! command -v swift >/dev/null 2>&1 && [ -x /opt/swift/usr/bin/swift ]; then
 fi
 
 echo "== installing Python dependencies (pip)"
-# onnx/onnxruntime: the ONNX export tests; pandas: the scikit-learn estimator's DataFrame checks.
+# onnx/onnxruntime: the ONNX export tests; pandas: the scikit-learn estimator's DataFrame checks;
+# tensorboardX/mlflow-skinny: the logging integrations' tests (metaweight[tensorboard], metaweight[mlflow]).
 python3 -m pip install -q setuptools wheel numpy scikit-learn tqdm matplotlib pytest hypothesis \
-  nbformat nbclient ipykernel ruff mypy typing_extensions onnx onnxruntime pandas
+  nbformat nbclient ipykernel ruff mypy typing_extensions onnx onnxruntime pandas tensorboardX mlflow-skinny
 # Ray (metaweight[ray], core only: no dashboard): experiment grids on a cluster; scripts/test.sh
 # starts a two-node loopback cluster for the tests marked `ray`.
 python3 -m pip install -q "ray==2.60.0"

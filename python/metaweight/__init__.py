@@ -11,7 +11,8 @@ The public API::
 
 Modules: :mod:`metaweight.models` (networks, layers, presets), :mod:`metaweight.optim`
 (optimizers, schedules), :mod:`metaweight.trainer` (training), :mod:`metaweight.metrics`,
-:mod:`metaweight.errors` (the exception hierarchy).
+:mod:`metaweight.errors` (the exception hierarchy), :mod:`metaweight.callbacks` (``fit``'s callback
+protocol), :mod:`metaweight.integrations` (TensorBoard and MLflow callbacks, optional extras).
 """
 
 from ._blas import configure_openblas as _configure_openblas
@@ -22,7 +23,7 @@ from . import _core
 
 __version__: str = _core.version()
 
-from . import conditions, data, law, methods, metrics
+from . import callbacks, conditions, data, law, methods, metrics
 from ._validate import as_int as _as_int
 from .errors import (
     BusyError,
@@ -179,6 +180,7 @@ __all__ = [
     "blas_config",
     "blas_core",
     "build",
+    "callbacks",
     "conditions",
     "confusion_matrix",
     "data",

@@ -56,6 +56,7 @@ from ._validate import (
     as_text,
     fmt_shape,
 )
+from .callbacks import FitHooks
 from .errors import (
     ClosedError,
     DTypeError,
@@ -805,6 +806,7 @@ def train(
     progress: bool = False,
     x_test: Any = None,
     y_test: Any = None,
+    callbacks: Sequence[Any] | None = None,
 ) -> StrategyRun:
     """Trains a network, weighting every step with ``strategy`` (or unweighted when None), without
     any search: the strategy's actor is applied deterministically, once per stage.
@@ -835,6 +837,9 @@ def train(
         progress: print one line per epoch.
         x_test, y_test: optional held-out data evaluated after every epoch (test curves; never
             seen by the strategy).
+        callbacks: further callbacks of :meth:`Trainer.fit <metaweight.Trainer.fit>` (plain
+            functions or :class:`~metaweight.callbacks.Callback` objects, e.g. the logging
+            integrations), called after the test evaluation of each epoch.
 
     Raises:
         InvalidArgumentError, ShapeError, DTypeError, LabelError, NonFiniteError: bad arguments or a
@@ -846,6 +851,8 @@ def train(
 
     if strategy is not None and not isinstance(strategy, Strategy):
         raise InvalidArgumentError(f"strategy: expected a Strategy or None, got {type(strategy).__name__}")
+    FitHooks(callbacks)  # checks the callbacks here, before any work
+    extra_callbacks = list(callbacks or [])
     if config is not None and not isinstance(config, LAWConfig):
         raise InvalidArgumentError(f"config: expected a LAWConfig or None, got {type(config).__name__}")
     cfg = config if config is not None else strategy.config if strategy is not None else LAWConfig()
@@ -919,7 +926,7 @@ def train(
     t0 = time.perf_counter()
     # The one training loop: fit, with the strategy (if any) weighting every step in the core.
     history = trainer.fit(xa, ya, epochs=epochs, batch_size=batch_size, x_val=xv, y_val=yv, progress=False,
-                          callbacks=[on_epoch], record_weights=True, _on_step=on_step)
+                          callbacks=[on_epoch, *extra_callbacks], record_weights=True, _on_step=on_step)
     val_acc = [float(r.val_accuracy) for r in history if r.val_accuracy is not None]
     tr_loss = [float(v) for v in history.train_loss]
     tr_acc = [float(v) for v in history.train_accuracy]

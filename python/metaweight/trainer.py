@@ -46,6 +46,7 @@ from . import _core
 from ._handle import NativeHandle, refuses_reentry
 from ._validate import as_bool, as_features, as_int, as_labels, as_optional_split, as_path, as_weights
 from ._weight_net import WeightNet
+from .callbacks import CallbackLike, FitConfig, FitHooks
 from .errors import (
     ClosedError,
     DTypeError,
@@ -848,7 +849,7 @@ class Trainer(NativeHandle):
         meta: tuple[Any, Any] | None = None,
         meta_batch_size: int = 100,
         progress: bool = True,
-        callbacks: Sequence[Callback] | None = None,
+        callbacks: Sequence[CallbackLike] | None = None,
         record_weights: bool = False,
         record_raw: bool | str = False,
         _plain: bool = False,
@@ -873,7 +874,10 @@ class Trainer(NativeHandle):
             progress: show progress: a tqdm bar per epoch when tqdm is installed, else one printed
                 line per epoch. False prints nothing.
             callbacks: functions called as ``callback(trainer, record)`` after every epoch with its
-                :class:`EpochRecord`; if one returns True, training stops after that epoch.
+                :class:`EpochRecord` (if one returns True, training stops after that epoch), and
+                objects of the :class:`~metaweight.callbacks.Callback` protocol (``on_fit_start``,
+                ``on_epoch_end``, ``on_fit_end``; e.g. the TensorBoard and MLflow callbacks of
+                :mod:`metaweight.integrations`), in any mix.
             record_weights: keep the weight every training example received in each epoch
                 (``EpochRecord.example_weights``, and ``class_weights`` for GDW).
             record_raw: keep the raw step arrays of ``step(..., diagnostics=True)``
@@ -936,136 +940,148 @@ class Trainer(NativeHandle):
                 f"meta: the {self._method.name!r} method uses no meta set; pass meta=None "
                 "(or choose a meta-weighting method)"
             )
-        cbs = list(callbacks or [])
-        for i, cb in enumerate(cbs):
-            if not callable(cb):
-                raise InvalidArgumentError(f"callbacks[{i}]: expected a callable, got {type(cb).__name__}")
+        hooks = FitHooks(callbacks)
+        cbs = hooks.epoch_functions
+        record_weights = record_weights or hooks.needs_weights
 
         n = len(xa)
         spe = _steps_per_epoch(n, batch_size)
-        if fine_tune:
-            run = self.fit(xa, ya, epochs=epochs, batch_size=batch_size, x_val=xv, y_val=yv,
-                           progress=progress, callbacks=callbacks, record_weights=record_weights,
-                           _plain=True)
-            ft_epochs = int(self._method.epochs)  # type: ignore[attr-defined]
-            if ft_epochs > 0 and len(run) == epochs:
-                for record in self._fine_tune(ft_x, ft_y, ft_epochs, batch_size, xv, yv, progress, cbs):
-                    run._append(record)
-            return run
-        self._prepare_fit(spe, epochs)
-        self._last_spe = spe
-        bar_cls = _tqdm() if progress else None
-        run = History()
-        monitor = CollapseMonitor(
-            self._method.name, has_weight_net=self._method.has_weight_function,
-            needs_meta=self._method.needs_meta, class_level=self._method.has_class_weights,
-            window=max(50, spe), saturation_window=max(150, 3 * spe))
-        first = len(self.history) + 1
-        last = first + epochs - 1
-        for e in range(epochs):
-            epoch_no = first + e
-            t0 = time.perf_counter()
-            perm = self._permutation(n)
-            if isinstance(self._method, ClassBalancedSampling):
-                perm = _class_balanced_order(perm, ya, net.num_classes)
-            raw_on = raw_mode == "all" or (raw_mode == "last" and e == epochs - 1)
-            raw_epoch: dict[str, np.ndarray] | None = {} if raw_on else None
-            wsum = np.zeros(n, dtype=np.float64) if record_weights else None
-            wcnt = np.zeros(n, dtype=np.int64) if record_weights else None
-            cw = (
-                np.full((n, net.num_classes), np.nan, dtype=np.float32)
-                if record_weights and self._method.has_class_weights
-                else None
-            )
-            meta_iter = _MetaSampler(self, xm, ym, meta_batch_size) if xm is not None and ym is not None else None
-            loss_sum = acc_sum = meta_sum = 0.0
-            epoch_diag = EpochDiagnostics()
-            seen = 0
-            lr = 0.0
-            bar = (
-                bar_cls(total=spe, desc=f"epoch {epoch_no}/{last}", unit="step", leave=True)
-                if bar_cls
-                else None
-            )
-            try:
-                for b in range(spe):
-                    idx = perm[b * batch_size : (b + 1) * batch_size]
-                    xb = np.take(xa, idx, axis=0)
-                    yb = np.take(ya, idx)
-                    mxb, myb = meta_iter.next() if meta_iter is not None else (None, None)
-                    r = self._checked_step(xb, yb, None, mxb, myb, f"fit: epoch {epoch_no}, batch {b + 1}/{spe}",
-                                           raw_on)
-                    if raw_epoch is not None and r.raw:
-                        for name, arr in r.raw.items():
-                            if name not in raw_epoch:
-                                raw_epoch[name] = np.full((n, *arr.shape[1:]), np.nan, dtype=np.float32)
-                            raw_epoch[name][idx] = arr
-                    if r.skipped:
-                        if bar is not None:
-                            bar.update(1)
-                        continue
-                    k = len(idx)
-                    epoch_diag.add(r.diagnostics)
-                    if _on_step is not None:  # law.train's per-stage weight bookkeeping
-                        _on_step(idx, r)
-                    monitor.observe(r.step, r.diagnostics, k)
-                    if wsum is not None and wcnt is not None and r.weights is not None:
-                        np.add.at(wsum, idx, r.weights)
-                        np.add.at(wcnt, idx, 1)
-                        if cw is not None and r.class_weights is not None:
-                            cw[idx] = r.class_weights
-                    loss_sum += r.loss * k
-                    acc_sum += r.accuracy * k
-                    meta_sum += r.meta_loss * k
-                    seen += k
-                    lr = r.lr
-                    if bar is not None:
-                        bar.set_postfix(
-                            loss=f"{loss_sum / seen:.4f}", acc=f"{acc_sum / seen:.4f}", refresh=False
-                        )
-                        bar.update(1)
-                val_loss = val_acc = None
-                if xv is not None and yv is not None:
-                    ev = self._evaluate_arrays(xv, yv, 500)
-                    val_loss, val_acc = ev["loss"], ev["accuracy"]
-                record = EpochRecord(
-                    epoch=epoch_no,
-                    step=self.step_count,
-                    train_loss=loss_sum / (seen or math.nan),
-                    train_accuracy=acc_sum / (seen or math.nan),
-                    lr=lr,
-                    time=time.perf_counter() - t0,
-                    val_loss=val_loss,
-                    val_accuracy=val_acc,
-                    meta_loss=meta_sum / (seen or math.nan) if xm is not None else None,
-                    example_weights=(
-                        np.where(wcnt > 0, wsum / np.maximum(wcnt, 1), np.nan).astype(np.float32)
-                        if wsum is not None and wcnt is not None
-                        else None
-                    ),
-                    class_weights=cw,
-                    **epoch_diag.means(),
-                    raw=raw_epoch,
+        before = len(self.history)
+        hooks.start(self, FitConfig(
+            epochs=epochs, fine_tune_epochs=int(getattr(self._method, "epochs", 0)) if fine_tune else 0,
+            first_epoch=before + 1, batch_size=batch_size, steps_per_epoch=spe, num_train=n,
+            num_val=0 if xv is None else len(xv),
+            num_meta=len(ft_x) if fine_tune else (0 if xm is None else len(xm)),
+            num_classes=net.num_classes, method=self._method.name, record_weights=record_weights), History())
+        try:
+            if fine_tune:
+                run = self.fit(xa, ya, epochs=epochs, batch_size=batch_size, x_val=xv, y_val=yv,
+                               progress=progress, callbacks=cbs, record_weights=record_weights,
+                               _plain=True)
+                ft_epochs = int(self._method.epochs)  # type: ignore[attr-defined]
+                if ft_epochs > 0 and len(run) == epochs:
+                    for record in self._fine_tune(ft_x, ft_y, ft_epochs, batch_size, xv, yv, progress, cbs):
+                        run._append(record)
+                hooks.end(self, run)
+                return run
+            self._prepare_fit(spe, epochs)
+            self._last_spe = spe
+            bar_cls = _tqdm() if progress else None
+            run = History()
+            monitor = CollapseMonitor(
+                self._method.name, has_weight_net=self._method.has_weight_function,
+                needs_meta=self._method.needs_meta, class_level=self._method.has_class_weights,
+                window=max(50, spe), saturation_window=max(150, 3 * spe))
+            first = len(self.history) + 1
+            last = first + epochs - 1
+            for e in range(epochs):
+                epoch_no = first + e
+                t0 = time.perf_counter()
+                perm = self._permutation(n)
+                if isinstance(self._method, ClassBalancedSampling):
+                    perm = _class_balanced_order(perm, ya, net.num_classes)
+                raw_on = raw_mode == "all" or (raw_mode == "last" and e == epochs - 1)
+                raw_epoch: dict[str, np.ndarray] | None = {} if raw_on else None
+                wsum = np.zeros(n, dtype=np.float64) if record_weights else None
+                wcnt = np.zeros(n, dtype=np.int64) if record_weights else None
+                cw = (
+                    np.full((n, net.num_classes), np.nan, dtype=np.float32)
+                    if record_weights and self._method.has_class_weights
+                    else None
                 )
-                if bar is not None:
-                    post = {"loss": f"{record.train_loss:.4f}", "acc": f"{record.train_accuracy:.4f}"}
-                    if val_loss is not None and val_acc is not None:
-                        post.update(val_loss=f"{val_loss:.4f}", val_acc=f"{val_acc:.4f}")
-                    bar.set_postfix(post, refresh=True)
-            finally:
-                if bar is not None:
-                    bar.close()
-            if progress and bar_cls is None:
-                print(_epoch_line(record, last), flush=True)
-            self.history._append(record)
-            run._append(record)
-            stop = False
-            for cb in cbs:
-                if cb(self, record) is True:
-                    stop = True
-            if stop:
-                break
-        return run
+                meta_iter = _MetaSampler(self, xm, ym, meta_batch_size) if xm is not None and ym is not None else None
+                loss_sum = acc_sum = meta_sum = 0.0
+                epoch_diag = EpochDiagnostics()
+                seen = 0
+                lr = 0.0
+                bar = (
+                    bar_cls(total=spe, desc=f"epoch {epoch_no}/{last}", unit="step", leave=True)
+                    if bar_cls
+                    else None
+                )
+                try:
+                    for b in range(spe):
+                        idx = perm[b * batch_size : (b + 1) * batch_size]
+                        xb = np.take(xa, idx, axis=0)
+                        yb = np.take(ya, idx)
+                        mxb, myb = meta_iter.next() if meta_iter is not None else (None, None)
+                        r = self._checked_step(xb, yb, None, mxb, myb, f"fit: epoch {epoch_no}, batch {b + 1}/{spe}",
+                                               raw_on)
+                        if raw_epoch is not None and r.raw:
+                            for name, arr in r.raw.items():
+                                if name not in raw_epoch:
+                                    raw_epoch[name] = np.full((n, *arr.shape[1:]), np.nan, dtype=np.float32)
+                                raw_epoch[name][idx] = arr
+                        if r.skipped:
+                            if bar is not None:
+                                bar.update(1)
+                            continue
+                        k = len(idx)
+                        epoch_diag.add(r.diagnostics)
+                        if _on_step is not None:  # law.train's per-stage weight bookkeeping
+                            _on_step(idx, r)
+                        monitor.observe(r.step, r.diagnostics, k)
+                        if wsum is not None and wcnt is not None and r.weights is not None:
+                            np.add.at(wsum, idx, r.weights)
+                            np.add.at(wcnt, idx, 1)
+                            if cw is not None and r.class_weights is not None:
+                                cw[idx] = r.class_weights
+                        loss_sum += r.loss * k
+                        acc_sum += r.accuracy * k
+                        meta_sum += r.meta_loss * k
+                        seen += k
+                        lr = r.lr
+                        if bar is not None:
+                            bar.set_postfix(
+                                loss=f"{loss_sum / seen:.4f}", acc=f"{acc_sum / seen:.4f}", refresh=False
+                            )
+                            bar.update(1)
+                    val_loss = val_acc = None
+                    if xv is not None and yv is not None:
+                        ev = self._evaluate_arrays(xv, yv, 500)
+                        val_loss, val_acc = ev["loss"], ev["accuracy"]
+                    record = EpochRecord(
+                        epoch=epoch_no,
+                        step=self.step_count,
+                        train_loss=loss_sum / (seen or math.nan),
+                        train_accuracy=acc_sum / (seen or math.nan),
+                        lr=lr,
+                        time=time.perf_counter() - t0,
+                        val_loss=val_loss,
+                        val_accuracy=val_acc,
+                        meta_loss=meta_sum / (seen or math.nan) if xm is not None else None,
+                        example_weights=(
+                            np.where(wcnt > 0, wsum / np.maximum(wcnt, 1), np.nan).astype(np.float32)
+                            if wsum is not None and wcnt is not None
+                            else None
+                        ),
+                        class_weights=cw,
+                        **epoch_diag.means(),
+                        raw=raw_epoch,
+                    )
+                    if bar is not None:
+                        post = {"loss": f"{record.train_loss:.4f}", "acc": f"{record.train_accuracy:.4f}"}
+                        if val_loss is not None and val_acc is not None:
+                            post.update(val_loss=f"{val_loss:.4f}", val_acc=f"{val_acc:.4f}")
+                        bar.set_postfix(post, refresh=True)
+                finally:
+                    if bar is not None:
+                        bar.close()
+                if progress and bar_cls is None:
+                    print(_epoch_line(record, last), flush=True)
+                self.history._append(record)
+                run._append(record)
+                stop = False
+                for cb in cbs:
+                    if cb(self, record) is True:
+                        stop = True
+                if stop:
+                    break
+            hooks.end(self, run)
+            return run
+        except BaseException as err:
+            hooks.error(self, self.history[before:], err)
+            raise
 
     def _fine_tune(
         self,

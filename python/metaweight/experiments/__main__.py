@@ -77,6 +77,14 @@ def main(argv: Sequence[str] | None = None) -> int:
     )
     ap.add_argument("--summary-only", action="store_true", help="only rewrite summary.md/summary.csv")
     ap.add_argument("--quiet", action="store_true", help="no progress bars or per-run lines")
+    ap.add_argument(
+        "--tensorboard", default=None, metavar="DIR",
+        help="also write TensorBoard event files, each run to DIR/<experiment>/<run-id>/ (needs tensorboardX); "
+        "replaces the config's [logging] tensorboard")
+    ap.add_argument(
+        "--mlflow", default=None, metavar="URI",
+        help="also log each run to MLflow: a folder (a local file store) or a tracking URI (needs mlflow-skinny); "
+        "replaces the config's [logging] mlflow")
     args = ap.parse_args(argv)
 
     import metaweight as mw
@@ -92,7 +100,8 @@ def main(argv: Sequence[str] | None = None) -> int:
             sets = list(args.sets)
             if args.label_issues is not None:
                 sets.append(f"label_issues={args.label_issues}")
-            exp = load_config(path, size=args.size, sets=sets)
+            logging = {k: v for k, v in (("tensorboard", args.tensorboard), ("mlflow", args.mlflow)) if v}
+            exp = load_config(path, size=args.size, sets=sets, logging=logging)
             if args.summary_only:
                 from pathlib import Path
 

@@ -29,7 +29,9 @@ every grid axis, the matching ``[[override]]`` tables and the chosen size. See
     seeds = [0]
 
 ``[grid]`` is one grid; ``[[grid]]`` (an array of tables; TOML does not allow both forms in one
-file) gives several grids whose runs are united.
+file) gives several grids whose runs are united. An optional ``[logging]`` table (``tensorboard``,
+``mlflow``, ``mlflow_experiment``; :data:`LOGGING_KEYS`) makes every run also log to TensorBoard
+and MLflow (:mod:`metaweight.experiments.logging_callbacks`).
 """
 
 from __future__ import annotations
@@ -94,6 +96,7 @@ _TOP_KEYS = frozenset(
         "sizes",
         "seeds",
         "summary",
+        "logging",
     }
 )
 #: Built-in sizes, used when the configuration has no ``[sizes.<name>]`` table of that name.
@@ -334,12 +337,18 @@ class RunSpec:
         config: the resolved settings (JSON types), written to ``config.json``.
         labels: display labels: ``dataset``, ``condition``, ``model``, ``method``.
         group: key of the run's group in the summary (the settings except the seed).
+        logging: where the run also logs, from the configuration's ``[logging]`` table, resolved
+            for this run: ``tensorboard`` (the run's own event-file folder, absolute), ``mlflow``
+            (the tracking URI; a folder becomes an absolute ``file://`` URI) and
+            ``mlflow_experiment``; empty when the configuration has no ``[logging]``. Not part of
+            ``config``: changing it re-runs nothing.
     """
 
     run_id: str
     config: dict[str, Any]
     labels: dict[str, str] = field(default_factory=dict)
     group: str = ""
+    logging: dict[str, str] = field(default_factory=dict)
 
     @property
     def seed(self) -> int:
@@ -357,6 +366,7 @@ class Experiment:
     size: str = "full"
     source: str | None = None
     summary: dict[str, Any] = field(default_factory=dict)
+    logging: dict[str, str] = field(default_factory=dict)
 
     @property
     def folder_name(self) -> str:
@@ -587,6 +597,12 @@ CONDITION_KEYS = frozenset(
 SUMMARY_KEYS = frozenset({"metric", "percent", "decimals", "title", "layout"})
 #: Keys of an ``[[override]]`` table.
 OVERRIDE_KEYS = frozenset({"where", "set"})
+#: Keys of the ``[logging]`` table: where every run also logs (not run settings: changing them
+#: re-runs nothing). ``tensorboard``: a folder, each run writing to
+#: ``<tensorboard>/<experiment>/<run-id>/``; ``mlflow``: a tracking URI or a local folder (a file
+#: store), each run an MLflow run named by its run id; ``mlflow_experiment``: the MLflow
+#: experiment's name (default: the experiment's results folder name).
+LOGGING_KEYS = frozenset({"tensorboard", "mlflow", "mlflow_experiment"})
 
 
 def _strict(table: Mapping[str, Any], allowed: Iterable[str], section: str, hint: str = "") -> None:
@@ -724,6 +740,7 @@ def load_config(
     *,
     size: str | float | None = None,
     sets: Sequence[str] | Mapping[str, Any] | None = None,
+    logging: Mapping[str, str] | None = None,
 ) -> Experiment:
     """Parses a configuration file (``.toml`` or ``.json``) or dictionary into an :class:`Experiment`.
 
@@ -733,6 +750,8 @@ def load_config(
             ``"small"``: epochs × 0.1), or a scale factor for the epochs (and LAW's episodes).
         sets: extra settings applied to every run, as ``"key=value"`` strings (the value parsed as
             JSON, else taken as a string) or a mapping of dotted keys.
+        logging: entries that replace those of the configuration's ``[logging]`` table
+            (:data:`LOGGING_KEYS`; the command line's ``--tensorboard`` and ``--mlflow``).
 
     Raises:
         ConfigError: an invalid configuration.
@@ -840,6 +859,10 @@ def load_config(
     if not isinstance(summary, Mapping):
         raise ConfigError(f"summary: expected a table, got {summary!r}")
     _strict(summary, SUMMARY_KEYS, "summary")
+    logging_table = check_logging(raw.get("logging"))
+    logging_table.update(check_logging(logging))
+    if "mlflow_experiment" in logging_table and "mlflow" not in logging_table:
+        raise ConfigError("logging.mlflow_experiment: set logging.mlflow too (the tracking URI or folder)")
     if scale is not None:
         runs = _apply_size(runs, {"scale": scale})
     elif size_name in sizes:
@@ -878,7 +901,7 @@ def load_config(
         group_cfg = {k: v for k, v in cfg.items() if k != "seed"}
         specs.append(RunSpec(run_id="", config=cfg, labels=labels, group=digest(group_cfg, 12)))
     _assign_ids(specs)
-    return Experiment(
+    exp = Experiment(
         name=name,
         runs=specs,
         description=str(raw.get("description", "")),
@@ -886,7 +909,45 @@ def load_config(
         size=size_name,
         source=src,
         summary=dict(summary),
+        logging=logging_table,
     )
+    for spec in specs:
+        spec.logging = run_logging(logging_table, exp.folder_name, spec.run_id)
+    return exp
+
+
+def check_logging(table: Any) -> dict[str, str]:
+    """The ``[logging]`` table checked (:data:`LOGGING_KEYS`, non-empty strings); ``{}`` when absent.
+
+    Raises:
+        ConfigError: not a table, an unknown key or a value that is not a non-empty string.
+    """
+    if table is None:
+        return {}
+    if not isinstance(table, Mapping):
+        raise ConfigError(f"logging: expected a table such as {{tensorboard = \"runs\"}}, got {table!r}")
+    _strict(table, LOGGING_KEYS, "logging")
+    out: dict[str, str] = {}
+    for k, v in table.items():
+        if not isinstance(v, str) or not v.strip() or "\x00" in v:
+            raise ConfigError(f"logging.{k}: expected a folder or URI (a non-empty string), got {v!r}")
+        out[str(k)] = v
+    return out
+
+
+def run_logging(table: Mapping[str, str], experiment: str, run_id: str) -> dict[str, str]:
+    """A ``[logging]`` table resolved for one run (see :attr:`RunSpec.logging`): TensorBoard's
+    folder becomes ``<tensorboard>/<experiment>/<run-id>`` and local paths absolute, so that a run
+    executed in another working directory (a Ray worker) logs to the same place."""
+    out: dict[str, str] = {}
+    if table.get("tensorboard"):
+        out["tensorboard"] = str(Path(table["tensorboard"]).absolute() / experiment / run_id)
+    if table.get("mlflow"):
+        from ..integrations.mlflow import local_store_uri
+
+        out["mlflow"] = local_store_uri(table["mlflow"])[0]
+        out["mlflow_experiment"] = table.get("mlflow_experiment") or experiment
+    return out
 
 
 def _assign_ids(specs: list[RunSpec]) -> None:

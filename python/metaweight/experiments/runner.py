@@ -50,6 +50,7 @@ from .config import (
     parse_filters,
 )
 from .datasets import Prepared, prepare
+from .logging_callbacks import callbacks_for
 from .summary import SummaryRow, summarize, summary_csv, summary_markdown
 
 __all__ = ["ExperimentReport", "RunResult", "execute_run", "load_results", "run_experiment"]
@@ -582,7 +583,7 @@ def _run_trainer(spec: RunSpec, folder: Path, p: Prepared, progress: bool) -> di
             meta=(p.x_meta, p.y_meta) if uses_meta else None,
             meta_batch_size=int(cfg["meta_batch_size"]),
             progress=False,
-            callbacks=[on_epoch],
+            callbacks=[on_epoch, *callbacks_for(spec, p)],
             record_weights=record,
         )
     finally:
@@ -722,6 +723,7 @@ def _run_law(spec: RunSpec, folder: Path, p: Prepared, progress: bool) -> dict[s
         x_test=p.x_test,
         y_test=p.y_test,
         progress=progress,
+        callbacks=callbacks_for(spec, p, val_name="meta_set"),
     )
     corrupted = p.corrupted
     has_corrupted = bool(corrupted.any())
