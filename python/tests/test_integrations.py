@@ -439,3 +439,33 @@ def test_command_line_tensorboard_flag(tmp_path):
     (run_dir,) = (tmp_path / "tb" / "cli").iterdir()  # the flag replaced the table's folder
     assert [s for s, _ in scalars(run_dir)["test/accuracy"]] == [1]
     assert not (tmp_path / "ignored").exists()
+
+
+@pytest.mark.ray
+def test_runner_logs_from_ray_workers(ray_cluster, tmp_path, monkeypatch):
+    from metaweight.experiments import read_history, run_experiment
+
+    # The callbacks run in the workers (they opt into MLflow's file store there); reading back here:
+    monkeypatch.setenv("MLFLOW_ALLOW_FILE_STORE", "true")
+    config = {
+        "name": "on_ray",
+        "seeds": [0],
+        "defaults": {"dataset": "digits", "condition": {"noise": "uniform", "noise_rate": 0.4},
+                     "meta_per_class": 5, "model": {"name": "mlp", "hidden": [16]}, "epochs": 2},
+        "grid": {"method": ["erm", {"name": "gdw", "lr": 0.01}]},
+        "logging": {"tensorboard": str(tmp_path / "tb"), "mlflow": str(tmp_path / "mlruns")},
+    }
+    report = run_experiment(config, results=tmp_path / "results", ray=ray_cluster.address, threads=1,
+                            progress=False, log=None)
+    assert (report.ran, report.failed) == (2, 0)
+    client = mlflow.tracking.MlflowClient(tracking_uri=(tmp_path / "mlruns").as_uri())
+    runs = {r.info.run_name: r for r in client.search_runs([client.get_experiment_by_name("on_ray").experiment_id])}
+    assert set(runs) == {r.run_id for r in report.results}
+    for r in report.results:
+        csv = read_history(r.path / "history.csv")
+        ml = sorted(client.get_metric_history(runs[r.run_id].info.run_id, "test/accuracy"), key=lambda m: m.step)
+        assert [m.value for m in ml] == csv["test_accuracy"]
+        tb = scalars(tmp_path / "tb" / "on_ray" / r.run_id)["train/loss"]
+        assert [s for s, _ in tb] == [1, 2]
+        np.testing.assert_array_equal([v for _, v in tb], F32(csv["train_loss"]))
+        assert runs[r.run_id].info.status == "FINISHED"
