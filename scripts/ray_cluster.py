@@ -27,7 +27,8 @@ Loopback only: Ray turns ``--node-ip-address=127.0.0.1`` into the machine's outw
 ``ray start`` refuses to join a second node. The cluster's processes therefore all run with the
 variable set, and the second node's ``ray start`` runs through this script (``ray-cli``), which
 turns off only that refusal and the 127.0.0.1 rewriting in its own process. A driver connecting to
-this cluster needs the variable too (``scripts/test.sh`` and ``python/tests/conftest.py`` set it);
+this cluster needs the variable too, and ``RAY_AUTH_MODE=disabled`` (see ``LOOPBACK_ENV``;
+``scripts/test.sh`` and ``python/tests/conftest.py`` set both);
 ``sockets`` lists what the cluster's processes listen on and fails on any non-loopback address.
 
 The environment of ``start`` (``PYTHONPATH`` included) is the environment of every Ray worker.
@@ -50,7 +51,11 @@ from typing import Any
 
 DEFAULT_DIR = "/tmp/metaweight-ray-ci"
 STATE = "cluster.json"
-LOOPBACK_ENV = {"RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER": "0", "RAY_USAGE_STATS_ENABLED": "0"}
+#: The environment of every process of the cluster (and what a driver connecting to it needs):
+#: 127.0.0.1 kept as the nodes' address; no usage statistics; token authentication off, so that a
+#: token in ~/.ray/auth_token (Ray 2.60 writes one on a local ``ray.init()``) neither switches it on
+#: for one node and not the other nor keeps a driver out. Everything listens on loopback only.
+LOOPBACK_ENV = {"RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER": "0", "RAY_USAGE_STATS_ENABLED": "0", "RAY_AUTH_MODE": "disabled"}
 PR_SET_CHILD_SUBREAPER = 36
 
 

@@ -66,7 +66,7 @@ rm -f "$asan_log"
 # marked `ray` (grids, LAW, data-parallel training, the worker-kill tests marked `slow_ray`) run
 # against it through METAWEIGHT_RAY_ADDRESS; the trap stops exactly its processes on any exit.
 echo "== Ray cluster (two nodes on 127.0.0.1)"
-export RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER=0 RAY_USAGE_STATS_ENABLED=0
+export RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER=0 RAY_USAGE_STATS_ENABLED=0 RAY_AUTH_MODE=disabled
 export METAWEIGHT_RAY_DIR="${METAWEIGHT_RAY_DIR:-/tmp/metaweight-ray-ci}"
 python3 scripts/ray_cluster.py stop --dir "$METAWEIGHT_RAY_DIR" >/dev/null 2>&1 || true  # a previous run's, if any
 trap 'python3 scripts/ray_cluster.py stop --dir "$METAWEIGHT_RAY_DIR" || true' EXIT

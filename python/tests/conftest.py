@@ -54,8 +54,10 @@ def trainer(network: mw.Network) -> Iterator[mw.Trainer]:
 
 # Ray reads this when it is imported: with it, 127.0.0.1 stays 127.0.0.1 (instead of this machine's
 # outward address), which the loopback cluster of scripts/ray_cluster.py needs (see that script).
+# The cluster runs without token authentication (loopback only; scripts/ray_cluster.py, LOOPBACK_ENV).
 os.environ.setdefault("RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER", "0")
 os.environ.setdefault("RAY_USAGE_STATS_ENABLED", "0")
+os.environ["RAY_AUTH_MODE"] = "disabled"
 
 _RAY_CLUSTER_SCRIPT = Path(__file__).resolve().parents[2] / "scripts" / "ray_cluster.py"
 
