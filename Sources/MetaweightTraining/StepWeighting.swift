@@ -35,6 +35,14 @@ public protocol StepWeighting: AnyObject {
   func validate(_ ck: Checkpoint) throws
   /// Restores from `ck` (validated first, so nothing changes on failure).
   func restore(_ ck: Checkpoint) throws
+  /// Whether the method's step is exact under data parallelism (`Trainer.allReduce`): it calls
+  /// the trainer's `synchronize` wherever it combines values over the batch.
+  var supportsDataParallel: Bool { get }
+}
+
+extension StepWeighting {
+  /// No data-parallel steps unless the method says so.
+  public var supportsDataParallel: Bool { false }
 }
 
 /// Supplies per-example weights to `Trainer.step` when it is called without `sampleWeights`.
@@ -68,16 +76,35 @@ extension Trainer {
           throw MetaweightError.invalidState("\(ws.methodName): every step needs a meta batch (x_meta, y_meta)")
         }
       }
-      ws.reserve(trainer: self, n: n, m: m)
-      var result = try ws.step(trainer: self, x: x, n: n, labels: labels, xMeta: xMeta, m: m, labelsMeta: labelsMeta)
-      guard Elementwise.allFinite(grads.pointer, count: grads.count) else {
-        throw MetaweightError.nonFinite(
-          "step \(stepCount + 1): a gradient is NaN or infinite; parameters were not updated")
+      if isDistributed && !ws.supportsDataParallel {
+        throw MetaweightError.invalidState(
+          "\(ws.methodName): data-parallel steps support ERM, L2RW, MW-Net and GDW (this method's weights are batch-local)")
       }
-      result.diagnostics = stepDiagnostics(weights: UnsafePointer(ws.weights.pointer), unit: ws.unitOutputs, n: n)
-      result.learningRate = Double(applyUpdate())
-      result.step = stepCount
-      return result
+      // A data-parallel step can fail at a sync point after the method updated its own state
+      // (V and V's optimizer): keep the method's section to restore it then.
+      var methodBackup: Checkpoint? = nil
+      if isDistributed {
+        methodBackup = Checkpoint()
+        ws.save(into: &methodBackup!)
+      }
+      do {
+        try synchronizeCounts(n: n, m: m)
+        ws.reserve(trainer: self, n: n, m: m)
+        var result = try ws.step(trainer: self, x: x, n: n, labels: labels, xMeta: xMeta, m: m, labelsMeta: labelsMeta)
+        try synchronize(grads.pointer, count: grads.count, at: .gradient)
+        guard Elementwise.allFinite(grads.pointer, count: grads.count) else {
+          throw MetaweightError.nonFinite(
+            "step \(stepCount + 1): a gradient is NaN or infinite; parameters were not updated")
+        }
+        try synchronizeMetrics(&result, n: n, m: m)
+        result.diagnostics = stepDiagnostics(weights: UnsafePointer(ws.weights.pointer), unit: ws.unitOutputs, n: n)
+        result.learningRate = Double(applyUpdate())
+        result.step = stepCount
+        return result
+      } catch {
+        if let backup = methodBackup { try? ws.restore(backup) }
+        throw error
+      }
     }
   }
 

@@ -101,6 +101,13 @@ public final class Trainer: @unchecked Sendable {
   public var weighting: StepWeighting?
   /// Per-example weights for `step` calls without `sampleWeights` (a LAW strategy); nil = none.
   public var stepWeighting: TrainerStepWeighting?
+  /// The collective of a data-parallel worker (`AllReduce.swift`); nil = a single process (the
+  /// steps then take exactly the single-process path).
+  public var allReduce: AllReduce?
+  /// The global train batch size N of the current step (n without `allReduce`).
+  public internal(set) var globalBatch = 0
+  /// The global meta batch size M of the current step (m without `allReduce`).
+  public internal(set) var globalMetaBatch = 0
 
   /// Bytes a new trainer for `network` allocates before its first step: the gradient, the
   /// optimizer's moment buffers and a one-example training tape (activations, input, logits).
@@ -266,21 +273,28 @@ public final class Trainer: @unchecked Sendable {
   private func stepBody(
     x: UnsafePointer<Float>, n: Int, labels: UnsafePointer<Int64>, sampleWeights: UnsafePointer<Float>?
   ) throws -> StepResult {
+    if isDistributed && sampleWeights == nil && stepWeighting != nil {
+      throw MetaweightError.invalidState(
+        "step: a data-parallel trainer takes no attached LAW strategy (its weights are batch-local)")
+    }
+    try synchronizeCounts(n: n, m: 0)
     let (loss, acc) = forwardTrainBatch(x: x, n: n, labels: labels)
     guard loss.isFinite else {
       throw MetaweightError.nonFinite("step \(stepCount + 1): the training loss is \(loss); parameters were not updated")
     }
-    let inv = 1 / Float(n)
+    let inv = 1 / Float(globalBatch(n))
     let weights = try sampleWeights ?? stepWeighting?.stepWeights(trainer: self, n: n, loss: loss, accuracy: acc)
     for i in 0..<n { coefficients[i] = (weights?[i] ?? 1) * inv }
     backwardWeighted(coefficients: coefficients.pointer)
+    try synchronize(grads.pointer, count: grads.count, at: .gradient)
     guard Elementwise.allFinite(grads.pointer, count: grads.count) else {
       throw MetaweightError.nonFinite("step \(stepCount + 1): a gradient is NaN or infinite; parameters were not updated")
     }
-    let lr = applyUpdate()
     var r = StepResult()
     r.loss = loss
     r.accuracy = acc
+    try synchronizeMetrics(&r, n: n, m: 0)
+    let lr = applyUpdate()
     r.learningRate = Double(lr)
     r.step = stepCount
     r.diagnostics = stepDiagnostics(weights: UnsafePointer(coefficients.pointer), unit: nil, n: n)

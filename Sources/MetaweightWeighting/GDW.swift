@@ -104,7 +104,7 @@ public final class GDW: LookAheadWeighting, @unchecked Sendable {
     let omega = self.omega.pointer, gmat = g.pointer, lg = meta.logitGrad.pointer
     let pr = trainer.probs.pointer
     let (alpha, factor) = meta.virtualStepSize(trainer)
-    let invN = 1 / Float(n)
+    let invN = 1 / Float(trainer.globalBatch(n))
     let labels = trainer.labels32
     // Zero-mean constraint (p detached, clamped): ω_it = Σ_{c≠t} ω_ic p_ic / (1 − p_it), with
     // 1 − p_it computed without cancellation (`GDWConstraint.denominator`).
@@ -128,9 +128,10 @@ public final class GDW: LookAheadWeighting, @unchecked Sendable {
     // 2. Virtual step on G.
     logitGradient()
     trainer.backwardLogits(UnsafePointer(lg))
+    try trainer.synchronize(trainer.grads.pointer, count: trainer.grads.count, at: .virtualGradient)
     meta.takeVirtualStep(trainer, alpha: alpha)
     // 3. Meta loss at θ̂ and g_ic = ∂L_meta/∂ω_ic = −α (p_ic − y_ic) JVP_ic / n.
-    result.metaLoss = meta.metaPass(trainer, params: UnsafePointer(meta.thetaHat.pointer), x: xm, m: m, labels: ym)
+    result.metaLoss = try meta.synchronizedMetaPass(trainer, params: UnsafePointer(meta.thetaHat.pointer), x: xm, m: m, labels: ym)
     let jvp = meta.tangents(trainer)
     var gnorm: Double = 0
     for i in 0..<n {
@@ -141,6 +142,7 @@ public final class GDW: LookAheadWeighting, @unchecked Sendable {
         gnorm += Double(abs(gv))
       }
     }
+    gnorm = try trainer.synchronize([gnorm], at: .gradientNorm)[0]
     // V's gradient through the constraint: ∂L/∂vᵢ = Σ_{c≠t} (g_ic + g_it p_ic / (1 − p_it)).
     let dv = self.dv.pointer
     for i in 0..<n {
@@ -151,6 +153,7 @@ public final class GDW: LookAheadWeighting, @unchecked Sendable {
       dv[i] = s
     }
     net.backward(l, dv: UnsafePointer(dv), n: n)
+    try trainer.synchronize(net.grads.pointer, count: net.grads.count, at: .weightNetGradient)
     try trainer.checkFiniteValues(UnsafePointer(net.grads.pointer), net.grads.count, what: "weight-net gradient")
     optimizer.update(params: net.params.pointer, grads: net.grads.pointer, count: net.params.count, lr: cfg.weightNetLR)
     // 4. ω′ = clamp(ω − clamp(η g/‖g‖₁, ±clip), [min, max]), constrained again.
@@ -171,6 +174,10 @@ public final class GDW: LookAheadWeighting, @unchecked Sendable {
     if recordsRaw { (rawRows, rawColumns) = (n, c) }
     return result
   }
+
+  /// Exact under data parallelism (the virtual gradient, v, ‖g‖₁, V's gradient and the real
+  /// gradient are all-reduced).
+  public var supportsDataParallel: Bool { true }
 
   /// "g": g = ∂L_meta/∂ω (n × C); "omega": ω before the second stage, after the first zero-mean
   /// constraint (n × C); "omega_prime": ω′, the class-level weights used (n × C).

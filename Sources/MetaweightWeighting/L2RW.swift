@@ -55,7 +55,7 @@ public final class L2RW: LookAheadWeighting, @unchecked Sendable {
     guard let xm = xMeta, let ym = labelsMeta else { return result }
     let w = weights.pointer
     // 1. v = ∇L_meta(θ) (ε = 0, so θ̂ = θ), in the tape the train batch then uses.
-    result.metaLoss = meta.metaPass(
+    result.metaLoss = try meta.synchronizedMetaPass(
       trainer, params: UnsafePointer(trainer.network.params.pointer), x: xm, m: m, labels: ym)
     // 2. Train forward at θ (updates running statistics once, as the real step's forward).
     (result.loss, result.accuracy) = try trainer.forwardCheckedTrainBatch(x: x, n: n, labels: labels)
@@ -66,6 +66,7 @@ public final class L2RW: LookAheadWeighting, @unchecked Sendable {
       w[i] = max(u[i], 0)
       sum += Double(w[i])
     }
+    sum = try trainer.synchronize([sum], at: .l2rwNormalizer)[0]
     for i in 0..<n { w[i] = sum > 0 ? Float(Double(w[i]) / sum) : 0 }
     try trainer.checkFiniteValues(UnsafePointer(w), n)
     // 4. The real step's gradient Σ wᵢ ∇lᵢ.
@@ -73,6 +74,9 @@ public final class L2RW: LookAheadWeighting, @unchecked Sendable {
     if recordsRaw { rawRows = n }
     return result
   }
+
+  /// Exact under data parallelism (v, the normaliser and the real gradient are all-reduced).
+  public var supportsDataParallel: Bool { true }
 
   /// "u": the raw scores uᵢ (n), negative ones included, before max(u, 0) and normalisation.
   public var rawNames: [String] { ["u"] }

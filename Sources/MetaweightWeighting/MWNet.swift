@@ -87,36 +87,42 @@ public final class MWNet: LookAheadWeighting, @unchecked Sendable {
     net.forward(l, n: n, out: w)
     if recordsRaw { before.pointer.update(from: w, count: n) }
     let c = coef.pointer
-    let sumV = coefficients(v: UnsafePointer(w), losses: l, n: n, out: c)
+    let sumV = try coefficients(trainer, v: UnsafePointer(w), losses: l, n: n, out: c)
     trainer.backwardWeighted(coefficients: c)
+    try trainer.synchronize(trainer.grads.pointer, count: trainer.grads.count, at: .virtualGradient)
     meta.takeVirtualStep(trainer, alpha: alpha)
     // 3. Meta loss at θ̂, v = ∇L_meta(θ̂), qᵢ = ⟨v, ∇lᵢ⟩, dL/dcᵢ = −α qᵢ.
-    result.metaLoss = meta.metaPass(trainer, params: UnsafePointer(meta.thetaHat.pointer), x: xm, m: m, labels: ym)
+    result.metaLoss = try meta.synchronizedMetaPass(trainer, params: UnsafePointer(meta.thetaHat.pointer), x: xm, m: m, labels: ym)
     meta.projectedGradients(trainer, n: n, out: q.pointer)
     let q = self.q.pointer
     for i in 0..<n { q[i] *= -alpha * factor }  // now dL/dcᵢ
     if config.detachLoss {
-      chain(v: UnsafePointer(w), dLdc: q, n: n, sumV: sumV)  // → dL/d(V-output) in place
+      try chain(trainer, v: UnsafePointer(w), dLdc: q, n: n, sumV: sumV)  // → dL/d(V-output) in place
       net.backward(l, dv: q, n: n)
     } else if !config.normalizeWeights {
-      chain(v: UnsafePointer(w), dLdc: q, n: n, sumV: sumV)  // cᵢ = (vᵢ + ℓᵢv′ᵢ)/n
+      try chain(trainer, v: UnsafePointer(w), dLdc: q, n: n, sumV: sumV)  // cᵢ = (vᵢ + ℓᵢv′ᵢ)/n
       net.backwardUndetached(l, dc: q, n: n)
     } else {
       // cᵢ = (vᵢ + ℓᵢv′ᵢ)/S − A v′ᵢ/S² also depends on every vⱼ and v′ᵢ through S and A.
-      let dp = chainNormalizedUndetached(v: UnsafePointer(w), losses: l, dLdc: q, n: n, sumV: sumV)
+      let dp = try chainNormalizedUndetached(trainer, v: UnsafePointer(w), losses: l, dLdc: q, n: n, sumV: sumV)
       net.backward(l, dv: q, dvPrime: dp, n: n)
     }
+    try trainer.synchronize(net.grads.pointer, count: net.grads.count, at: .weightNetGradient)
     try trainer.checkFiniteValues(UnsafePointer(net.grads.pointer), net.grads.count, what: "weight-net gradient")
     optimizer.update(
       params: net.params.pointer, grads: net.grads.pointer, count: net.params.count, lr: config.weightNetLR)
     // 4. Recompute vᵢ with the new Θ and take the real step.
     net.forward(l, n: n, out: w)
     try trainer.checkFiniteValues(UnsafePointer(w), n)
-    _ = coefficients(v: UnsafePointer(w), losses: l, n: n, out: c)
+    _ = try coefficients(trainer, v: UnsafePointer(w), losses: l, n: n, out: c)
     trainer.backwardWeighted(coefficients: c)
     if recordsRaw { rawRows = n }
     return result
   }
+
+  /// Exact under data parallelism (the virtual gradient, v, the batch sums of normalised weights,
+  /// V's gradient and the real gradient are all-reduced).
+  public var supportsDataParallel: Bool { true }
 
   /// "v_before": V(ℓᵢ) before V's update (n); "v_after": after it, the step's weights (n).
   public var rawNames: [String] { ["v_before", "v_after"] }
@@ -131,21 +137,29 @@ public final class MWNet: LookAheadWeighting, @unchecked Sendable {
     }
   }
 
-  /// The step coefficients cᵢ from vᵢ: vᵢ/n (or vᵢ/Σv), plus the V′ term when the loss is not
-  /// detached (cᵢ = d(vᵢℓᵢ)/dℓᵢ / n). Returns Σv.
+  /// The step coefficients cᵢ from vᵢ: vᵢ/N (or vᵢ/Σv), plus the V′ term when the loss is not
+  /// detached (cᵢ = d(vᵢℓᵢ)/dℓᵢ / N). N and the sums are over the global batch
+  /// (`SyncPoint.weightSums` when data-parallel). Returns Σv.
   private func coefficients(
-    v: UnsafePointer<Float>, losses l: UnsafePointer<Float>, n: Int, out: UnsafeMutablePointer<Float>
-  ) -> Float {
+    _ trainer: Trainer, v: UnsafePointer<Float>, losses l: UnsafePointer<Float>, n: Int,
+    out: UnsafeMutablePointer<Float>
+  ) throws -> Float {
     var sumV: Float = 0
     for i in 0..<n { sumV += v[i] }
-    let denom = config.normalizeWeights ? max(sumV, 1e-12) : Float(n)
+    var lw: Float = 0
+    if config.normalizeWeights && !config.detachLoss {
+      for i in 0..<n { lw += v[i] * l[i] }
+    }
+    if config.normalizeWeights && trainer.isDistributed {
+      let s = try trainer.synchronize([Double(sumV), Double(lw)], at: .weightSums)
+      (sumV, lw) = (Float(s[0]), Float(s[1]))
+    }
+    let denom = config.normalizeWeights ? max(sumV, 1e-12) : Float(trainer.globalBatch(n))
     for i in 0..<n { out[i] = v[i] / denom }
     if !config.detachLoss {
       let dv = self.dv.pointer
       net.inputDerivative(l, n: n, out: dv)
       if config.normalizeWeights {
-        var lw: Float = 0
-        for i in 0..<n { lw += v[i] * l[i] }
         lw /= denom
         for i in 0..<n { out[i] += (dv[i] * l[i] - lw * dv[i]) / denom }
       } else {
@@ -155,16 +169,20 @@ public final class MWNet: LookAheadWeighting, @unchecked Sendable {
     return sumV
   }
 
-  /// Turns dL/dcᵢ into the gradient with respect to V's outputs (in place): divide by n, or for
-  /// normalised weights cᵢ = vᵢ/S, dL/dvᵢ = (dL/dcᵢ − Σⱼ cⱼ dL/dcⱼ)/S.
-  private func chain(v: UnsafePointer<Float>, dLdc: UnsafeMutablePointer<Float>, n: Int, sumV: Float) {
+  /// Turns dL/dcᵢ into the gradient with respect to V's outputs (in place): divide by N, or for
+  /// normalised weights cᵢ = vᵢ/S, dL/dvᵢ = (dL/dcᵢ − Σⱼ cⱼ dL/dcⱼ)/S (the sum over the global
+  /// batch: `SyncPoint.chainSums` when data-parallel).
+  private func chain(
+    _ trainer: Trainer, v: UnsafePointer<Float>, dLdc: UnsafeMutablePointer<Float>, n: Int, sumV: Float
+  ) throws {
     if config.normalizeWeights {
       let s = max(sumV, 1e-12)
       var mean: Float = 0
       for i in 0..<n { mean += v[i] / s * dLdc[i] }
+      if trainer.isDistributed { mean = Float(try trainer.synchronize([Double(mean)], at: .chainSums)[0]) }
       for i in 0..<n { dLdc[i] = (dLdc[i] - mean) / s }
     } else {
-      for i in 0..<n { dLdc[i] /= Float(n) }
+      for i in 0..<n { dLdc[i] /= Float(trainer.globalBatch(n)) }
     }
   }
 
@@ -173,8 +191,9 @@ public final class MWNet: LookAheadWeighting, @unchecked Sendable {
   /// (in `dvPrime`): with Q₁ = Σ qᵢ(vᵢ + ℓᵢv′ᵢ), Q₂ = Σ qᵢv′ᵢ,
   ///     dL/dvₖ = (qₖ − Q₁/S − (ℓₖ − 2A/S) Q₂/S)/S,   dL/dv′ₖ = qₖ (ℓₖ − A/S)/S.
   private func chainNormalizedUndetached(
-    v: UnsafePointer<Float>, losses l: UnsafePointer<Float>, dLdc q: UnsafeMutablePointer<Float>, n: Int, sumV: Float
-  ) -> UnsafePointer<Float> {
+    _ trainer: Trainer, v: UnsafePointer<Float>, losses l: UnsafePointer<Float>, dLdc q: UnsafeMutablePointer<Float>,
+    n: Int, sumV: Float
+  ) throws -> UnsafePointer<Float> {
     let s = max(sumV, 1e-12)
     let dv = self.dv.pointer  // v′
     let dp = dvPrime.pointer  // dL/dv′
@@ -184,6 +203,10 @@ public final class MWNet: LookAheadWeighting, @unchecked Sendable {
       a += v[i] * l[i]
       q1 += q[i] * (v[i] + l[i] * dv[i])
       q2 += q[i] * dv[i]
+    }
+    if trainer.isDistributed {  // the three sums over the global batch
+      let g = try trainer.synchronize([Double(a), Double(q1), Double(q2)], at: .chainSums)
+      (a, q1, q2) = (Float(g[0]), Float(g[1]), Float(g[2]))
     }
     let lw = a / s
     for k in 0..<n {

@@ -96,7 +96,9 @@ public final class MetaStep: @unchecked Sendable {
 
   /// Mean cross-entropy of the meta batch at `params` (batch statistics, running statistics
   /// untouched) and its gradient v = ∇L_meta into the trainer's `grads`. Runs in `tape`, or in
-  /// the train batch's tape when there is none (its contents are then overwritten).
+  /// the train batch's tape when there is none (its contents are then overwritten). Data-parallel
+  /// (inside a step), the local part of v: the local sum divided by the global meta batch size M
+  /// (`synchronizedMetaPass` completes it); the returned loss is the local batch's mean.
   func metaPass(
     _ trainer: Trainer, params: UnsafePointer<Float>, x: UnsafePointer<Float>, m: Int, labels: UnsafePointer<Int64>
   ) -> Double {
@@ -115,7 +117,7 @@ public final class MetaStep: @unchecked Sendable {
         probs: metaProbs.pointer)
       for i in 0..<m {
         loss += Double(metaLosses[i])
-        metaCoef[i] = 1 / Float(m)
+        metaCoef[i] = 1 / Float(trainer.globalMetaBatch(m))
       }
       CrossEntropy.backward(
         probs: metaProbs.pointer, labels: lp.baseAddress!, n: m, c: c, coefficients: metaCoef.pointer,
@@ -123,6 +125,16 @@ public final class MetaStep: @unchecked Sendable {
     }
     network.backward(tape: tape, dlogits: UnsafePointer(dl.pointer), grads: trainer.grads.pointer)
     return loss / Double(m)
+  }
+
+  /// `metaPass`, then v summed over the workers (`SyncPoint.metaGradient`; nothing in a single
+  /// process): v = ∇L_meta over the global meta batch in the trainer's `grads`.
+  func synchronizedMetaPass(
+    _ trainer: Trainer, params: UnsafePointer<Float>, x: UnsafePointer<Float>, m: Int, labels: UnsafePointer<Int64>
+  ) throws -> Double {
+    let loss = metaPass(trainer, params: params, x: x, m: m, labels: labels)
+    try trainer.synchronize(trainer.grads.pointer, count: trainer.grads.count, at: .metaGradient)
+    return loss
   }
 
   /// JVP_ic = ⟨v, ∂z_ic/∂θ⟩ of the train logits (the trainer's tape) along v (in the trainer's

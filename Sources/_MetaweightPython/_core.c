@@ -15,6 +15,21 @@
 static PyObject *MetaweightError, *InvalidArgumentError, *ShapeError, *LabelError, *NonFiniteError,
     *DTypeError, *ClosedError, *StateError, *CheckpointError, *BusyError, *ResourceError;
 
+/* The exception an all-reduce hook raised in this thread's last failing step (data-parallel
+ * steps): raise_status makes it the __cause__ of the step's error. */
+static _Thread_local PyObject *hook_exception = NULL;
+
+static void chain_hook_exception(void) {
+  if (hook_exception == NULL) return;
+  PyObject *type, *value, *tb;
+  PyErr_Fetch(&type, &value, &tb);
+  PyErr_NormalizeException(&type, &value, &tb);
+  if (value != NULL) PyException_SetCause(value, hook_exception); /* steals the reference */
+  else Py_DECREF(hook_exception);
+  hook_exception = NULL;
+  PyErr_Restore(type, value, tb);
+}
+
 static PyObject *raise_status(mw_status s) {
   PyObject *type = MetaweightError;
   switch (s) {
@@ -32,6 +47,7 @@ static PyObject *raise_status(mw_status s) {
   }
   const char *msg = mw_last_error();
   PyErr_SetString(type, (msg && msg[0]) ? msg : "metaweight: unknown error");
+  chain_hook_exception();
   return NULL;
 }
 
@@ -274,10 +290,95 @@ static PyObject *py_trainer_set_schedule(PyObject *self, PyObject *args) {
   Py_RETURN_NONE;
 }
 
+/* handle -> the Python all-reduce hook set on it (keeps the callable alive while the core
+ * holds it as the callback's context). */
+static PyObject *allreduce_hooks = NULL;
+
 static PyObject *py_trainer_free(PyObject *self, PyObject *args) {
   PyObject *ho; uint64_t h;
   if (!PyArg_ParseTuple(args, "O", &ho) || handle_arg(ho, &h)) return NULL;
   CHECK(mw_trainer_free(h));
+  if (allreduce_hooks != NULL && PyDict_Contains(allreduce_hooks, ho) == 1) PyDict_DelItem(allreduce_hooks, ho);
+  PyErr_Clear();
+  Py_RETURN_NONE;
+}
+
+/* The C all-reduce callback of a Python hook: with the GIL, calls hook(values, sync_point_name)
+ * on a writable float32 memoryview of a copy of the buffer and copies the copy back. A Python
+ * exception fails the step (MW_E_STATE naming the sync point and the exception) and becomes the
+ * __cause__ of the step's error. */
+static int32_t allreduce_trampoline(void *context, float *buffer, int64_t count, int32_t point) {
+  PyGILState_STATE g = PyGILState_Ensure();
+  int32_t rc = 1;
+  Py_CLEAR(hook_exception);
+  PyObject *bytes = PyByteArray_FromStringAndSize((const char *)buffer, (Py_ssize_t)(count * 4));
+  PyObject *raw = bytes ? PyMemoryView_FromObject(bytes) : NULL;
+  PyObject *values = raw ? PyObject_CallMethod(raw, "cast", "s", "f") : NULL;
+  PyObject *r = values ? PyObject_CallFunction((PyObject *)context, "Os", values, mw_sync_point_name(point)) : NULL;
+  if (r != NULL) {
+    PyObject *rel = PyObject_CallMethod(values, "release", NULL);
+    if (rel == NULL) PyErr_Clear(); /* the hook kept an export of the copy: harmless */
+    Py_XDECREF(rel);
+    if (PyByteArray_GET_SIZE(bytes) == (Py_ssize_t)(count * 4)) {
+      memcpy(buffer, PyByteArray_AS_STRING(bytes), (size_t)(count * 4));
+      rc = 0;
+    } else {
+      PyErr_SetString(StateError, "the all-reduce hook resized its buffer");
+    }
+  }
+  if (rc != 0) {
+    PyObject *type, *value, *tb;
+    PyErr_Fetch(&type, &value, &tb);
+    PyErr_NormalizeException(&type, &value, &tb);
+    if (value != NULL && tb != NULL) PyException_SetTraceback(value, tb);
+    PyObject *text = value ? PyObject_Str(value) : NULL;
+    const char *t = text ? PyUnicode_AsUTF8(text) : NULL;
+    char msg[1024];
+    snprintf(msg, sizeof msg, "%s: %s", type ? ((PyTypeObject *)type)->tp_name : "error", t ? t : "?");
+    PyErr_Clear();
+    mw_set_last_error(msg);
+    Py_XDECREF(text);
+    Py_XDECREF(type);
+    Py_XDECREF(tb);
+    hook_exception = value; /* owned; chained by raise_status */
+  }
+  Py_XDECREF(r);
+  Py_XDECREF(values);
+  Py_XDECREF(raw);
+  Py_XDECREF(bytes);
+  PyGILState_Release(g);
+  return rc;
+}
+
+static PyObject *py_trainer_set_allreduce(PyObject *self, PyObject *args) {
+  PyObject *ho, *hook; uint64_t h;
+  if (!PyArg_ParseTuple(args, "OO", &ho, &hook) || handle_arg(ho, &h)) return NULL;
+  if (hook != Py_None && !PyCallable_Check(hook)) {
+    PyErr_Format(InvalidArgumentError, "hook: expected a callable hook(values, sync_point) or None, got %.100s",
+                 Py_TYPE(hook)->tp_name);
+    return NULL;
+  }
+  if (allreduce_hooks == NULL && (allreduce_hooks = PyDict_New()) == NULL) return NULL;
+  mw_status s;
+  if (hook == Py_None) {
+    Py_BEGIN_ALLOW_THREADS s = mw_trainer_set_allreduce(h, NULL, NULL);
+    Py_END_ALLOW_THREADS if (s != MW_OK) return raise_status(s);
+    if (PyDict_Contains(allreduce_hooks, ho) == 1 && PyDict_DelItem(allreduce_hooks, ho) < 0) return NULL;
+    Py_RETURN_NONE;
+  }
+  /* The previous hook (if any) stays referenced until the core holds the new one. */
+  PyObject *previous = PyDict_GetItem(allreduce_hooks, ho);
+  Py_XINCREF(previous);
+  if (PyDict_SetItem(allreduce_hooks, ho, hook) < 0) { Py_XDECREF(previous); return NULL; }
+  Py_BEGIN_ALLOW_THREADS s = mw_trainer_set_allreduce(h, allreduce_trampoline, (void *)hook);
+  Py_END_ALLOW_THREADS
+  if (s != MW_OK) {
+    if (previous != NULL) PyDict_SetItem(allreduce_hooks, ho, previous);
+    else PyDict_DelItem(allreduce_hooks, ho);
+    Py_XDECREF(previous);
+    return raise_status(s);
+  }
+  Py_XDECREF(previous);
   Py_RETURN_NONE;
 }
 
@@ -850,6 +951,8 @@ static PyMethodDef methods[] = {
     {"trainer_load", py_trainer_load, METH_VARARGS, "Checkpoint load."},
     {"trainer_set_method", py_trainer_set_method, METH_VARARGS, "trainer_set_method(h, spec, seed)"},
     {"trainer_method", py_trainer_method, METH_VARARGS, "The current method's name."},
+    {"trainer_set_allreduce", py_trainer_set_allreduce, METH_VARARGS,
+     "trainer_set_allreduce(h, hook) -- hook(values, sync_point) sums values over the workers in place; None detaches."},
     {"trainer_step_method", py_trainer_step_method, METH_VARARGS,
      "trainer_step_method(h, x, y, x_meta, y_meta, weights_out, class_weights_out) -> (loss, acc, lr, step, meta_loss)"},
     {"trainer_weight_function", py_trainer_weight_function, METH_VARARGS, "V(losses) into out."},

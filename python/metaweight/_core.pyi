@@ -6,7 +6,7 @@ C-contiguous with the stated item type (``float32`` features/weights/outputs, ``
 output arrays must be writable. The GIL is released around every native call.
 """
 
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from typing import Any
 
 import numpy as np
@@ -108,6 +108,11 @@ def trainer_set_step_diagnostics(h: Handle, on: bool, /) -> None:
 
 def trainer_step_diagnostics(h: Handle, name: str, out: Buffer | None, /) -> tuple[int, int]:
     """(length, rows) of the last step's raw array ``name``; with ``out`` (float32), copied into it."""
+
+def trainer_set_allreduce(h: Handle, hook: Callable[[memoryview, str], object] | None, /) -> None:
+    """Data-parallel steps: ``hook(values, sync_point)`` must replace the float32 ``values`` by their
+    sum over all workers, in place; an exception fails the step (StateError, the exception as its
+    cause). None detaches the hook."""
 
 
 # ---- LAW: searches and strategies ----

@@ -257,6 +257,53 @@ mw_status mw_trainer_set_step_diagnostics(mw_trainer tr, int32_t on);
 mw_status mw_trainer_step_diagnostics(mw_trainer tr, const char *name, float *out, int64_t count,
                                       int64_t *length, int64_t *rows);
 
+/* ---- data-parallel steps ----------------------------------------------------------------- */
+
+/*
+ * Exact synchronous data parallelism: K trainers (one per worker, same network, optimizer, method
+ * and seed) each step on a shard of the train batch and of the meta batch; at every sync point of
+ * a step the core calls the trainer's all-reduce callback, which must replace buffer[0..count) by
+ * its sum over all K workers, identical bit for bit on every worker, and return 0 (nonzero: the
+ * step fails with MW_E_STATE naming the sync point and, when the callback set one with
+ * mw_set_last_error, its message; parameters, optimizer state, running statistics, generators
+ * and V are then unchanged). Every worker reaches the same points in the same order; the callback
+ * runs on the thread of the step call, inside it. Sync points, in the order a step reaches them:
+ *   MW_SYNC_COUNTS               [n, m] -> [N, M], the global batch sizes (every step, first)
+ *   MW_SYNC_META_GRADIENT        v = grad L_meta (sum over the global meta batch / M)   l2rw mwnet gdw
+ *   MW_SYNC_L2RW_NORMALIZER      sum_i max(u_i, 0)                                      l2rw
+ *   MW_SYNC_WEIGHT_SUMS          [sum v_i, sum v_i l_i] (normalised weights)            mwnet
+ *   MW_SYNC_VIRTUAL_GRADIENT     the virtual step's weighted gradient                   mwnet gdw
+ *   MW_SYNC_CHAIN_SUMS           sums of the chain to V's outputs (normalised weights)  mwnet
+ *   MW_SYNC_GRADIENT_NORM        ||g||_1 of GDW's second stage                          gdw
+ *   MW_SYNC_WEIGHT_NET_GRADIENT  V's gradient (3h+1)                                    mwnet gdw
+ *   MW_SYNC_GRADIENT             the real step's gradient (parameter count)             all
+ *   MW_SYNC_METRICS              [sum loss, sum correct, sum meta loss]                 all
+ * The per-example losses, JVPs and weights stay local; the step's loss, accuracy and meta loss
+ * are the global means; weights_out holds the worker's own examples' weights. Batch-norm
+ * statistics are per worker (as in PyTorch's DDP), so the K-worker step equals the single
+ * step on the concatenated batch only for networks without batch norm.
+ * set_allreduce: callback NULL detaches it (a single-process trainer again, the default). Only
+ * ERM and l2rw, mwnet, gdw are exact data-parallel: another method, or an attached LAW strategy,
+ * is MW_E_STATE here and in the step. The context pointer is passed back unchanged; the caller
+ * keeps it valid while it is set.
+ */
+#define MW_SYNC_COUNTS 0
+#define MW_SYNC_VIRTUAL_GRADIENT 1
+#define MW_SYNC_META_GRADIENT 2
+#define MW_SYNC_L2RW_NORMALIZER 3
+#define MW_SYNC_WEIGHT_SUMS 4
+#define MW_SYNC_CHAIN_SUMS 5
+#define MW_SYNC_GRADIENT_NORM 6
+#define MW_SYNC_WEIGHT_NET_GRADIENT 7
+#define MW_SYNC_GRADIENT 8
+#define MW_SYNC_METRICS 9
+typedef int32_t (*mw_allreduce_fn)(void *context, float *buffer, int64_t count, int32_t sync_point);
+mw_status mw_trainer_set_allreduce(mw_trainer tr, mw_allreduce_fn callback, void *context);
+/* The sync point's name ("counts", "virtual_gradient", "meta_gradient", "l2rw_normalizer",
+ * "weight_sums", "chain_sums", "gradient_norm", "weight_net_gradient", "gradient", "metrics");
+ * "" for an unknown value. Static storage. */
+const char *mw_sync_point_name(int32_t sync_point);
+
 /* ---- LAW: learning to auto weight (Li et al. 2020) -------------------------------------- */
 
 typedef uint64_t mw_law;      /* a LAW search: shared strategy model, replay buffer, episodes */
