@@ -364,8 +364,12 @@ public func _mw_trainer_set_strategy(
   guarded {
     try using(h, as: Trainer.self, "trainer") { tr in
       if sh == 0 {
-        tr.stepWeighting = nil
+        if tr.weighting is LAWStrategyWeighting { tr.weighting = nil }
         return
+      }
+      if let ws = tr.weighting, !(ws is LAWStrategyWeighting) {
+        throw ABIError(
+          code: MW_E_STATE, message: "strategy: strategies weight ERM steps; the trainer uses \(ws.methodName)")
       }
       guard total >= 1, total <= 1 << 48 else {
         throw ABIError.argument("total_steps: expected 1 <= total_steps <= 2^48, got \(total)")
@@ -385,7 +389,7 @@ public func _mw_trainer_set_strategy(
           throw ABIError.argument(
             "strategy: it was learned for \(s.features.classes) classes but the trainer's network has \(tr.network.classes)")
         }
-        tr.stepWeighting = LAWStrategyWeighting(strategy: s, totalSteps: total, valX: valX, valY: valY)
+        tr.weighting = LAWStrategyWeighting(strategy: s, totalSteps: total, valX: valX, valY: valY)
       }
     }
   }
@@ -398,7 +402,7 @@ public func _mw_trainer_strategy_state(
 ) -> mw_status {
   guarded {
     try using(h, as: Trainer.self, "trainer") { tr in
-      guard let w = tr.stepWeighting as? LAWStrategyWeighting else {
+      guard let w = tr.weighting as? LAWStrategyWeighting else {
         throw ABIError(code: MW_E_STATE, message: "strategy state: the trainer has no LAW strategy (mw_trainer_set_strategy)")
       }
       stage?.pointee = Int32(w.state?.stage ?? -1)
@@ -413,5 +417,242 @@ public func _mw_trainer_strategy_state(
         for i in 0..<last.count { o[i] = last[i] }
       }
     }
+  }
+}
+
+/// The step of a trainer with an attached LAW strategy (`Trainer.weightedStep` with it), or nil
+/// when none is attached (the caller then takes its plain step).
+func lawStrategyStep(_ tr: Trainer, x: UnsafePointer<Float>, n: Int, labels: UnsafePointer<Int64>) throws -> StepResult? {
+  guard let ws = tr.weighting as? LAWStrategyWeighting else { return nil }
+  return try tr.weightedStep(ws, x: x, n: n, labels: labels, xMeta: nil, m: 0, labelsMeta: nil)
+}
+
+// MARK: - LAW episodes driven one by one (remote episodes: metaweight.h, "Remote episodes")
+
+/// The C stage log of a `LAWStageLog`.
+func cStageLog(_ l: LAWStageLog) -> mw_law_stage_log {
+  mw_law_stage_log(
+    round: Int64(l.round), stage: Int32(l.stage), round_done: l.roundDone ? 1 : 0, warmup: l.warmup ? 1 : 0,
+    parallel: Int32(l.parallel), reward: l.reward, target_acc: l.targetAcc, reference_acc: l.referenceAcc,
+    loss_gap: l.lossGap, weight_corrupted: l.weightCorrupted, weight_clean: l.weightClean,
+    noise_sigma: l.noiseSigma, critic_loss: l.criticLoss, actor_q: l.actorQ, fdu_updates: Int64(l.fduUpdates),
+    buffer_size: Int64(l.bufferSize), seconds: l.seconds, fdu_seconds: l.fduSeconds)
+}
+
+@_cdecl("mw_law_remote_begin_round")
+public func _mw_law_remote_begin_round(_ h: mw_law, _ out: UnsafeMutablePointer<Int64>?, _ count: Int64) -> mw_status {
+  guarded {
+    let o = try require(out, "out")
+    try using(h, as: LAWSearch.self, "law") { s in
+      guard count == Int64(s.config.parallel) else {
+        throw ABIError.shape("out: expected \(s.config.parallel) int64 (one per parallel episode), got \(count)")
+      }
+      for (i, index) in try s.remoteBeginRound().enumerated() { o[i] = Int64(index) }
+    }
+  }
+}
+
+@_cdecl("mw_law_remote_start_round")
+public func _mw_law_remote_start_round(_ h: mw_law, _ states: UnsafePointer<Double>?, _ count: Int64) -> mw_status {
+  guarded {
+    let p = try require(states, "states")
+    try using(h, as: LAWSearch.self, "law") { s in
+      let na = s.config.parallel
+      guard count == Int64(3 * na) else { throw ABIError.shape("states: expected \(3 * na) doubles (3 per episode), got \(count)") }
+      let v = try copyIn(p, 3 * na, "states")
+      var list: [LAWStageState] = []
+      for i in 0..<na {
+        guard v[3 * i] == 0 else { throw ABIError.argument("states: episode slot \(i) is at stage \(v[3 * i]), expected 0") }
+        list.append(LAWStageState(stage: 0, lossSmooth: Float(v[3 * i + 1]), accSmooth: Float(v[3 * i + 2])))
+      }
+      try s.remoteStartRound(states: list)
+    }
+  }
+}
+
+@_cdecl("mw_law_remote_actions")
+public func _mw_law_remote_actions(
+  _ h: mw_law, _ out: UnsafeMutablePointer<Float>?, _ count: Int64, _ mask: UnsafeMutablePointer<UInt8>?, _ mcount: Int64
+) -> mw_status {
+  guarded {
+    let o = try require(out, "out")
+    let mk = try require(mask, "mask")
+    try using(h, as: LAWSearch.self, "law") { s in
+      let na = s.config.parallel, a = s.features.actionCount
+      guard count == Int64(na * a), mcount == Int64(na) else {
+        throw ABIError.shape("out, mask: expected \(na * a) floats (episodes x action_dim) and \(na) flags, got \(count), \(mcount)")
+      }
+      for (i, act) in try s.remoteActions().enumerated() {
+        mk[i] = act == nil ? 0 : 1
+        for k in 0..<a { o[i * a + k] = act?[k] ?? 0 }
+      }
+    }
+  }
+}
+
+@_cdecl("mw_law_remote_finish_stage")
+public func _mw_law_remote_finish_stage(
+  _ h: mw_law, _ outcomes: UnsafePointer<Double>?, _ count: Int64, _ seconds: Double,
+  _ out: UnsafeMutablePointer<mw_law_stage_log>?
+) -> mw_status {
+  guarded {
+    let p = try require(outcomes, "outcomes")
+    try using(h, as: LAWSearch.self, "law") { s in
+      let na = s.config.parallel, w = LAWStageOutcome.valueCount
+      guard count == Int64(na * w) else {
+        throw ABIError.shape("outcomes: expected \(na * w) doubles (\(w) per episode), got \(count)")
+      }
+      let v = try copyIn(p, na * w, "outcomes")
+      let list = try (0..<na).map { try LAWStageOutcome(values: Array(v[($0 * w)..<(($0 + 1) * w)]), stages: s.config.stages) }
+      let l = try s.remoteFinishStage(outcomes: list, seconds: seconds.isFinite ? seconds : 0)
+      out?.pointee = cStageLog(l)
+    }
+  }
+}
+
+@_cdecl("mw_law_episode_create")
+public func _mw_law_episode_create(_ h: mw_law, _ round: Int64, _ slot: Int32, _ out: UnsafeMutablePointer<mw_law_episode>?) -> mw_status {
+  guarded {
+    let o = try require(out, "out")
+    try using(h, as: LAWSearch.self, "law") { s in
+      guard let d = s.data else {
+        throw ABIError(code: MW_E_STATE, message: "episode: the search has no data; call mw_law_set_data first")
+      }
+      guard round >= 0, round < 1 << 40 else { throw ABIError.argument("round: expected 0 <= round < 2^40, got \(round)") }
+      guard slot >= 0, Int(slot) < s.config.parallel else {
+        throw ABIError.argument("slot: expected 0 <= slot < \(s.config.parallel) (parallel episodes), got \(slot)")
+      }
+      o.pointee = Registry.shared.add(try s.makeEpisode(round: Int(round), slot: Int(slot), data: d))
+    }
+  }
+}
+
+@_cdecl("mw_law_episode_free")
+public func _mw_law_episode_free(_ e: mw_law_episode) -> mw_status {
+  guarded { try free(e, as: LAWEpisode.self, "mw_law_episode_free") }
+}
+
+@_cdecl("mw_law_episode_begin")
+public func _mw_law_episode_begin(_ e: mw_law_episode, _ out: UnsafeMutablePointer<Double>?, _ count: Int64) -> mw_status {
+  guarded {
+    let o = try require(out, "out")
+    guard count == 3 else { throw ABIError.shape("out: expected 3 doubles (stage, loss_smooth, acc_smooth), got \(count)") }
+    try using(e, as: LAWEpisode.self, "episode") { ep in
+      guard ep.log.stagesDone == 0 else {
+        throw ABIError(code: MW_E_STATE, message: "episode: already ran \(ep.log.stagesDone) stages; begin only a new episode")
+      }
+      ep.begin()
+      (o[0], o[1], o[2]) = (Double(ep.state.stage), Double(ep.state.lossSmooth), Double(ep.state.accSmooth))
+    }
+  }
+}
+
+@_cdecl("mw_law_episode_run_stage")
+public func _mw_law_episode_run_stage(
+  _ e: mw_law_episode, _ stage: Int32, _ action: UnsafePointer<Float>?, _ count: Int64, _ out: UnsafeMutablePointer<Double>?,
+  _ ocount: Int64
+) -> mw_status {
+  guarded {
+    let o = try require(out, "out")
+    guard ocount == Int64(LAWStageOutcome.valueCount) else {
+      throw ABIError.shape("out: expected \(LAWStageOutcome.valueCount) doubles, got \(ocount)")
+    }
+    try using(e, as: LAWEpisode.self, "episode") { ep in
+      let t = Int(stage)
+      guard t == ep.log.stagesDone, t < ep.config.stages else {
+        throw ABIError(
+          code: MW_E_STATE,
+          message: "episode: stage \(stage) requested, but the episode has run \(ep.log.stagesDone) of \(ep.config.stages) stages (stages run in order)")
+      }
+      let warm = t < ep.config.warmupStages
+      var act: [Float]? = nil
+      if let a = action {
+        guard !warm else { throw ABIError.argument("action: stage \(t) is a warm-up stage (K = 1); pass NULL") }
+        guard count == Int64(ep.actionCount) else {
+          throw ABIError.shape("action: expected \(ep.actionCount) floats, got \(count)")
+        }
+        let c = try copyIn(a, Int(count), "action")
+        guard c.allSatisfy({ $0.isFinite }) else { throw ABIError.nonFinite("action: expected finite values") }
+        act = c
+      } else if !warm {
+        throw ABIError.argument("action: stage \(t) is weighted; expected \(ep.actionCount) floats, got NULL")
+      }
+      let outcome = try ep.runStage(t, action: act)
+      ep.completed = nil
+      for (i, v) in outcome.values.enumerated() { o[i] = v }
+    }
+  }
+}
+
+@_cdecl("mw_law_episode_snapshot")
+public func _mw_law_episode_snapshot(
+  _ e: mw_law_episode, _ out: UnsafeMutablePointer<UInt8>?, _ capacity: Int64, _ length: UnsafeMutablePointer<Int64>?
+) -> mw_status {
+  guarded {
+    try using(e, as: LAWEpisode.self, "episode") { ep in
+      let bytes = ep.snapshot().encoded()
+      length?.pointee = Int64(bytes.count)
+      guard let o = out else { return }
+      guard capacity >= Int64(bytes.count) else {
+        throw ABIError.shape("out: the snapshot has \(bytes.count) bytes, the buffer \(capacity)")
+      }
+      bytes.withUnsafeBufferPointer { o.update(from: $0.baseAddress!, count: bytes.count) }
+    }
+  }
+}
+
+@_cdecl("mw_law_episode_restore")
+public func _mw_law_episode_restore(_ e: mw_law_episode, _ data: UnsafePointer<UInt8>?, _ length: Int64) -> mw_status {
+  guarded {
+    let p = try require(data, "data")
+    guard length >= 0, length <= Int64(maxElements) else { throw ABIError.shape("data: \(length) bytes are too many") }
+    let ck = try Checkpoint(decoding: try copyIn(p, Int(length), "data"))
+    try using(e, as: LAWEpisode.self, "episode") { ep in try ep.restore(ck) }
+  }
+}
+
+@_cdecl("mw_law_episode_info")
+public func _mw_law_episode_info(
+  _ e: mw_law_episode, _ episode: UnsafeMutablePointer<Int64>?, _ round: UnsafeMutablePointer<Int64>?,
+  _ slot: UnsafeMutablePointer<Int64>?, _ done: UnsafeMutablePointer<Int64>?, _ examples: UnsafeMutablePointer<Int64>?
+) -> mw_status {
+  guarded {
+    try using(e, as: LAWEpisode.self, "episode") { ep in
+      episode?.pointee = Int64(ep.log.episode)
+      round?.pointee = Int64(ep.log.round)
+      slot?.pointee = Int64(ep.log.slot)
+      done?.pointee = Int64(ep.log.stagesDone)
+      examples?.pointee = Int64(ep.log.examples)
+    }
+  }
+}
+
+@_cdecl("mw_law_episode_get_log")
+public func _mw_law_episode_get_log(
+  _ e: mw_law_episode, _ table: UnsafeMutablePointer<Double>?, _ tcount: Int64, _ actions: UnsafeMutablePointer<Float>?,
+  _ acount: Int64, _ weights: UnsafeMutablePointer<Float>?, _ wcount: Int64
+) -> mw_status {
+  guarded {
+    try using(e, as: LAWEpisode.self, "episode") { ep in
+      let log = ep.log
+      guard table == nil || tcount == Int64(log.table.count), actions == nil || acount == Int64(log.actions.count),
+        weights == nil || wcount == Int64(log.exampleWeights.count)
+      else {
+        throw ABIError.shape(
+          "table, actions, weights: expected \(log.table.count) doubles, \(log.actions.count) and \(log.exampleWeights.count) floats, got \(tcount), \(acount), \(wcount)")
+      }
+      if let t = table { log.table.withUnsafeBufferPointer { t.update(from: $0.baseAddress!, count: $0.count) } }
+      if let a = actions { log.actions.withUnsafeBufferPointer { a.update(from: $0.baseAddress!, count: $0.count) } }
+      if let w = weights, !log.exampleWeights.isEmpty {
+        log.exampleWeights.withUnsafeBufferPointer { w.update(from: $0.baseAddress!, count: $0.count) }
+      }
+    }
+  }
+}
+
+@_cdecl("mw_law_remote_abandon_round")
+public func _mw_law_remote_abandon_round(_ h: mw_law) -> mw_status {
+  guarded {
+    try using(h, as: LAWSearch.self, "law") { s in s.remoteAbandonRound() }
   }
 }

@@ -89,8 +89,19 @@ public func _mw_trainer_step_method(
         if let o = wout { o.update(from: state.weights.pointer, count: n) }
         if let o = cwout { o.update(from: state.classWeights.pointer, count: n * net.classes) }
       } else {
-        r = try labels.withUnsafeBufferPointer { lp in try tr.step(x: xc.pointer, n: n, labels: try require(lp.baseAddress, "y")) }
-        if let o = wout { o.update(repeating: 1, count: n) }
+        var strategyWeighted = false
+        r = try labels.withUnsafeBufferPointer { lp in
+          let yp = try require(lp.baseAddress, "y")
+          // An attached LAW strategy weights the step (its K are the step's weights).
+          if let r = try lawStrategyStep(tr, x: xc.pointer, n: n, labels: yp) {
+            strategyWeighted = true
+            return r
+          }
+          return try tr.step(x: xc.pointer, n: n, labels: yp)
+        }
+        if let o = wout {
+          if strategyWeighted, let ws = tr.weighting { o.update(from: ws.weights.pointer, count: n) } else { o.update(repeating: 1, count: n) }
+        }
       }
       if let o = out {
         o.pointee = cStepResult(r)

@@ -209,13 +209,43 @@ public final class LAWStrategy: @unchecked Sendable {
   }
 }
 
-/// Applies a strategy inside `Trainer.step` (set as the trainer's `stepWeighting`): the run of
-/// `totalSteps` optimizer steps is split into the strategy's N′ stages; at each stage start the
-/// state is advanced (EMA of the stage's mean training loss and of the validation accuracy; the
-/// mean training-batch accuracy when no validation set was given) and θ_T = μ(s_T) is computed
-/// once; every step of the stage weights its batch with K = 1 + tanh(θ_T·f + b) (K = 1 during the
-/// warm-up stages). Deterministic: no noise.
-public final class LAWStrategyWeighting: TrainerStepWeighting, @unchecked Sendable {
+/// The step of a LAW-weighted trainer, shared by an applied strategy (`LAWStrategyWeighting`) and a
+/// search episode's target (`LAWEpisodeWeighting`): the train forward pass, K for the batch from
+/// the stage's action (all ones without one), and the backward pass of Σᵢ Kᵢlᵢ / n into
+/// `trainer.grads` (checked finite before the caller commits anything).
+extension LAWBatchWeigher {
+  /// Runs the forward pass and returns (mean loss, accuracy); `weigh` then supplies the stage's
+  /// action from them (nil = K = 1) and the backward pass follows. Throws before `commit` is
+  /// called when the loss or a gradient is not finite, so the caller's running state only moves
+  /// on a step that the trainer will apply.
+  func step(
+    trainer: Trainer, x: UnsafePointer<Float>, n: Int, labels: UnsafePointer<Int64>,
+    action: (Double, Double) throws -> [Float]?, commit: () -> Void
+  ) throws -> StepResult {
+    var result = StepResult()
+    (result.loss, result.accuracy) = try trainer.forwardCheckedTrainBatch(x: x, n: n, labels: labels)
+    let w = compute(trainer: trainer, n: n, action: try action(result.loss, result.accuracy))
+    let coef = trainer.coefficients.pointer
+    let inv = 1 / Float(n)
+    for i in 0..<n { coef[i] = w[i] * inv }
+    trainer.backwardWeighted(coefficients: UnsafePointer(coef))
+    guard Elementwise.allFinite(trainer.grads.pointer, count: trainer.grads.count) else {
+      throw MetaweightError.nonFinite(
+        "step \(trainer.stepCount + 1): a gradient is NaN or infinite; parameters were not updated")
+    }
+    commit()
+    return result
+  }
+}
+
+/// Applies a strategy as a trainer's weighting (`Trainer.weighting`, so its steps are
+/// `Trainer.weightedStep` like every other method's): the run of `totalSteps` optimizer steps is
+/// split into the strategy's N′ stages; at each stage start the state is advanced (EMA of the
+/// stage's mean training loss and of the validation accuracy; the mean training-batch accuracy
+/// when no validation set was given) and θ_T = μ(s_T) is computed once; every step of the stage
+/// weights its batch with K = 1 + tanh(θ_T·f + b) (K = 1 during the warm-up stages).
+/// Deterministic: no noise. Its checkpoint section is `law_strategy.*`.
+public final class LAWStrategyWeighting: StepWeighting, @unchecked Sendable {
   /// The strategy (a private copy).
   public let strategy: LAWStrategy
   /// Steps of the whole run.
@@ -241,6 +271,15 @@ public final class LAWStrategyWeighting: TrainerStepWeighting, @unchecked Sendab
     weigher = LAWBatchWeigher(settings: strategy.features)
   }
 
+  /// "law".
+  public var methodName: String { "law" }
+  /// A strategy needs no meta batch.
+  public var needsMeta: Bool { false }
+  /// K of the last step (its first `lastWeights.count` values).
+  public var weights: FloatBuffer { weigher.weights }
+  /// No weighting net.
+  public var unitOutputs: UnsafePointer<Float>? { nil }
+
   /// Weights of the last step and their count.
   public var lastWeights: UnsafeBufferPointer<Float> { UnsafeBufferPointer(start: weigher.weights.pointer, count: weigher.count) }
 
@@ -249,32 +288,48 @@ public final class LAWStrategyWeighting: TrainerStepWeighting, @unchecked Sendab
     return LAWEvaluation.accuracy(trainer: trainer, x: UnsafePointer(x.pointer), labels: valY)
   }
 
-  /// See `TrainerStepWeighting`.
-  public func stepWeights(trainer: Trainer, n: Int, loss: Double, accuracy: Double) throws -> UnsafePointer<Float>? {
-    let stages = strategy.stages
-    let t = LAWStages.stage(ofStep: trainer.stepCount, total: totalSteps, stages: stages)
-    if state == nil {
-      let acc0 = validationAccuracy(trainer) ?? accuracy
-      state = LAWStageState(stage: 0, lossSmooth: 1, accSmooth: Float(acc0))
-      if let s = state { action = strategy.action(for: s) }
-    }
-    if var s = state, s.stage < t {
-      let meanLoss = stageSteps > 0 ? stageLoss / Double(stageSteps) : loss
-      let acc = validationAccuracy(trainer) ?? (stageSteps > 0 ? stageAcc / Double(stageSteps) : accuracy)
-      while s.stage < t {
-        s = s.advanced(meanLoss: meanLoss, accuracy: acc, beta: strategy.stateEMA, classes: strategy.features.classes)
-      }
-      state = s
-      action = strategy.action(for: s)
-      stageLoss = 0
-      stageAcc = 0
-      stageSteps = 0
-    }
-    stageLoss += loss
-    stageAcc += accuracy
-    stageSteps += 1
-    let warm = t < strategy.warmupStages
-    return weigher.compute(trainer: trainer, n: n, action: warm ? nil : action)
+  /// See `StepWeighting`.
+  public func reserve(trainer: Trainer, n: Int, m: Int) { trainer.reserve(batch: n) }
+
+  /// See `StepWeighting`: the forward pass, the stage's state and action (advanced at a stage
+  /// start, measured after this batch's forward pass), K and the backward pass. The stage state
+  /// and running sums change only when the step succeeds.
+  public func step(
+    trainer: Trainer, x: UnsafePointer<Float>, n: Int, labels: UnsafePointer<Int64>,
+    xMeta: UnsafePointer<Float>?, m: Int, labelsMeta: UnsafePointer<Int64>?
+  ) throws -> StepResult {
+    var next = (state: state, action: action, loss: stageLoss, acc: stageAcc, steps: stageSteps)
+    return try weigher.step(
+      trainer: trainer, x: x, n: n, labels: labels,
+      action: { loss, accuracy in
+        let stages = strategy.stages
+        let t = LAWStages.stage(ofStep: trainer.stepCount, total: totalSteps, stages: stages)
+        if next.state == nil {
+          let acc0 = validationAccuracy(trainer) ?? accuracy
+          let s = LAWStageState(stage: 0, lossSmooth: 1, accSmooth: Float(acc0))
+          next.state = s
+          next.action = strategy.action(for: s)
+        }
+        if var s = next.state, s.stage < t {
+          let meanLoss = next.steps > 0 ? next.loss / Double(next.steps) : loss
+          let acc = validationAccuracy(trainer) ?? (next.steps > 0 ? next.acc / Double(next.steps) : accuracy)
+          while s.stage < t {
+            s = s.advanced(meanLoss: meanLoss, accuracy: acc, beta: strategy.stateEMA, classes: strategy.features.classes)
+          }
+          next.state = s
+          next.action = strategy.action(for: s)
+          next.loss = 0
+          next.acc = 0
+          next.steps = 0
+        }
+        next.loss += loss
+        next.acc += accuracy
+        next.steps += 1
+        return t < strategy.warmupStages ? nil : next.action
+      },
+      commit: {
+        (state, action, stageLoss, stageAcc, stageSteps) = (next.state, next.action, next.loss, next.acc, next.steps)
+      })
   }
 
   /// A fingerprint of the strategy, the run length and the validation set (to refuse restoring

@@ -3,7 +3,8 @@ import MetaweightOptim
 import MetaweightTensor
 
 /// The part of a training step a weighting method takes: `Trainer` knows every method (L2RW,
-/// MW-Net, GDW, the baselines in MetaweightWeighting) only through this protocol
+/// MW-Net, GDW, the baselines in MetaweightWeighting, an applied LAW strategy in MetaweightLAW)
+/// only through this protocol
 /// (`Trainer.weighting`, `Trainer.weightedStep`), and saves its checkpoint section with its own.
 public protocol StepWeighting: AnyObject {
   /// The method's name in messages, e.g. "mwnet".
@@ -43,21 +44,6 @@ public protocol StepWeighting: AnyObject {
 extension StepWeighting {
   /// No data-parallel steps unless the method says so.
   public var supportsDataParallel: Bool { false }
-}
-
-/// Supplies per-example weights to `Trainer.step` when it is called without `sampleWeights`.
-/// It is called after the batch's forward pass (the trainer's `tape`, `losses`, `probs` and
-/// `labels32` hold the batch) and before the backward pass. LAW strategies use it.
-public protocol TrainerStepWeighting: AnyObject {
-  /// Weights for the `n` examples just forwarded (nil = all 1); `loss` and `accuracy` are the
-  /// batch's mean loss and accuracy.
-  func stepWeights(trainer: Trainer, n: Int, loss: Double, accuracy: Double) throws -> UnsafePointer<Float>?
-  /// Saves the strategy's checkpoint section (`law_strategy.*`) into `ck`.
-  func save(into ck: inout Checkpoint)
-  /// Checks that `ck` holds this strategy's section; changes nothing.
-  func validate(_ ck: Checkpoint) throws
-  /// Restores from `ck` (validated first, so nothing changes on failure).
-  func restore(_ ck: Checkpoint) throws
 }
 
 extension Trainer {

@@ -99,8 +99,6 @@ public final class Trainer: @unchecked Sendable {
   lazy var stateBackup = FloatBuffer(count: network.state.count)
   /// The weighting method (nil = plain ERM); its steps are `weightedStep(_:…)`.
   public var weighting: StepWeighting?
-  /// Per-example weights for `step` calls without `sampleWeights` (a LAW strategy); nil = none.
-  public var stepWeighting: TrainerStepWeighting?
   /// The collective of a data-parallel worker (`AllReduce.swift`); nil = a single process (the
   /// steps then take exactly the single-process path).
   public var allReduce: AllReduce?
@@ -273,18 +271,13 @@ public final class Trainer: @unchecked Sendable {
   private func stepBody(
     x: UnsafePointer<Float>, n: Int, labels: UnsafePointer<Int64>, sampleWeights: UnsafePointer<Float>?
   ) throws -> StepResult {
-    if isDistributed && sampleWeights == nil && stepWeighting != nil {
-      throw MetaweightError.invalidState(
-        "step: a data-parallel trainer takes no attached LAW strategy (its weights are batch-local)")
-    }
     try synchronizeCounts(n: n, m: 0)
     let (loss, acc) = forwardTrainBatch(x: x, n: n, labels: labels)
     guard loss.isFinite else {
       throw MetaweightError.nonFinite("step \(stepCount + 1): the training loss is \(loss); parameters were not updated")
     }
     let inv = 1 / Float(globalBatch(n))
-    let weights = try sampleWeights ?? stepWeighting?.stepWeights(trainer: self, n: n, loss: loss, accuracy: acc)
-    for i in 0..<n { coefficients[i] = (weights?[i] ?? 1) * inv }
+    for i in 0..<n { coefficients[i] = (sampleWeights?[i] ?? 1) * inv }
     backwardWeighted(coefficients: coefficients.pointer)
     try synchronize(grads.pointer, count: grads.count, at: .gradient)
     guard Elementwise.allFinite(grads.pointer, count: grads.count) else {
@@ -330,7 +323,6 @@ public final class Trainer: @unchecked Sendable {
     ck.ints["rng.dropout"] = dropoutRNG.rng.stateWords.map { Int64(bitPattern: $0) }
     ck.ints["rng.data"] = dataRNG.stateWords.map { Int64(bitPattern: $0) }
     weighting?.save(into: &ck)
-    stepWeighting?.save(into: &ck)
     return ck
   }
 
@@ -358,10 +350,6 @@ public final class Trainer: @unchecked Sendable {
       try ws.validate(ck)
     } else if ck.ints["weighting.method"] != nil {
       throw MetaweightError.io("checkpoint: the file holds a weighting method's state but the trainer uses ERM")
-    }
-    let strategyWeighting = stepWeighting
-    if let sw = strategyWeighting {
-      try sw.validate(ck)
     } else if ck.ints["law_strategy.identity"] != nil {
       throw MetaweightError.io(
         "checkpoint: the file holds the state of an attached LAW strategy; attach the same strategy (Strategy.attach) before loading")
@@ -374,6 +362,5 @@ public final class Trainer: @unchecked Sendable {
     dropoutRNG.rng = RNG(state: r1)
     dataRNG = RNG(state: r2)
     try weighting?.restore(ck)
-    try strategyWeighting?.restore(ck)
   }
 }

@@ -228,31 +228,6 @@ static PyObject *get_string(PyObject *args, string_getter fn) {
 static PyObject *py_network_summary(PyObject *self, PyObject *args) { return get_string(args, mw_network_summary); }
 static PyObject *py_network_signature(PyObject *self, PyObject *args) { return get_string(args, mw_network_signature); }
 
-static PyObject *py_network_set_conv_algorithm(PyObject *self, PyObject *args) {
-  PyObject *ho; uint64_t h; int algorithm;
-  if (!PyArg_ParseTuple(args, "Oi", &ho, &algorithm) || handle_arg(ho, &h)) return NULL;
-  int64_t count = 0;
-  CHECK(mw_network_set_conv_algorithm(h, algorithm, &count));
-  return PyLong_FromLongLong(count);
-}
-
-static PyObject *py_network_conv_algorithms(PyObject *self, PyObject *args) {
-  PyObject *ho; uint64_t h;
-  if (!PyArg_ParseTuple(args, "O", &ho) || handle_arg(ho, &h)) return NULL;
-  int64_t count = 0;
-  CHECK(mw_network_conv_algorithms(h, NULL, 0, &count));
-  int32_t *buf = PyMem_Malloc(sizeof(int32_t) * (size_t)(count + 1));
-  if (!buf) return PyErr_NoMemory();
-  mw_status st;
-  Py_BEGIN_ALLOW_THREADS st = mw_network_conv_algorithms(h, buf, count, &count);
-  Py_END_ALLOW_THREADS
-  if (st != MW_OK) { PyMem_Free(buf); return raise_status(st); }
-  PyObject *list = PyList_New((Py_ssize_t)count);
-  for (int64_t i = 0; list && i < count; i++) PyList_SET_ITEM(list, (Py_ssize_t)i, PyLong_FromLong(buf[i]));
-  PyMem_Free(buf);
-  return list;
-}
-
 static PyObject *py_network_activation_bytes(PyObject *self, PyObject *args) {
   PyObject *ho; uint64_t h; long long batch;
   if (!PyArg_ParseTuple(args, "OL", &ho, &batch) || handle_arg(ho, &h)) return NULL;
@@ -747,11 +722,18 @@ done:
   Py_RETURN_NONE;
 }
 
+static PyObject *law_stage_log_dict(const mw_law_stage_log *lp);
+
 static PyObject *py_law_run_stage(PyObject *self, PyObject *args) {
   PyObject *ho; uint64_t h;
   if (!PyArg_ParseTuple(args, "O", &ho) || handle_arg(ho, &h)) return NULL;
   mw_law_stage_log l; memset(&l, 0, sizeof l);
   CHECK(mw_law_run_stage(h, &l));
+  return law_stage_log_dict(&l);
+}
+
+static PyObject *law_stage_log_dict(const mw_law_stage_log *lp) {
+  mw_law_stage_log l = *lp;
   return Py_BuildValue(
       "{s:L,s:i,s:O,s:O,s:i,s:d,s:d,s:d,s:d,s:d,s:d,s:d,s:d,s:d,s:L,s:L,s:d,s:d}", "round", (long long)l.round, "stage",
       (int)l.stage, "round_done", l.round_done ? Py_True : Py_False, "warmup", l.warmup ? Py_True : Py_False,
@@ -759,6 +741,171 @@ static PyObject *py_law_run_stage(PyObject *self, PyObject *args) {
       "loss_gap", l.loss_gap, "weight_corrupted", l.weight_corrupted, "weight_clean", l.weight_clean, "noise_sigma",
       l.noise_sigma, "critic_loss", l.critic_loss, "actor_q", l.actor_q, "fdu_updates", (long long)l.fdu_updates,
       "buffer_size", (long long)l.buffer_size, "seconds", l.seconds, "fdu_seconds", l.fdu_seconds);
+}
+
+/* ---- LAW: remote episodes (the driver's calls, then an episode's) ---- */
+
+/* law_remote_begin_round(h, out int64[N_a]): the round's global episode indices. */
+static PyObject *py_law_remote_begin_round(PyObject *self, PyObject *args) {
+  PyObject *ho, *oo; uint64_t h;
+  if (!PyArg_ParseTuple(args, "OO", &ho, &oo) || handle_arg(ho, &h)) return NULL;
+  Py_buffer o;
+  if (get_buffer(oo, &o, 'q', 1, "out")) return NULL;
+  mw_status s;
+  Py_BEGIN_ALLOW_THREADS s = mw_law_remote_begin_round(h, (int64_t *)o.buf, (int64_t)(o.len / 8));
+  Py_END_ALLOW_THREADS PyBuffer_Release(&o);
+  if (s != MW_OK) return raise_status(s);
+  Py_RETURN_NONE;
+}
+
+/* law_remote_start_round(h, states float64[N_a*3]). */
+static PyObject *py_law_remote_start_round(PyObject *self, PyObject *args) {
+  PyObject *ho, *so; uint64_t h;
+  if (!PyArg_ParseTuple(args, "OO", &ho, &so) || handle_arg(ho, &h)) return NULL;
+  Py_buffer b;
+  if (law_buffer(so, &b, 'd', 8, 0, "states", "float64")) return NULL;
+  mw_status s;
+  Py_BEGIN_ALLOW_THREADS s = mw_law_remote_start_round(h, (const double *)b.buf, (int64_t)(b.len / 8));
+  Py_END_ALLOW_THREADS PyBuffer_Release(&b);
+  if (s != MW_OK) return raise_status(s);
+  Py_RETURN_NONE;
+}
+
+/* law_remote_actions(h, out float32[N_a*A], mask uint8[N_a]). */
+static PyObject *py_law_remote_actions(PyObject *self, PyObject *args) {
+  PyObject *ho, *oo, *mo; uint64_t h;
+  if (!PyArg_ParseTuple(args, "OOO", &ho, &oo, &mo) || handle_arg(ho, &h)) return NULL;
+  Py_buffer o, m;
+  if (get_buffer(oo, &o, 'f', 1, "out")) return NULL;
+  if (law_buffer(mo, &m, 'B', 1, 1, "mask", "uint8")) { PyBuffer_Release(&o); return NULL; }
+  mw_status s;
+  Py_BEGIN_ALLOW_THREADS s = mw_law_remote_actions(h, (float *)o.buf, (int64_t)(o.len / 4), (uint8_t *)m.buf,
+                                                   (int64_t)m.len);
+  Py_END_ALLOW_THREADS PyBuffer_Release(&o); PyBuffer_Release(&m);
+  if (s != MW_OK) return raise_status(s);
+  Py_RETURN_NONE;
+}
+
+/* law_remote_finish_stage(h, outcomes float64[N_a*12], seconds) -> stage log dict. */
+static PyObject *py_law_remote_finish_stage(PyObject *self, PyObject *args) {
+  PyObject *ho, *oo; uint64_t h; double seconds;
+  if (!PyArg_ParseTuple(args, "OOd", &ho, &oo, &seconds) || handle_arg(ho, &h)) return NULL;
+  Py_buffer b;
+  if (law_buffer(oo, &b, 'd', 8, 0, "outcomes", "float64")) return NULL;
+  mw_law_stage_log l; memset(&l, 0, sizeof l);
+  mw_status s;
+  Py_BEGIN_ALLOW_THREADS s = mw_law_remote_finish_stage(h, (const double *)b.buf, (int64_t)(b.len / 8), seconds, &l);
+  Py_END_ALLOW_THREADS PyBuffer_Release(&b);
+  if (s != MW_OK) return raise_status(s);
+  return law_stage_log_dict(&l);
+}
+
+static PyObject *py_law_remote_abandon_round(PyObject *self, PyObject *args) {
+  PyObject *ho; uint64_t h;
+  if (!PyArg_ParseTuple(args, "O", &ho) || handle_arg(ho, &h)) return NULL;
+  CHECK(mw_law_remote_abandon_round(h));
+  Py_RETURN_NONE;
+}
+
+/* law_episode_create(h, round, slot) -> episode handle. */
+static PyObject *py_law_episode_create(PyObject *self, PyObject *args) {
+  PyObject *ho; uint64_t h; long long round; int slot;
+  if (!PyArg_ParseTuple(args, "OLi", &ho, &round, &slot) || handle_arg(ho, &h)) return NULL;
+  mw_law_episode e = 0;
+  CHECK(mw_law_episode_create(h, (int64_t)round, (int32_t)slot, &e));
+  return PyLong_FromUnsignedLongLong(e);
+}
+
+static PyObject *py_law_episode_free(PyObject *self, PyObject *args) {
+  PyObject *ho; uint64_t h;
+  if (!PyArg_ParseTuple(args, "O", &ho) || handle_arg(ho, &h)) return NULL;
+  CHECK(mw_law_episode_free(h));
+  Py_RETURN_NONE;
+}
+
+/* law_episode_begin(e, out float64[3]). */
+static PyObject *py_law_episode_begin(PyObject *self, PyObject *args) {
+  PyObject *ho, *oo; uint64_t h;
+  if (!PyArg_ParseTuple(args, "OO", &ho, &oo) || handle_arg(ho, &h)) return NULL;
+  Py_buffer o;
+  if (law_buffer(oo, &o, 'd', 8, 1, "out", "float64")) return NULL;
+  mw_status s;
+  Py_BEGIN_ALLOW_THREADS s = mw_law_episode_begin(h, (double *)o.buf, (int64_t)(o.len / 8));
+  Py_END_ALLOW_THREADS PyBuffer_Release(&o);
+  if (s != MW_OK) return raise_status(s);
+  Py_RETURN_NONE;
+}
+
+/* law_episode_run_stage(e, stage, action float32|None, out float64[12]). */
+static PyObject *py_law_episode_run_stage(PyObject *self, PyObject *args) {
+  PyObject *ho, *ao, *oo; uint64_t h; int stage;
+  if (!PyArg_ParseTuple(args, "OiOO", &ho, &stage, &ao, &oo) || handle_arg(ho, &h)) return NULL;
+  Py_buffer a, o; int has_a = (ao != Py_None);
+  if (has_a && get_buffer(ao, &a, 'f', 0, "action")) return NULL;
+  if (law_buffer(oo, &o, 'd', 8, 1, "out", "float64")) { if (has_a) PyBuffer_Release(&a); return NULL; }
+  mw_status s;
+  Py_BEGIN_ALLOW_THREADS s = mw_law_episode_run_stage(h, (int32_t)stage, has_a ? (const float *)a.buf : NULL,
+                                                      has_a ? (int64_t)(a.len / 4) : 0, (double *)o.buf,
+                                                      (int64_t)(o.len / 8));
+  Py_END_ALLOW_THREADS if (has_a) PyBuffer_Release(&a);
+  PyBuffer_Release(&o);
+  if (s != MW_OK) return raise_status(s);
+  Py_RETURN_NONE;
+}
+
+/* law_episode_snapshot(e) -> bytes. */
+static PyObject *py_law_episode_snapshot(PyObject *self, PyObject *args) {
+  PyObject *ho; uint64_t h;
+  if (!PyArg_ParseTuple(args, "O", &ho) || handle_arg(ho, &h)) return NULL;
+  int64_t n = 0;
+  CHECK(mw_law_episode_snapshot(h, NULL, 0, &n));
+  PyObject *out = PyBytes_FromStringAndSize(NULL, (Py_ssize_t)n);
+  if (!out) return NULL;
+  int64_t n2 = 0;
+  mw_status s;
+  Py_BEGIN_ALLOW_THREADS s = mw_law_episode_snapshot(h, (uint8_t *)PyBytes_AS_STRING(out), n, &n2);
+  Py_END_ALLOW_THREADS if (s != MW_OK) { Py_DECREF(out); return raise_status(s); }
+  if (n2 != n) { Py_DECREF(out); PyErr_SetString(StateError, "episode snapshot: its size changed between calls"); return NULL; }
+  return out;
+}
+
+/* law_episode_restore(e, bytes-like). */
+static PyObject *py_law_episode_restore(PyObject *self, PyObject *args) {
+  PyObject *ho; uint64_t h; Py_buffer b;
+  if (!PyArg_ParseTuple(args, "Oy*", &ho, &b)) return NULL;
+  if (handle_arg(ho, &h)) { PyBuffer_Release(&b); return NULL; }
+  mw_status s;
+  Py_BEGIN_ALLOW_THREADS s = mw_law_episode_restore(h, (const uint8_t *)b.buf, (int64_t)b.len);
+  Py_END_ALLOW_THREADS PyBuffer_Release(&b);
+  if (s != MW_OK) return raise_status(s);
+  Py_RETURN_NONE;
+}
+
+/* law_episode_info(e) -> (episode, round, slot, stages_done, examples). */
+static PyObject *py_law_episode_info(PyObject *self, PyObject *args) {
+  PyObject *ho; uint64_t h;
+  if (!PyArg_ParseTuple(args, "O", &ho) || handle_arg(ho, &h)) return NULL;
+  int64_t a = 0, b = 0, c = 0, d = 0, e = 0;
+  CHECK(mw_law_episode_info(h, &a, &b, &c, &d, &e));
+  return Py_BuildValue("(LLLLL)", (long long)a, (long long)b, (long long)c, (long long)d, (long long)e);
+}
+
+/* law_episode_get_log(e, table float64, actions float32, weights float32|None). */
+static PyObject *py_law_episode_get_log(PyObject *self, PyObject *args) {
+  PyObject *ho, *to, *ao, *wo; uint64_t h;
+  if (!PyArg_ParseTuple(args, "OOOO", &ho, &to, &ao, &wo) || handle_arg(ho, &h)) return NULL;
+  Py_buffer t, a, w; int has_w = (wo != Py_None);
+  if (law_buffer(to, &t, 'd', 8, 1, "table", "float64")) return NULL;
+  if (get_buffer(ao, &a, 'f', 1, "actions")) { PyBuffer_Release(&t); return NULL; }
+  if (has_w && get_buffer(wo, &w, 'f', 1, "weights")) { PyBuffer_Release(&t); PyBuffer_Release(&a); return NULL; }
+  mw_status s;
+  Py_BEGIN_ALLOW_THREADS s = mw_law_episode_get_log(h, (double *)t.buf, (int64_t)(t.len / 8), (float *)a.buf,
+                                                    (int64_t)(a.len / 4), has_w ? (float *)w.buf : NULL,
+                                                    has_w ? (int64_t)(w.len / 4) : 0);
+  Py_END_ALLOW_THREADS PyBuffer_Release(&t); PyBuffer_Release(&a);
+  if (has_w) PyBuffer_Release(&w);
+  if (s != MW_OK) return raise_status(s);
+  Py_RETURN_NONE;
 }
 
 static PyObject *py_law_episode_log(PyObject *self, PyObject *args) {
@@ -962,17 +1109,11 @@ static PyMethodDef methods[] = {
     {"network_summary", py_network_summary, METH_VARARGS, "Layer summary."},
     {"network_signature", py_network_signature, METH_VARARGS, "Architecture signature."},
     {"network_activation_bytes", py_network_activation_bytes, METH_VARARGS, "Activation bytes for a batch."},
-    {"network_set_conv_algorithm", py_network_set_conv_algorithm, METH_VARARGS,
-     "network_set_conv_algorithm(h, algorithm) -> number of convolutions (0 auto, 1 gemm, 2 winograd)."},
-    {"network_conv_algorithms", py_network_conv_algorithms, METH_VARARGS,
-     "network_conv_algorithms(h) -> the algorithm each convolution runs (1 gemm, 2 winograd)."},
     {"trainer_create", py_trainer_create, METH_VARARGS, "trainer_create(net, opt, sched, seed) -> handle"},
     {"trainer_set_schedule", py_trainer_set_schedule, METH_VARARGS, "trainer_set_schedule(h, sched)"},
     {"trainer_free", py_trainer_free, METH_VARARGS, "Free a trainer handle."},
     {"trainer_set_augmentation", py_trainer_set_augmentation, METH_VARARGS, "Crop padding and flip."},
-    {"trainer_step", py_trainer_step, METH_VARARGS,
-     "trainer_step(h, x, y, sample_weights, x_meta=None, y_meta=None, weights_out=None, class_weights_out=None)"
-     " -> (loss, acc, lr, step, meta_loss, diagnostics): the one training step."},
+    {"trainer_step", py_trainer_step, METH_VARARGS, "One training step -> (loss, acc, lr, step, meta_loss)."},
     {"trainer_predict", py_trainer_predict, METH_VARARGS, "Eval-mode logits into out."},
     {"trainer_losses", py_trainer_losses, METH_VARARGS, "Eval-mode per-example losses into out."},
     {"trainer_permutation", py_trainer_permutation, METH_VARARGS, "Random permutation into out."},
@@ -1005,6 +1146,26 @@ static PyMethodDef methods[] = {
     {"law_episode_log", py_law_episode_log, METH_VARARGS,
      "law_episode_log(h, slot, out float64[stages*11]) -> (episode, round, stages_done)"},
     {"law_episode_actions", py_law_episode_actions, METH_VARARGS, "Actions [stages x action_dim] into out."},
+    {"law_remote_begin_round", py_law_remote_begin_round, METH_VARARGS,
+     "law_remote_begin_round(h, out int64[N_a]): a remote round's global episode indices."},
+    {"law_remote_start_round", py_law_remote_start_round, METH_VARARGS,
+     "law_remote_start_round(h, states float64[N_a*3]): the episodes' initial states."},
+    {"law_remote_actions", py_law_remote_actions, METH_VARARGS,
+     "law_remote_actions(h, out float32[N_a*A], mask uint8[N_a]): the stage's actions."},
+    {"law_remote_finish_stage", py_law_remote_finish_stage, METH_VARARGS,
+     "law_remote_finish_stage(h, outcomes float64[N_a*12], seconds) -> stage log dict."},
+    {"law_remote_abandon_round", py_law_remote_abandon_round, METH_VARARGS, "Abandon the remote round in progress."},
+    {"law_episode_create", py_law_episode_create, METH_VARARGS, "law_episode_create(h, round, slot) -> episode"},
+    {"law_episode_free", py_law_episode_free, METH_VARARGS, "Free an episode."},
+    {"law_episode_begin", py_law_episode_begin, METH_VARARGS, "law_episode_begin(e, out float64[3])"},
+    {"law_episode_run_stage", py_law_episode_run_stage, METH_VARARGS,
+     "law_episode_run_stage(e, stage, action|None, out float64[12])"},
+    {"law_episode_snapshot", py_law_episode_snapshot, METH_VARARGS, "law_episode_snapshot(e) -> bytes"},
+    {"law_episode_restore", py_law_episode_restore, METH_VARARGS, "law_episode_restore(e, bytes)"},
+    {"law_episode_info", py_law_episode_info, METH_VARARGS,
+     "law_episode_info(e) -> (episode, round, slot, stages_done, examples)"},
+    {"law_episode_get_log", py_law_episode_get_log, METH_VARARGS,
+     "law_episode_get_log(e, table float64, actions float32, weights float32|None)"},
     {"law_episode_weights", py_law_episode_weights, METH_VARARGS, "Per-example weights [stages x N] into out."},
     {"law_cancel", py_law_cancel, METH_VARARGS, "law_cancel(h, on): request/clear cancellation (thread-safe)."},
     {"law_save", py_law_save, METH_VARARGS, "Save the whole search state (atomic)."},

@@ -464,12 +464,8 @@ final class LAWTests: XCTestCase {
 
   /// Exploration noise: an AR(1) process with stationary std σ; ρ = 1 keeps one draw per episode.
   func testExplorationNoiseCorrelation() throws {
-    var cfg = try smallSearchConfig()
-    cfg.noiseCorrelation = 1
-    let ep = try LAWEpisode(
-      index: 0, round: 0, slot: 0, config: cfg, spec: "mlp(hidden=4, classes=3)", input: .flat(6),
-      features: LAWFeatureSettings(classes: 3, labelEncoding: .scalar, density: .cosine), data: syntheticData(n: 20, nVal: 5, seed: 1),
-      seed: 3)
+    let ep = LAWEpisodeSlot(
+      index: 0, noiseRNG: LAWEpisode.seeds(3).noise, state: LAWStageState(stage: 0, lossSmooth: 1, accSmooth: 0))
     let first = ep.nextNoise(count: 5, sigma: 0.5, rho: 1)
     XCTAssertEqual(ep.nextNoise(count: 5, sigma: 0.5, rho: 1), first)
     var xs: [Float] = [], pairs: [(Float, Float)] = []
@@ -603,10 +599,71 @@ final class LAWTests: XCTestCase {
     XCTAssertEqual(s3.strategy().action(for: state), st.action(for: state))
   }
 
-  /// A strategy attached to a trainer weights `step` batches: K = 1 in warm-up stages, the
-  /// strategy's K afterwards (matching `LAWStrategy.weights` on the same logits), one stage per
-  /// total/N′ steps.
-  func testTrainerStepWeightingAppliesStrategy() throws {
+  /// Remote episodes (the Ray path): a driver search whose episodes are made by other searches
+  /// (same config, spec, seed, data) and driven through the remote calls, in the threaded order,
+  /// ends with the same strategy, buffer and episode logs, bit for bit, as `runStage` with
+  /// threads; an episode restored from its snapshot at a stage boundary into a fresh episode
+  /// continues identically (a lost actor's restart).
+  func testRemoteEpisodesMatchThreadedSearchBitForBit() throws {
+    var cfg = try smallSearchConfig(parallel: 2)
+    cfg.stages = 3
+    let spec = "mlp(hidden=8, classes=3)"
+    let data = syntheticData(n: 48, nVal: 16, seed: 4)
+    let threaded = try LAWSearch(config: cfg, networkSpec: spec, inputLayout: .flat(6), seed: 9)
+    try threaded.setData(data)
+    var threadedLogs: [[LAWEpisodeLog]] = []
+    for _ in 0..<(2 * cfg.stages) {
+      let l = try threaded.runStage()
+      if l.roundDone { threadedLogs.append(threaded.episodeLogs) }
+    }
+    let driver = try LAWSearch(config: cfg, networkSpec: spec, inputLayout: .flat(6), seed: 9)
+    try driver.setData(data)
+    let worker = try LAWSearch(config: cfg, networkSpec: spec, inputLayout: .flat(6), seed: 9)
+    try worker.setData(data)
+    var remoteLogs: [[LAWEpisodeLog]] = []
+    for round in 0..<2 {
+      let indices = try driver.remoteBeginRound()
+      XCTAssertEqual(indices, [2 * round, 2 * round + 1])
+      var eps = try (0..<2).map { try worker.makeEpisode(round: round, slot: $0, data: data) }
+      for e in eps { e.begin() }
+      try driver.remoteStartRound(states: eps.map { $0.state })
+      for t in 0..<cfg.stages {
+        let actions = try driver.remoteActions()
+        XCTAssertEqual(try driver.remoteActions(), actions)  // drawn once per stage
+        if round == 1 && t == 1 {
+          // Slot 0's actor is lost: a fresh episode restored from its last snapshot takes over.
+          let snap = try Checkpoint(decoding: eps[0].snapshot().encoded())
+          let fresh = try worker.makeEpisode(round: round, slot: 0, data: data)
+          try fresh.restore(snap)
+          eps[0] = fresh
+        }
+        let outcomes = try (0..<2).map { try eps[$0].runStage(t, action: actions[$0]) }
+        for e in eps { e.completed = nil }
+        let log = try driver.remoteFinishStage(outcomes: outcomes, seconds: 0)
+        XCTAssertEqual(log.roundDone, t == cfg.stages - 1)
+      }
+      remoteLogs.append(eps.map { $0.log })
+    }
+    XCTAssertEqual(driver.agent.actor.mlp.params.array, threaded.agent.actor.mlp.params.array)
+    XCTAssertEqual(driver.agent.actor.embedding.array, threaded.agent.actor.embedding.array)
+    XCTAssertEqual(driver.buffer.count, threaded.buffer.count)
+    XCTAssertEqual(driver.roundsCompleted, 2)
+    for (a, b) in zip(remoteLogs.joined(), threadedLogs.joined()) {
+      XCTAssertEqual(a.episode, b.episode)
+      XCTAssertEqual(a.table.map(\.bitPattern), b.table.map(\.bitPattern))
+      XCTAssertEqual(a.actions, b.actions)
+      XCTAssertEqual(a.exampleWeights.map(\.bitPattern), b.exampleWeights.map(\.bitPattern))
+    }
+    // Out of order: no remote stage before a round is started, no outcomes of another stage.
+    XCTAssertThrowsError(try driver.remoteActions())
+    _ = try driver.remoteBeginRound()
+    XCTAssertThrowsError(try driver.remoteStartRound(states: []))
+  }
+
+  /// A strategy set as a trainer's weighting weights its `weightedStep` batches: K = 1 in warm-up
+  /// stages, the strategy's K afterwards (matching `LAWStrategy.weights` on the same logits), one
+  /// stage per total/N′ steps; the checkpoint keeps its `law_strategy.*` section.
+  func testStrategyWeightingAppliesStrategy() throws {
     var cfg = try smallSearchConfig()
     cfg.warmupStages = 1
     cfg.actionScale = 2
@@ -622,11 +679,13 @@ final class LAWTests: XCTestCase {
     let net = try Network(try SpecParser.parse("mlp(hidden=8, classes=3)", input: .flat(6)), seed: 1)
     let tr = try Trainer(network: net, optimizer: OptimizerConfig(), schedule: Schedule(baseLR: 0.1), seed: 1)
     let hook = LAWStrategyWeighting(strategy: strategy, totalSteps: 8, valX: data.valX.array, valY: data.valY)
-    tr.stepWeighting = hook
+    tr.weighting = hook
     for step in 0..<8 {
       let x = data.x.pointer + (step % 4) * 10 * 6
       let y = Array(data.y[((step % 4) * 10)..<((step % 4) * 10 + 10)])
-      _ = try y.withUnsafeBufferPointer { try tr.step(x: x, n: 10, labels: $0.baseAddress!) }
+      _ = try y.withUnsafeBufferPointer {
+        try tr.weightedStep(hook, x: x, n: 10, labels: $0.baseAddress!, xMeta: nil, m: 0, labelsMeta: nil)
+      }
       let state = try XCTUnwrap(hook.state)
       XCTAssertEqual(state.stage, step / 2)
       let w = Array(hook.lastWeights)
@@ -649,5 +708,25 @@ final class LAWTests: XCTestCase {
         XCTAssertEqual(w[worst], try XCTUnwrap(w.min()), accuracy: 1e-6)
       }
     }
+    // The trainer's checkpoint carries the strategy's section; a refused step (NaN input at a
+    // stage start) changes neither it nor the trainer.
+    let saved = tr.checkpoint()
+    XCTAssertNotNil(saved.ints["law_strategy.identity"])
+    let bad = [Float](repeating: .nan, count: 60)
+    let y10 = Array(data.y[0..<10])
+    XCTAssertThrowsError(
+      try bad.withUnsafeBufferPointer { xp in
+        try y10.withUnsafeBufferPointer {
+          try tr.weightedStep(hook, x: xp.baseAddress!, n: 10, labels: $0.baseAddress!, xMeta: nil, m: 0, labelsMeta: nil)
+        }
+      })
+    let after = tr.checkpoint()
+    XCTAssertEqual(after.ints, saved.ints)
+    XCTAssertEqual(after.floats, saved.floats)
+    XCTAssertEqual(after.bytes, saved.bytes)
+    // Restoring into a trainer without the strategy is refused, naming it.
+    let net2 = try Network(try SpecParser.parse("mlp(hidden=8, classes=3)", input: .flat(6)), seed: 1)
+    let plain = try Trainer(network: net2, optimizer: OptimizerConfig(), schedule: Schedule(baseLR: 0.1), seed: 1)
+    XCTAssertThrowsError(try plain.restore(saved)) { e in XCTAssertTrue("\(e)".contains("LAW strategy"), "\(e)") }
   }
 }

@@ -6,7 +6,7 @@ from __future__ import annotations
 import math
 
 import metaweight as mw
-import metaweight.law as law_module
+import metaweight._law_search as law_search_module
 import numpy as np
 import pytest
 from metaweight.law import EpisodeLog, LAWConfig, LAWSearch, SearchResult, Strategy, roc_auc, train
@@ -366,7 +366,7 @@ def test_keyboard_interrupt_stops_at_a_stage_boundary_and_search_resumes(digits)
 
 def test_progress_lines_without_tqdm(monkeypatch, capsys, digits):
     x, y, corrupted, xv, yv, _, _ = digits
-    monkeypatch.setattr(law_module, "_tqdm", lambda: None)
+    monkeypatch.setattr(law_search_module, "_tqdm", lambda: None)  # where LAWSearch looks it up
     LAWSearch(SPEC, TINY, seed=2).search(x, y, xv, yv, episodes=2, corrupted=corrupted, progress=True)
     out = capsys.readouterr().out.strip().splitlines()
     assert len(out) == TINY.stages

@@ -106,14 +106,6 @@ mw_status mw_network_summary(mw_network net, char *buf, int64_t capacity, int64_
 mw_status mw_network_activation_bytes(mw_network net, int64_t batch, int64_t *bytes);
 /* The architecture signature (for checkpoints). */
 mw_status mw_network_signature(mw_network net, char *buf, int64_t capacity, int64_t *length);
-/* Sets the algorithm preference of every convolution: 0 auto (Winograd on 3x3 stride-1 layers of
- * at least 32 channels, else im2col + GEMM), 1 gemm, 2 winograd (where eligible: 3x3, stride 1,
- * padding <= 2). The maths and parameters are unchanged; *count (optional) receives the number of
- * convolutions. The spec's `algo=0|1|2` on a conv layer or preset sets the same preference. */
-mw_status mw_network_set_conv_algorithm(mw_network net, int32_t algorithm, int64_t *count);
-/* The algorithm each convolution runs (1 gemm, 2 winograd), depth first, into out (up to capacity
- * entries; out may be NULL); *count receives the number of convolutions. */
-mw_status mw_network_conv_algorithms(mw_network net, int32_t *out, int64_t capacity, int64_t *count);
 
 /* ---- trainers --------------------------------------------------------------------------- */
 
@@ -404,6 +396,52 @@ mw_status mw_law_episode_log(mw_law law, int32_t slot, int64_t *episode, int64_t
 mw_status mw_law_episode_actions(mw_law law, int32_t slot, float *out, int64_t count);
 /* Mean weight K of every training example in every stage [stages x N] (NaN: not drawn). */
 mw_status mw_law_episode_weights(mw_law law, int32_t slot, float *out, int64_t count);
+/*
+ * Remote episodes (e.g. Ray actors): the driver's search keeps the strategy model, the replay
+ * buffer, the FDU and each episode's exploration noise; each episode runs where it lives, made by
+ * a search with the same configuration, network spec, input shape, seed and data. One round, in
+ * this order (the threaded mw_law_run_stage's, so the strategy is bit-identical for the same seed
+ * and N_a when each episode runs single-threaded, mw_set_threads(1), as the threads do for N_a > 1):
+ *   mw_law_remote_begin_round (at stage 0: the round's global episode indices; out[N_a]);
+ *   each episode: mw_law_episode_create(its search, round, slot), mw_law_episode_begin;
+ *   mw_law_remote_start_round with their initial states [N_a x 3] (stage, loss_smooth, acc_smooth);
+ *   every stage: mw_law_remote_actions (out [N_a x action_dim], mask[N_a]: 0 = warm-up, pass NULL;
+ *   drawn once per stage), each episode's mw_law_episode_run_stage, then
+ *   mw_law_remote_finish_stage with their outcomes [N_a x MW_LAW_OUTCOME_VALUES] in slot order.
+ * An outcome: before (stage, loss_smooth, acc_smooth), after (same), reward, target_acc,
+ * reference_acc, loss_gap, weight_corrupted, weight_clean. MW_E_STATE for a call out of order.
+ * mw_law_save refuses (MW_E_STATE) while a remote round is in progress.
+ */
+#define MW_LAW_OUTCOME_VALUES 12
+typedef uint64_t mw_law_episode; /* one LAW episode: target and reference networks, batches, log */
+mw_status mw_law_remote_begin_round(mw_law law, int64_t *out, int64_t count);
+mw_status mw_law_remote_start_round(mw_law law, const double *states, int64_t count);
+mw_status mw_law_remote_actions(mw_law law, float *out, int64_t count, uint8_t *mask, int64_t mask_count);
+mw_status mw_law_remote_finish_stage(mw_law law, const double *outcomes, int64_t count, double seconds,
+                                     mw_law_stage_log *out);
+/* Abandons the remote round in progress (an episode diverged): its transitions in the buffer stay. */
+mw_status mw_law_remote_abandon_round(mw_law law);
+/* Episode `slot` of round `round` of the search (after mw_law_set_data), seeded as the search's. */
+mw_status mw_law_episode_create(mw_law law, int64_t round, int32_t slot, mw_law_episode *out);
+mw_status mw_law_episode_free(mw_law_episode e);
+/* Measures the untrained network: the initial state (stage 0, 1, acc) into out[3]. */
+mw_status mw_law_episode_begin(mw_law_episode e, double *out, int64_t count);
+/* Runs the next stage (stages run in order; MW_E_STATE otherwise) with its action (NULL in a
+ * warm-up stage); its outcome into out[MW_LAW_OUTCOME_VALUES]. MW_E_NONFINITE if it diverges. */
+mw_status mw_law_episode_run_stage(mw_law_episode e, int32_t stage, const float *action, int64_t count, double *out,
+                                   int64_t out_count);
+/* The episode's state (networks, optimizers, generators, log) as checkpoint bytes: length first
+ * (out NULL), then the bytes (capacity >= length). Restore with mw_law_episode_restore (into an
+ * episode of the same search settings, round and slot): the restored episode continues
+ * bit-identically. */
+mw_status mw_law_episode_snapshot(mw_law_episode e, uint8_t *out, int64_t capacity, int64_t *length);
+mw_status mw_law_episode_restore(mw_law_episode e, const uint8_t *data, int64_t length);
+mw_status mw_law_episode_info(mw_law_episode e, int64_t *episode, int64_t *round, int64_t *slot, int64_t *stages_done,
+                              int64_t *examples);
+/* Its log: table [stages x MW_LAW_LOG_COLUMNS], actions [stages x action_dim], example weights
+ * [stages x N] (any may be NULL; counts must match). */
+mw_status mw_law_episode_get_log(mw_law_episode e, double *table, int64_t table_count, float *actions,
+                                 int64_t actions_count, float *weights, int64_t weights_count);
 /* Saves the current strategy (deterministic actor + embedding + settings): atomic, checksummed. */
 mw_status mw_law_save_strategy(mw_law law, const char *path);
 /* Loads a strategy file into the search's actor (and target actor); sizes must match. */
