@@ -34,6 +34,9 @@ public enum Parallel {
   /// Runs `body(start, end)` over `0..<n` cut into contiguous pieces; runs inline (one piece)
   /// when `threads` is 1 or the work (`n * costPerItem`) is small. Pieces may run concurrently,
   /// so `body` must only write to memory no other piece touches.
+  /// The inline case is inlinable, so a small loop in another module compiles to a direct call of
+  /// `body` (the split into SwiftPM targets must not cost the layers their inlining).
+  @inlinable
   public static func forRange(_ n: Int, costPerItem: Int = 1, _ body: (Int, Int) -> Void) {
     if n <= 0 { return }
     let t = threads
@@ -42,7 +45,12 @@ public enum Parallel {
       body(0, n)
       return
     }
-    // A few pieces per thread balance the load; each piece keeps ≥ 8 K units of work.
+    forRangeOnPool(n, work: work, threads: t, body)
+  }
+
+  /// `forRange`'s parallel case: a few pieces per thread, each keeping ≥ 8 K units of work.
+  @usableFromInline
+  static func forRangeOnPool(_ n: Int, work: Int, threads t: Int, _ body: (Int, Int) -> Void) {
     let pieces = max(1, min(n, 4 * t, work / 8192, ThreadPool.maxPieces))
     if pieces == 1 {
       body(0, n)
@@ -56,6 +64,7 @@ public enum Parallel {
   /// `slots` when given (the scratch the caller sized, e.g. with `slots(for:)`, so a concurrent
   /// change of `threads` cannot overrun it) and below `slots(for: count)` otherwise. Which slot
   /// runs which item varies, so results must not depend on it.
+  @inlinable
   public static func forEach(
     _ count: Int, slots: Int? = nil, _ body: (_ slot: Int, _ index: Int) -> Void
   ) {
@@ -72,7 +81,8 @@ public enum Parallel {
   public static func slots(for count: Int) -> Int { max(1, min(threads, count)) }
 
   /// Runs the pieces on the pool, or inline when the pool is busy or too many pieces are asked.
-  private static func run(pieces: Int, threads t: Int, _ body: (Int, Int) -> Void) {
+  @usableFromInline
+  static func run(pieces: Int, threads t: Int, _ body: (Int, Int) -> Void) {
     let slots = min(t, pieces)
     if pieces > ThreadPool.maxPieces || !ThreadPool.shared.tryAcquire() {
       for i in 0..<pieces { body(0, i) }
