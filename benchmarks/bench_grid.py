@@ -19,7 +19,7 @@ what is timed. Results go to
 ``benchmarks/results_grid.json`` (``--json``).
 
 Usage:
-    python benchmarks/bench_grid.py [--epochs 40] [--repeats 2] [--modes local-jobs1,ray-2nodes]
+    python benchmarks/bench_grid.py [--epochs 40] [--repeats 3] [--modes local-jobs1,ray-2nodes]
 """
 
 from __future__ import annotations
@@ -86,7 +86,7 @@ def stop_cluster(directory: str) -> None:
 def main() -> int:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--epochs", type=int, default=40)
-    ap.add_argument("--repeats", type=int, default=2)
+    ap.add_argument("--repeats", type=int, default=3)
     ap.add_argument("--modes", default=",".join(MODES))
     ap.add_argument("--json", default=str(ROOT / "benchmarks" / "results_grid.json"))
     args = ap.parse_args()

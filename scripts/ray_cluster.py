@@ -114,6 +114,19 @@ def _reap() -> None:
             return
 
 
+def _reap_all(timeout: float) -> None:
+    """Reaps children until none is left: a dead raylet's workers become this subreaper's children
+    only once the raylet itself is reaped, so one pass is not enough."""
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        try:
+            pid, _ = os.waitpid(-1, os.WNOHANG)
+        except ChildProcessError:
+            return
+        if pid == 0:
+            time.sleep(0.05)
+
+
 def _write_state(directory: Path, state: dict[str, Any]) -> None:
     tmp = directory / f".{STATE}.tmp"
     tmp.write_text(json.dumps(state, indent=2) + "\n", encoding="utf-8")
@@ -202,7 +215,7 @@ def _keeper(args: argparse.Namespace) -> int:
         _reap()
         if not _session_pids(sids):
             break
-    _reap()
+    _reap_all(10.0)
     log.close()
     state["stopped"] = not _session_pids(sids)
     _write_state(directory, state)

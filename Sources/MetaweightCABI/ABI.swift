@@ -160,6 +160,35 @@ public func _mw_network_summary(_ h: mw_network, _ buf: UnsafeMutablePointer<CCh
   }
 }
 
+@_cdecl("mw_network_set_conv_algorithm")
+public func _mw_network_set_conv_algorithm(_ h: mw_network, _ algorithm: Int32, _ count: UnsafeMutablePointer<Int64>?) -> mw_status {
+  guarded {
+    guard let a = Conv2D.Algorithm(rawValue: algorithm) else {
+      throw ABIError.argument("algorithm: expected 0 (auto), 1 (gemm) or 2 (winograd), got \(algorithm)")
+    }
+    try using(h, as: Network.self, "network") { net in
+      let n = net.root.setConvolutionAlgorithm(a)
+      count?.pointee = Int64(n)
+    }
+  }
+}
+
+@_cdecl("mw_network_conv_algorithms")
+public func _mw_network_conv_algorithms(
+  _ h: mw_network, _ out: UnsafeMutablePointer<Int32>?, _ capacity: Int64, _ count: UnsafeMutablePointer<Int64>?
+) -> mw_status {
+  guarded {
+    let c = try require(count, "count")
+    try using(h, as: Network.self, "network") { net in
+      let algorithms = net.root.convolutionAlgorithms
+      c.pointee = Int64(algorithms.count)
+      if let out {
+        for (i, a) in algorithms.prefix(Int(max(0, capacity))).enumerated() { out[i] = a.rawValue }
+      }
+    }
+  }
+}
+
 @_cdecl("mw_network_activation_bytes")
 public func _mw_network_activation_bytes(_ h: mw_network, _ batch: Int64, _ bytes: UnsafeMutablePointer<Int64>?) -> mw_status {
   guarded {

@@ -228,6 +228,31 @@ static PyObject *get_string(PyObject *args, string_getter fn) {
 static PyObject *py_network_summary(PyObject *self, PyObject *args) { return get_string(args, mw_network_summary); }
 static PyObject *py_network_signature(PyObject *self, PyObject *args) { return get_string(args, mw_network_signature); }
 
+static PyObject *py_network_set_conv_algorithm(PyObject *self, PyObject *args) {
+  PyObject *ho; uint64_t h; int algorithm;
+  if (!PyArg_ParseTuple(args, "Oi", &ho, &algorithm) || handle_arg(ho, &h)) return NULL;
+  int64_t count = 0;
+  CHECK(mw_network_set_conv_algorithm(h, algorithm, &count));
+  return PyLong_FromLongLong(count);
+}
+
+static PyObject *py_network_conv_algorithms(PyObject *self, PyObject *args) {
+  PyObject *ho; uint64_t h;
+  if (!PyArg_ParseTuple(args, "O", &ho) || handle_arg(ho, &h)) return NULL;
+  int64_t count = 0;
+  CHECK(mw_network_conv_algorithms(h, NULL, 0, &count));
+  int32_t *buf = PyMem_Malloc(sizeof(int32_t) * (size_t)(count + 1));
+  if (!buf) return PyErr_NoMemory();
+  mw_status st;
+  Py_BEGIN_ALLOW_THREADS st = mw_network_conv_algorithms(h, buf, count, &count);
+  Py_END_ALLOW_THREADS
+  if (st != MW_OK) { PyMem_Free(buf); return raise_status(st); }
+  PyObject *list = PyList_New((Py_ssize_t)count);
+  for (int64_t i = 0; list && i < count; i++) PyList_SET_ITEM(list, (Py_ssize_t)i, PyLong_FromLong(buf[i]));
+  PyMem_Free(buf);
+  return list;
+}
+
 static PyObject *py_network_activation_bytes(PyObject *self, PyObject *args) {
   PyObject *ho; uint64_t h; long long batch;
   if (!PyArg_ParseTuple(args, "OL", &ho, &batch) || handle_arg(ho, &h)) return NULL;
@@ -1109,11 +1134,17 @@ static PyMethodDef methods[] = {
     {"network_summary", py_network_summary, METH_VARARGS, "Layer summary."},
     {"network_signature", py_network_signature, METH_VARARGS, "Architecture signature."},
     {"network_activation_bytes", py_network_activation_bytes, METH_VARARGS, "Activation bytes for a batch."},
+    {"network_set_conv_algorithm", py_network_set_conv_algorithm, METH_VARARGS,
+     "network_set_conv_algorithm(h, algorithm) -> number of convolutions (0 auto, 1 gemm, 2 winograd)."},
+    {"network_conv_algorithms", py_network_conv_algorithms, METH_VARARGS,
+     "network_conv_algorithms(h) -> the algorithm each convolution runs (1 gemm, 2 winograd)."},
     {"trainer_create", py_trainer_create, METH_VARARGS, "trainer_create(net, opt, sched, seed) -> handle"},
     {"trainer_set_schedule", py_trainer_set_schedule, METH_VARARGS, "trainer_set_schedule(h, sched)"},
     {"trainer_free", py_trainer_free, METH_VARARGS, "Free a trainer handle."},
     {"trainer_set_augmentation", py_trainer_set_augmentation, METH_VARARGS, "Crop padding and flip."},
-    {"trainer_step", py_trainer_step, METH_VARARGS, "One training step -> (loss, acc, lr, step, meta_loss)."},
+    {"trainer_step", py_trainer_step, METH_VARARGS,
+     "trainer_step(h, x, y, sample_weights, x_meta=None, y_meta=None, weights_out=None, class_weights_out=None)"
+     " -> (loss, acc, lr, step, meta_loss, diagnostics): the one training step."},
     {"trainer_predict", py_trainer_predict, METH_VARARGS, "Eval-mode logits into out."},
     {"trainer_losses", py_trainer_losses, METH_VARARGS, "Eval-mode per-example losses into out."},
     {"trainer_permutation", py_trainer_permutation, METH_VARARGS, "Random permutation into out."},

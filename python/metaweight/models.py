@@ -79,6 +79,25 @@ class Layer:
         raise NotImplementedError
 
 
+#: Convolution algorithms by name, as the core numbers them (spec ``algo=``).
+CONV_ALGORITHMS: dict[str, int] = {"auto": 0, "gemm": 1, "winograd": 2}
+
+
+def _conv_algorithm(value: Any, name: str) -> int:
+    """The core's number of a convolution algorithm name (``auto``, ``gemm`` or ``winograd``)."""
+    if not isinstance(value, str) or value not in CONV_ALGORITHMS:
+        raise InvalidArgumentError(
+            f"{name}: expected one of {', '.join(repr(k) for k in CONV_ALGORITHMS)}, got {value!r}"
+        )
+    return CONV_ALGORITHMS[value]
+
+
+def _algo_suffix(value: Any, name: str) -> str:
+    """``,algo=N`` for a spec call, or nothing for ``auto``."""
+    code = _conv_algorithm(value, name)
+    return f",algo={code}" if code else ""
+
+
 def _pos(value: Any, name: str) -> int:
     return as_int(value, name, minimum=1)
 
@@ -121,9 +140,13 @@ class Conv2d(Layer):
         padding: zero padding on each side.
         bias: whether the layer has a bias (off by default: convolutions are usually followed by
             batch normalisation).
+        algorithm: ``"auto"`` (Winograd F(2x2,3x3) on 3x3 stride-1 layers of at least 32 channels,
+            else im2col + GEMM), ``"gemm"`` or ``"winograd"`` (where eligible: 3x3, stride 1,
+            padding <= 2). A preference only: results agree to float rounding, checkpoints load
+            across algorithms.
 
     Raises:
-        InvalidArgumentError: a non-positive size or negative padding.
+        InvalidArgumentError: a non-positive size, negative padding or an unknown algorithm.
     """
 
     out: int
@@ -131,6 +154,7 @@ class Conv2d(Layer):
     stride: int = 1
     padding: int = 0
     bias: bool = False
+    algorithm: str = "auto"
 
     def __post_init__(self) -> None:
         _pos(self.out, "Conv2d.out")
@@ -138,11 +162,12 @@ class Conv2d(Layer):
         _pos(self.stride, "Conv2d.stride")
         as_int(self.padding, "Conv2d.padding", minimum=0)
         as_bool(self.bias, "Conv2d.bias")
+        _conv_algorithm(self.algorithm, "Conv2d.algorithm")
 
     def spec(self) -> str:
         return (
             f"conv2d(out={int(self.out)},k={int(self.kernel)},s={int(self.stride)},"
-            f"p={int(self.padding)},bias={int(bool(self.bias))})"
+            f"p={int(self.padding)},bias={int(bool(self.bias))}{_algo_suffix(self.algorithm, 'Conv2d.algorithm')})"
         )
 
 
@@ -480,6 +505,35 @@ class Network(NativeHandle):
         batch_size = as_int(batch_size, "batch_size", minimum=1, maximum=2**20)
         with self._use("activation_bytes") as h:
             return int(_core.network_activation_bytes(h, batch_size))
+
+    def set_conv_algorithm(self, algorithm: str) -> int:
+        """Sets how every convolution computes its products (a preference, not part of the maths).
+
+        Args:
+            algorithm: ``"auto"``, ``"gemm"`` or ``"winograd"`` (see :class:`Conv2d`); layers
+                Winograd cannot run (not 3x3, strided, padding > 2) keep im2col + GEMM.
+
+        Returns:
+            The number of convolutions set.
+
+        Raises:
+            InvalidArgumentError: an unknown algorithm.
+            ClosedError: the network was closed.
+        """
+        code = _conv_algorithm(algorithm, "algorithm")
+        with self._use("set_conv_algorithm") as h:
+            return int(_core.network_set_conv_algorithm(h, code))
+
+    @property
+    def conv_algorithms(self) -> list[str]:
+        """The algorithm each convolution runs (``"gemm"`` or ``"winograd"``), depth first.
+
+        Raises:
+            ClosedError: the network was closed.
+        """
+        names = {v: k for k, v in CONV_ALGORITHMS.items()}
+        with self._use("conv_algorithms") as h:
+            return [names[int(a)] for a in _core.network_conv_algorithms(h)]
 
     def parameter_names(self) -> list[str]:
         """Names of the trainable parameter blocks, in order (e.g. ``"0.0.linear.weight"``)."""
@@ -822,25 +876,32 @@ def _int_seq(value: Any, name: str) -> Sequence[Any]:
         raise InvalidArgumentError(f"{name}: expected a sequence of ints, got {value!r}") from None
 
 
-def lenet5(input_shape: ShapeLike = (1, 28, 28), num_classes: int = 10, seed: int = 0) -> Network:
+def lenet5(
+    input_shape: ShapeLike = (1, 28, 28), num_classes: int = 10, seed: int = 0, conv_algorithm: str = "auto"
+) -> Network:
     """LeNet-5 (two 5x5 convolutions with max pooling, then 120-84-classes fully connected).
 
     Args:
         input_shape: ``(C, H, W)``, at least 28x28.
         num_classes: number of classes.
         seed: initialisation seed.
+        conv_algorithm: ``"auto"``, ``"gemm"`` or ``"winograd"`` for every convolution (see
+            :class:`Conv2d`; LeNet's 5x5 convolutions always use GEMM).
 
     Returns:
         The network.
 
     Raises:
-        InvalidArgumentError: images smaller than 28x28 or a bad class count.
+        InvalidArgumentError: images smaller than 28x28, a bad class count or algorithm.
     """
     num_classes = as_int(num_classes, "num_classes", minimum=1)
-    return Network(f"lenet5(classes={num_classes})", input_shape, seed)
+    algo = _algo_suffix(conv_algorithm, "conv_algorithm")
+    return Network(f"lenet5(classes={num_classes}{algo})", input_shape, seed)
 
 
-def resnet32(input_shape: ShapeLike = (3, 32, 32), num_classes: int = 10, seed: int = 0) -> Network:
+def resnet32(
+    input_shape: ShapeLike = (3, 32, 32), num_classes: int = 10, seed: int = 0, conv_algorithm: str = "auto"
+) -> Network:
     """The CIFAR ResNet-32 of He et al. (2016): 3 stages of 5 basic blocks (16/32/64 channels),
     option-A shortcuts, batch norm, global average pooling; about 0.46 M parameters.
 
@@ -848,12 +909,18 @@ def resnet32(input_shape: ShapeLike = (3, 32, 32), num_classes: int = 10, seed: 
         input_shape: ``(C, H, W)``.
         num_classes: number of classes.
         seed: initialisation seed.
+        conv_algorithm: ``"auto"``, ``"gemm"`` or ``"winograd"`` for every convolution (see
+            :class:`Conv2d`).
 
     Returns:
         The network.
+
+    Raises:
+        InvalidArgumentError: a bad class count or algorithm.
     """
     num_classes = as_int(num_classes, "num_classes", minimum=1)
-    return Network(f"resnet32(classes={num_classes})", input_shape, seed)
+    algo = _algo_suffix(conv_algorithm, "conv_algorithm")
+    return Network(f"resnet32(classes={num_classes}{algo})", input_shape, seed)
 
 
 def wide_resnet(
@@ -863,6 +930,7 @@ def wide_resnet(
     num_classes: int = 10,
     dropout: float = 0.0,
     seed: int = 0,
+    conv_algorithm: str = "auto",
 ) -> Network:
     """A Wide ResNet WRN-depth-widen (Zagoruyko & Komodakis, 2016) with pre-activation blocks.
 
@@ -873,6 +941,8 @@ def wide_resnet(
         num_classes: number of classes.
         dropout: dropout rate inside the blocks.
         seed: initialisation seed.
+        conv_algorithm: ``"auto"``, ``"gemm"`` or ``"winograd"`` for every convolution (see
+            :class:`Conv2d`).
 
     Returns:
         The network.
@@ -886,6 +956,7 @@ def wide_resnet(
     widen = as_int(widen, "widen", minimum=1)
     num_classes = as_int(num_classes, "num_classes", minimum=1)
     dropout = as_float(dropout, "dropout", minimum=0.0, maximum=1.0, max_inclusive=False)
+    algo = _algo_suffix(conv_algorithm, "conv_algorithm")
     return Network(
-        f"wrn(depth={depth},widen={widen},classes={num_classes},dropout={dropout!r})", input_shape, seed
+        f"wrn(depth={depth},widen={widen},classes={num_classes},dropout={dropout!r}{algo})", input_shape, seed
     )

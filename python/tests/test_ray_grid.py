@@ -145,6 +145,20 @@ def test_ray_missing_is_an_import_error_naming_the_extra(tmp_path: Path) -> None
     assert not (tmp_path / "r" / "tiny").exists() or not any((tmp_path / "r" / "tiny").iterdir())
 
 
+def test_no_cluster_at_the_address_is_a_quick_connection_error(tmp_path: Path) -> None:
+    pytest.importorskip("ray")
+    import socket
+
+    with socket.socket() as s:  # a port that nothing listens on
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    t = time.monotonic()
+    with pytest.raises(ConnectionError, match=f"^ray: no Ray cluster at '127.0.0.1:{port}'"):
+        run_experiment(_config(), results=tmp_path, ray=f"127.0.0.1:{port}", progress=False, log=None)
+    assert time.monotonic() - t < 60
+    assert list(tmp_path.iterdir()) == []
+
+
 # ---- on the cluster ----------------------------------------------------------------------------------------
 
 
@@ -374,3 +388,97 @@ def test_run_whose_worker_dies_without_retries_fails_and_stays_out_of_the_summar
     # A re-run completes the grid, running only the failed run.
     again = run_experiment(_config(**SLOW), results=tmp_path, ray=ray_cluster.address, progress=False, log=None)
     assert (again.ran, again.skipped, again.failed) == (1, 1, 0)
+
+
+@pytest.mark.ray
+@pytest.mark.slow_ray
+def test_cluster_script_stops_exactly_its_own_processes_workers_included(tmp_path: Path) -> None:
+    pytest.importorskip("ray")
+    tools = ray_cluster_tools()
+    directory = Path(f"/tmp/mwray-own-{os.getpid()}")  # short: Ray's socket paths
+    cmd = [sys.executable, str(tools.__file__)]
+    bystander = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(600)"], start_new_session=True)
+    try:
+        started = subprocess.run([*cmd, "start", f"--dir={directory}", "--nodes=2"], capture_output=True, text=True,
+                                 timeout=300)
+        assert started.returncode == 0, started.stderr
+        address = started.stdout.strip().splitlines()[-1]
+        assert address.startswith("127.0.0.1:")
+        # Workers exist only while a job runs: start one on each node and keep them busy.
+        code = textwrap.dedent(
+            f"""
+            import time, ray
+            ray.init(address={address!r}, log_to_driver=False)
+            def hold(): time.sleep(30)
+            refs = [ray.remote(hold).options(name="metaweight-run", num_cpus=1).remote() for _ in range(2)]
+            time.sleep(60)
+            """
+        )
+        driver = subprocess.Popen([sys.executable, "-c", code])
+        deadline = time.monotonic() + 120
+        cluster = RayCluster(address, directory)
+        while time.monotonic() < deadline and len(_busy_workers(cluster)) < 2:
+            time.sleep(0.2)
+        busy = _busy_workers(cluster)
+        assert len(busy) == 2
+        sockets = subprocess.run([*cmd, "sockets", f"--dir={directory}"], capture_output=True, text=True, timeout=60)
+        assert sockets.returncode == 0, sockets.stdout
+        pids = cluster.pids()
+        assert set(busy) <= set(pids) and len(pids) >= 8  # GCS, 2 raylets, agents, monitors, workers
+        stopped = subprocess.run([*cmd, "stop", f"--dir={directory}"], capture_output=True, text=True, timeout=120)
+        assert stopped.returncode == 0, stopped.stderr
+        driver.kill()
+        driver.wait()
+        state = json.loads((directory / "cluster.json").read_text())
+        assert state["stopped"] is True
+        assert not tools._alive(state["keeper_pid"])  # (reaping the keeper is its parent's job: PID 1's)
+        for pid in pids:
+            # Every Ray process is gone, and reaped by the keeper (no zombie), whatever PID 1 is.
+            stat = Path(f"/proc/{pid}/stat").read_text() if Path(f"/proc/{pid}").exists() else ""
+            assert not stat or stat.split(")")[1].split()[0] != "Z", stat
+        assert bystander.poll() is None  # a process the script did not start is untouched
+    finally:
+        subprocess.run([*cmd, "stop", f"--dir={directory}"], capture_output=True, timeout=120)
+        bystander.kill()
+        bystander.wait()
+        import shutil
+
+        shutil.rmtree(directory, ignore_errors=True)
+
+
+def _sigint_default() -> None:
+    # In the child before exec: SIG_DFL, so that its Python installs the KeyboardInterrupt handler
+    # even when pytest runs in a shell's background job (which ignores SIGINT).
+    signal.signal(signal.SIGINT, signal.SIG_DFL)
+
+
+@pytest.mark.ray
+@pytest.mark.slow_ray
+def test_ctrl_c_on_the_driver_cancels_the_runs_and_keeps_no_partial_one(
+    ray_cluster: RayCluster, tmp_path: Path
+) -> None:
+    cfg = tmp_path / "slow.json"
+    cfg.write_text(json.dumps(_config(**{**SLOW, "seeds": [0, 1]})))  # 4 runs of several seconds
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "metaweight.experiments", str(cfg), "--results", str(tmp_path / "r"),
+         "--ray", ray_cluster.address, "--quiet"],
+        stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, preexec_fn=_sigint_default,
+    )
+    deadline = time.monotonic() + 120
+    while time.monotonic() < deadline and not _busy_workers(ray_cluster) and proc.poll() is None:
+        time.sleep(0.05)
+    assert _busy_workers(ray_cluster), "no run started"
+    proc.send_signal(signal.SIGINT)
+    _out, err = proc.communicate(timeout=120)
+    assert proc.returncode == 130, err
+    assert "interrupted; finished runs are kept" in err
+    # The cancelled runs' workers stop (force-cancelled), and no unfinished run is marked finished.
+    deadline = time.monotonic() + 60
+    while time.monotonic() < deadline and _busy_workers(ray_cluster):
+        time.sleep(0.2)
+    assert _busy_workers(ray_cluster) == []
+    folder = tmp_path / "r" / "tiny"
+    finished = [p for p in folder.iterdir() if (p / "final.json").exists()] if folder.exists() else []
+    assert len(finished) < 4
+    for p in finished:
+        assert (p / "history.csv").is_file() and (p / "weights.npz").is_file()

@@ -17,7 +17,67 @@ import MetaweightTensor
 /// depend only on the layer and the batch size, and dW sums the per-chunk products in chunk
 /// order, so which thread ran which chunk never changes a result.
 /// 1×1 stride-1 convolutions without padding use x directly.
+///
+/// 3×3 stride-1 convolutions (padding ≤ 2) can instead run all three passes through Winograd's
+/// F(m×m, 3×3) (see `Winograd`), chosen per layer by `algorithm`: the results agree with the GEMM
+/// path up to rounding (the bound is derived in `WinogradTests`), so the choice is a preference,
+/// not part of the maths (not in the architecture signature, and checkpoints load either way).
 public final class Conv2D: LeafLayer, Layer {
+  /// How a convolution computes its products.
+  public enum Algorithm: Int32, Sendable, CaseIterable, CustomStringConvertible {
+    /// Winograd where it is eligible and measured faster (`Conv2D.prefersWinograd`), else GEMM.
+    case auto = 0
+    /// im2col + GEMM (or the direct product of a 1×1 convolution).
+    case gemm = 1
+    /// Winograd F(2×2, 3×3) when eligible (3×3, stride 1, padding ≤ 2), else GEMM.
+    case winograd = 2
+
+    /// `auto`, `gemm` or `winograd`.
+    public var description: String {
+      switch self {
+      case .auto: return "auto"
+      case .gemm: return "gemm"
+      case .winograd: return "winograd"
+      }
+    }
+  }
+
+  /// The preferred algorithm (default `.auto`); changing it never changes the parameters.
+  public var algorithm: Algorithm = .auto
+
+  /// Winograd output tile size: F(2×2, 3×3). F(4×4, 3×3) needs 1.8× fewer multiplies still, but its
+  /// transform constants (up to 8 in Aᵀ, 5 in Bᵀ) make its derived error bound 50× and its measured
+  /// error 24× larger than F(2×2)'s (`WinogradTests.testTileSizeErrorsAgainstFloat64`: 2.1e-6 vs
+  /// 9.0e-8 of Σ|w||x| on a 16-channel layer); F(2×2) stays at the GEMM path's 8.8e-8 (its
+  /// constants are 0, ±½, ±1), and its transforms, additions only, are the cheaper ones.
+  package static let defaultWinogradTile = 2
+
+  /// The Winograd output tile size this layer uses (`defaultWinogradTile`; tests compare 4).
+  package var winogradTile = Conv2D.defaultWinogradTile
+
+  /// Whether the layer can run through Winograd: 3×3 kernel, stride 1, padding ≤ 2 (so the input
+  /// gradient is itself a convolution with padding 2 − p ≥ 0).
+  public var winogradEligible: Bool { kernel == 3 && stride == 1 && padding <= 2 }
+
+  /// What `.auto` picks on an eligible layer: Winograd when both channel counts are at least 32.
+  /// Measured per layer shape (`benchmarks/bench_conv_algorithms.py`, one thread, batch 100): with
+  /// 16 channels each transform point's product has an inner dimension of 16, too short for the
+  /// GEMM to pay for the transforms (Winograd 0.8× GEMM's speed on ResNet-32's 16-channel 32×32
+  /// layers); from 32 channels on it wins.
+  public var prefersWinograd: Bool { inChannels >= 32 && outChannels >= 32 }
+
+  /// The Winograd plan the passes use, or nil for the GEMM path.
+  package var winogradPlan: Winograd? {
+    guard winogradEligible else { return nil }
+    switch algorithm {
+    case .gemm: return nil
+    case .winograd: return Winograd.tile(winogradTile)
+    case .auto: return prefersWinograd ? Winograd.tile(winogradTile) : nil
+    }
+  }
+
+  /// The algorithm the passes actually run (`.gemm` or `.winograd`).
+  public var effectiveAlgorithm: Algorithm { winogradPlan == nil ? .gemm : .winograd }
   /// Input channels.
   public let inChannels: Int
   /// Output channels.
@@ -95,6 +155,10 @@ public final class Conv2D: LeafLayer, Layer {
 
   /// Target size of one chunk's column matrix, in floats (2 MiB: a few examples, in L2/L3 cache).
   static let columnBudget = 524_288
+
+  /// Target floats of one Winograd chunk's transformed inputs and products (V and M): small enough
+  /// to stay in a core's L2 cache between the transforms and the products.
+  static let winogradBudget = 131_072
 
   /// Fewest chunks a batch is cut into (when it has that many examples), so that the threads
   /// share the chunks evenly; fixed, not derived from the thread count, so results are not either.
@@ -294,13 +358,115 @@ public final class Conv2D: LeafLayer, Layer {
     }
   }
 
+  /// y = Σ_t conv(x_t, F_t) (+ bias) through Winograd for one or two terms, one product per
+  /// transform point over the stacked filters [U(F₁) | U(F₂)] and inputs [V(x₁); V(x₂)].
+  ///
+  /// `transposed` runs the input-gradient convolution: the inputs have the layer's Cout channels,
+  /// the output its Cin, and filter (ci, co) is W[co, ci] rotated by 180°. Chunks of examples run
+  /// in parallel like `convolve`'s.
+  private func winogradConvolve(
+    _ plan: Winograd, filters: [UnsafePointer<Float>], inputs: [UnsafePointer<Float>], transposed: Bool,
+    h: Int, w: Int, padding p: Int, oh: Int, ow: Int, bias: UnsafePointer<Float>?,
+    _ y: UnsafeMutablePointer<Float>, _ ctx: inout PassContext
+  ) {
+    let n = ctx.batch
+    let xc = transposed ? outChannels : inChannels  // channels of each input
+    let yc = transposed ? inChannels : outChannels  // channels of the output
+    let kin = filters.count * xc
+    let pts = plan.points
+    let perTile = plan.tiles(oh) * plan.tiles(ow)
+    let perExample = pts * (kin + yc) * perTile
+    let fewest = Conv2D.minimumChunks
+    let nc = max(1, min(n, Conv2D.winogradBudget / max(perExample, 1), (n + fewest - 1) / fewest))
+    let chunks = (n + nc - 1) / nc
+    let chunkSize = nc * perExample
+    let slots = Parallel.slots(for: chunks)
+    let uCount = pts * yc * kin
+    let buf = ctx.scratch.pointer(count: uCount + slots * chunkSize)
+    let lcin = inChannels
+    for (t, f) in filters.enumerated() {
+      plan.transformFilters(
+        rows: yc, cols: xc, ld: kin, columnOffset: t * xc, flipped: transposed,
+        filter: { r, c in transposed ? f + (c * lcin + r) * 9 : f + (r * lcin + c) * 9 }, into: buf)
+    }
+    let u = UnsafePointer(buf)
+    let work = buf + uCount
+    Parallel.forEach(chunks, slots: slots) { slot, c in
+      let n0 = c * nc, cnt = min(nc, n - n0)
+      let tiles = cnt * perTile
+      let v = work + slot * chunkSize
+      let mt = v + pts * kin * tiles
+      for (t, x) in inputs.enumerated() {
+        plan.transformInput(
+          x, channels: xc, n: n, n0: n0, count: cnt, h: h, w: w, padding: p, oh: oh, ow: ow, into: v,
+          rows: kin, ld: tiles, rowOffset: t * xc)
+      }
+      for xi in 0..<pts {
+        BLAS.gemm(
+          m: yc, n: tiles, k: kin, a: u + xi * yc * kin, b: v + xi * kin * tiles, c: mt + xi * yc * tiles,
+          parallel: chunks == 1)
+      }
+      plan.transformOutput(
+        mt, channels: yc, ld: tiles, bias: bias, into: y, n: n, n0: n0, count: cnt, oh: oh, ow: ow)
+    }
+  }
+
+  /// dW (3×3 filters, overwritten at `g`) through Winograd: per chunk Z_c[ξ] = D[ξ]·V[ξ]ᵀ with
+  /// D = A dY Aᵀ and V = Bᵀ d B, summed in chunk order, then dW = Gᵀ Z G.
+  private func winogradFilterGradient(
+    _ plan: Winograd, _ x: UnsafePointer<Float>, _ dy: UnsafePointer<Float>, _ g: UnsafeMutablePointer<Float>,
+    _ ctx: inout PassContext
+  ) {
+    let n = ctx.batch
+    let (cin, cout, h, w, p, oh, ow) = (inChannels, outChannels, height, width, padding, outHeight, outWidth)
+    let pts = plan.points
+    let perTile = plan.tiles(oh) * plan.tiles(ow)
+    let perExample = pts * (cin + cout) * perTile
+    let fewest = Conv2D.minimumChunks
+    let nc = max(1, min(n, Conv2D.winogradBudget / max(perExample, 1), (n + fewest - 1) / fewest))
+    let chunks = (n + nc - 1) / nc
+    let chunkSize = nc * perExample
+    let slots = Parallel.slots(for: chunks)
+    let zSize = pts * cout * cin
+    let buf = ctx.scratch.pointer(count: chunks * zSize + slots * chunkSize)
+    let work = buf + chunks * zSize
+    Parallel.forEach(chunks, slots: slots) { slot, c in
+      let n0 = c * nc, cnt = min(nc, n - n0)
+      let tiles = cnt * perTile
+      let v = work + slot * chunkSize
+      let d = v + pts * cin * tiles
+      plan.transformInput(
+        x, channels: cin, n: n, n0: n0, count: cnt, h: h, w: w, padding: p, oh: oh, ow: ow, into: v,
+        rows: cin, ld: tiles, rowOffset: 0)
+      plan.transformOutputGradient(dy, channels: cout, n: n, n0: n0, count: cnt, oh: oh, ow: ow, into: d, ld: tiles)
+      for xi in 0..<pts {
+        BLAS.gemm(
+          transB: true, m: cout, n: cin, k: tiles, a: d + xi * cout * tiles, b: v + xi * cin * tiles,
+          c: buf + c * zSize + xi * cout * cin, parallel: chunks == 1)
+      }
+    }
+    if chunks > 1 {
+      Parallel.forRange(zSize, costPerItem: chunks) { j0, j1 in
+        for c in 1..<chunks { Kernels.add(buf + c * zSize + j0, into: buf + j0, count: j1 - j0) }
+      }
+    }
+    plan.filterGradients(buf, rows: cout, cols: cin, out: { r, c in g + (r * cin + c) * 9 })
+  }
+
   /// y = W·col(x) + b.
   public func forward(
     _ x: UnsafePointer<Float>, _ y: UnsafeMutablePointer<Float>, _ ctx: inout PassContext,
     _ tape: LayerTape
   ) {
     let w = ctx.params + paramOffset
-    convolve(w, x, nil, nil, bias: hasBias ? w + outChannels * kdim : nil, y, &ctx)
+    let bias = hasBias ? w + outChannels * kdim : nil
+    if let plan = winogradPlan {
+      winogradConvolve(
+        plan, filters: [w], inputs: [x], transposed: false, h: height, w: width, padding: padding,
+        oh: outHeight, ow: outWidth, bias: bias, y, &ctx)
+      return
+    }
+    convolve(w, x, nil, nil, bias: bias, y, &ctx)
   }
 
   /// dW = Σ (col(x)·dyᵀ)ᵀ, db = Σ dy, dx = W̃·col′(dy) or col2im(Wᵀ·dy).
@@ -324,6 +490,15 @@ public final class Conv2D: LeafLayer, Layer {
       }
     }
     if gw == nil && dx == nil { return }
+    if let plan = winogradPlan {
+      if let g = gw { winogradFilterGradient(plan, x, dy, g, &ctx) }
+      if let d = dx {
+        winogradConvolve(
+          plan, filters: [w], inputs: [dy], transposed: true, h: outHeight, w: outWidth, padding: 2 - padding,
+          oh: height, ow: width, bias: nil, d, &ctx)
+      }
+      return
+    }
     if isPointwise {
       if let g = gw { BLAS.gemm(transB: true, m: cout, n: cin, k: total, a: dy, b: x, c: g) }
       if let d = dx { BLAS.gemm(transA: true, m: cin, n: total, k: cout, a: w, b: dy, c: d) }
@@ -407,6 +582,21 @@ public final class Conv2D: LeafLayer, Layer {
     let w = ctx.params + paramOffset
     let tw = ctx.paramTangent.map { $0 + paramOffset }
     let tb = hasBias ? tw.map { $0 + outChannels * kdim } : nil
+    if let plan = winogradPlan, tx != nil || tw != nil {
+      var filters: [UnsafePointer<Float>] = [], inputs: [UnsafePointer<Float>] = []
+      if let t = tx {
+        filters.append(w)
+        inputs.append(t)
+      }
+      if let d = tw {
+        filters.append(d)
+        inputs.append(x)
+      }
+      winogradConvolve(
+        plan, filters: filters, inputs: inputs, transposed: false, h: height, w: width, padding: padding,
+        oh: outHeight, ow: outWidth, bias: tb, ty, &ctx)
+      return
+    }
     switch (tx, tw) {
     case (let t?, let d?): convolve(w, t, d, x, bias: tb, ty, &ctx)
     case (let t?, nil): convolve(w, t, nil, nil, bias: nil, ty, &ctx)

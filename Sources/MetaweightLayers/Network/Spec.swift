@@ -129,6 +129,19 @@ public struct SpecParser {
       }
       return d
     }
+    /// `algo=0|1|2`: the convolution algorithm preference (auto, gemm, winograd) of a conv layer
+    /// or of every convolution of a preset.
+    func algorithm() throws -> Conv2D.Algorithm? {
+      guard args["algo"] != nil else {
+        used.insert("algo")
+        return nil
+      }
+      let v = try int("algo")
+      guard let a = Conv2D.Algorithm(rawValue: Int32(v)) else {
+        throw MetaweightError.invalidArgument("spec: \(name).algo: expected 0 (auto), 1 (gemm) or 2 (winograd), got \(v)")
+      }
+      return a
+    }
     let layer: Layer
     switch name {
     case "linear":
@@ -159,6 +172,9 @@ public struct SpecParser {
         dropout: try float("dropout", 0))
     default:
       throw MetaweightError.invalidArgument("spec: unknown layer '\(name)'")
+    }
+    if ["conv2d", "conv", "lenet5", "resnet32", "resnet", "wrn"].contains(name), let a = try algorithm() {
+      layer.setConvolutionAlgorithm(a)
     }
     if let extra = args.keys.first(where: { !used.contains($0) }) {
       throw MetaweightError.invalidArgument("spec: \(name) has no argument '\(extra)'")

@@ -5,6 +5,7 @@ Command line::
     python -m metaweight.experiments examples/configs/readme_table.toml
     metaweight-experiments CONFIG [--results DIR] [--only method=gdw,mwnet] [--size small|full|0.25]
                                   [--dry-run] [--force] [--jobs 2] [--set epochs=5]
+                                  [--ray [auto|HEAD:PORT]] [--threads N]
 
 From Python::
 
@@ -15,7 +16,9 @@ From Python::
 
 Every run is written to ``<results>/<experiment>/<run-id>/`` (``config.json``, ``history.csv``,
 ``final.json``, ``weights.npz``); re-running skips the runs whose ``final.json`` exists and whose
-``config.json`` matches. The configuration format is described in
+``config.json`` matches. ``run_experiment(..., ray="HEAD:PORT")`` (``--ray``) runs each run as a task
+on a Ray cluster (:mod:`metaweight.experiments.ray_grid`; README, "Beyond one machine: Ray"). The
+configuration format is described in
 :mod:`metaweight.experiments.config` and ``examples/configs/reference.toml`` (every key, commented).
 """
 

@@ -19,6 +19,7 @@ Imported only when a grid is asked to run on Ray; nothing else in metaweight imp
 from __future__ import annotations
 
 import logging
+import socket
 import tempfile
 import time
 import traceback
@@ -69,11 +70,26 @@ def import_ray() -> Any:
     return ray
 
 
+def _check_reachable(address: str, timeout: float = 5.0) -> None:
+    """A quick TCP connection to ``HOST:PORT`` (Ray itself retries a missing head for minutes)."""
+    if address == "auto" or address.startswith("ray://"):
+        return
+    host, _, port = address.rpartition(":")
+    try:
+        with socket.create_connection((host.strip("[]"), int(port)), timeout=timeout):
+            pass
+    except OSError as e:
+        raise ConnectionError(
+            f"ray: no Ray cluster at {address!r} ({e}); start its head with `ray start --head --port={port}`"
+        ) from None
+
+
 def _connect(ray: Any, address: str) -> bool:
     """Connects this process to the cluster at ``address`` unless it is connected already; returns
     whether it connected (and so must disconnect)."""
     if ray.is_initialized():
         return False
+    _check_reachable(address)
     try:
         ray.init(address=address, log_to_driver=False, logging_level=logging.WARNING)
     except (ConnectionError, RuntimeError, ValueError) as e:
