@@ -211,6 +211,22 @@ def test_grid_on_ray_gives_the_local_grid_file_for_file(ray_cluster: RayCluster,
 
 
 @pytest.mark.ray
+def test_one_progress_bar_counts_the_runs_across_the_cluster(
+    ray_cluster: RayCluster, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    pytest.importorskip("tqdm")
+    lines: list[str] = []
+    report = run_experiment(_config(), results=tmp_path, ray=ray_cluster.address, progress=True, log=lines.append)
+    assert report.ran == 4
+    captured = capsys.readouterr()
+    assert "runs: 100%" in captured.err and "4/4" in captured.err
+    assert "epoch" not in captured.err  # no per-run epoch bars from the workers
+    # One line per run, written through the bar (tqdm.write) as each run's files land on the driver.
+    done = [ln for ln in captured.out.replace("\r", "\n").splitlines() if ln.startswith("done ")]
+    assert len(done) == 4 and lines[0].startswith("tiny: 4 runs selected")
+
+
+@pytest.mark.ray
 def test_cli_on_ray_skips_finished_runs_and_reruns_an_unfinished_one(
     ray_cluster: RayCluster, tmp_path: Path
 ) -> None:
