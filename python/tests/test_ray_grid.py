@@ -248,6 +248,10 @@ def test_cli_on_ray_skips_finished_runs_and_reruns_an_unfinished_one(
         k: v for k, v in before.items() if k != runs[1].name
     }
     assert json.loads(after[runs[1].name])["test_accuracy"] == json.loads(before[runs[1].name])["test_accuracy"]
+    # Nothing left to run: the cluster is not even contacted (nothing listens at this address).
+    third = run_experiment(json.loads(cfg.read_text()), results=tmp_path / "r", ray="127.0.0.1:1", progress=False,
+                           log=None)
+    assert (third.ran, third.skipped, third.failed) == (0, 4, 0)
 
 
 @pytest.mark.ray
