@@ -275,6 +275,20 @@ def test_failing_run_on_ray_is_reported_and_left_out_of_the_summary(
 
 
 @pytest.mark.ray
+def test_a_data_set_the_driver_cannot_load_fails_its_runs_as_locally(ray_cluster: RayCluster, tmp_path: Path) -> None:
+    cfg = _config(defaults={"dataset": {"name": "npz", "path": str(tmp_path / "missing.npz")}})
+    local = run_experiment(cfg, results=tmp_path / "local", progress=False, log=None)
+    on_ray = run_experiment(cfg, results=tmp_path / "ray", ray=ray_cluster.address, progress=False, log=None)
+    assert (local.failed, on_ray.failed, on_ray.ran) == (4, 4, 0)
+    for a, b in zip(local.results, on_ray.results):
+        assert a.error == b.error and b.error is not None and "missing.npz not found" in b.error
+        assert sorted(p.name for p in a.path.iterdir()) == sorted(p.name for p in b.path.iterdir())
+        assert json.loads((a.path / "config.json").read_text()) == json.loads((b.path / "config.json").read_text())
+        assert "Traceback" in (b.path / "error.txt").read_text()
+    assert on_ray.summary == []
+
+
+@pytest.mark.ray
 def test_data_set_is_loaded_on_the_driver_and_shipped_once(
     ray_cluster: RayCluster, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:

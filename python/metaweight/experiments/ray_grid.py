@@ -18,6 +18,7 @@ Imported only when a grid is asked to run on Ray; nothing else in metaweight imp
 
 from __future__ import annotations
 
+import json
 import logging
 import socket
 import tempfile
@@ -30,7 +31,7 @@ from typing import Any
 from ..errors import InvalidArgumentError
 from .config import RunSpec
 from .datasets import load_source
-from .runner import ERROR_FILE, RUN_FILES, RunResult, execute_run, store_run_files
+from .runner import CONFIG_FILE, ERROR_FILE, RUN_FILES, RunResult, execute_run, store_run_files
 
 __all__ = ["RaySession", "import_ray", "ray_address"]
 
@@ -132,7 +133,9 @@ def _run_task(spec: RunSpec, source: Any, threads: int) -> dict[str, Any]:
 
 
 def _failed(spec: RunSpec, path: Path, error: str, detail: str, seconds: float) -> RunResult:
-    store_run_files(path, {ERROR_FILE: detail.encode("utf-8")})
+    """A run that failed outside its task: ``config.json`` and ``error.txt``, as a local failure."""
+    config = json.dumps(spec.config, indent=2, default=str) + "\n"
+    store_run_files(path, {CONFIG_FILE: config.encode("utf-8"), ERROR_FILE: detail.encode("utf-8")})
     return RunResult(spec, "failed", path, error=error, seconds=seconds)
 
 
