@@ -12,7 +12,8 @@ The public API::
 Modules: :mod:`metaweight.models` (networks, layers, presets), :mod:`metaweight.optim`
 (optimizers, schedules), :mod:`metaweight.trainer` (training), :mod:`metaweight.metrics`,
 :mod:`metaweight.errors` (the exception hierarchy), :mod:`metaweight.callbacks` (``fit``'s callback
-protocol), :mod:`metaweight.integrations` (TensorBoard and MLflow callbacks, optional extras).
+protocol), :mod:`metaweight.distributed` (exact data-parallel training on Ray or threads),
+:mod:`metaweight.integrations` (TensorBoard and MLflow callbacks, optional extras).
 """
 
 from ._blas import configure_openblas as _configure_openblas
@@ -23,7 +24,7 @@ from . import _core
 
 __version__: str = _core.version()
 
-from . import callbacks, conditions, data, law, methods, metrics
+from . import callbacks, conditions, data, distributed, law, methods, metrics
 from ._validate import as_int as _as_int
 from .errors import (
     BusyError,
