@@ -185,6 +185,7 @@ __all__ = [
     "conditions",
     "confusion_matrix",
     "data",
+    "distributed",
     "get_threads",
     "law",
     "lenet5",
