@@ -403,7 +403,8 @@ package final class LAWEpisode: @unchecked Sendable {
   }
 
   /// Restores a `snapshot()` of an episode with the same index, data and settings.
-  /// - Throws: `MetaweightError.io` naming a missing or mis-sized section.
+  /// - Throws: `MetaweightError.io` naming a missing or mis-sized section; the episode is then
+  ///   unchanged.
   package func restore(_ ck: Checkpoint) throws {
     let n = data.count
     let dr = try ck.requireInts("rng.data", count: 4).map { UInt64(bitPattern: $0) }
@@ -449,8 +450,16 @@ package final class LAWEpisode: @unchecked Sendable {
         after: LAWStageState(stage: Int(cs[1]), lossSmooth: cf[2], accSmooth: cf[3]), reward: cv[0], targetAcc: cv[1],
         referenceAcc: cv[2], lossGap: cv[3], weightCorrupted: cv[4], weightClean: cv[5])
     }
+    // The reference is checked by restoring it; if that fails, the target goes back to where it
+    // was, so a refused snapshot changes nothing.
+    let targetBefore = target.checkpoint()
     try target.restore(ck.extract(prefix: "target."))
-    try reference.restore(ck.extract(prefix: "reference."))
+    do {
+      try reference.restore(ck.extract(prefix: "reference."))
+    } catch {
+      try? target.restore(targetBefore)
+      throw error
+    }
     dataRNG = RNG(state: dr)
     state = LAWStageState(stage: Int(st), lossSmooth: sv[0], accSmooth: sv[1])
     referenceSynced = synced

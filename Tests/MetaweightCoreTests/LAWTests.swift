@@ -660,6 +660,25 @@ final class LAWTests: XCTestCase {
     XCTAssertThrowsError(try driver.remoteStartRound(states: []))
   }
 
+  /// A snapshot whose reference section is damaged (checksum intact) is refused and leaves the
+  /// episode as it was: its next stage is the same as an untouched twin's.
+  func testRefusedEpisodeSnapshotChangesNothing() throws {
+    let cfg = try smallSearchConfig(parallel: 1)
+    let data = syntheticData(n: 32, nVal: 8, seed: 5)
+    let s = try LAWSearch(config: cfg, networkSpec: "mlp(hidden=8, classes=3)", inputLayout: .flat(6), seed: 2)
+    try s.setData(data)
+    let a = try s.makeEpisode(round: 0, slot: 0, data: data), b = try s.makeEpisode(round: 0, slot: 0, data: data)
+    for e in [a, b] {
+      e.begin()
+      _ = try e.runStage(0, action: nil)
+    }
+    var bad = try s.makeEpisode(round: 0, slot: 0, data: data).snapshot()  // a fresh episode's target ...
+    bad.floats["reference.network.params"] = [1, 2, 3]  // ... and a reference of the wrong size
+    XCTAssertThrowsError(try a.restore(bad))
+    let action = (0..<s.features.actionCount).map { Float($0 % 3) * 0.2 - 0.2 }
+    XCTAssertEqual(try a.runStage(1, action: action), try b.runStage(1, action: action))
+  }
+
   /// A strategy set as a trainer's weighting weights its `weightedStep` batches: K = 1 in warm-up
   /// stages, the strategy's K afterwards (matching `LAWStrategy.weights` on the same logits), one
   /// stage per total/N′ steps; the checkpoint keeps its `law_strategy.*` section.
