@@ -16,6 +16,18 @@ Usage:
 
 `--coretype` sets OPENBLAS_CORETYPE for metaweight's subprocesses ('unset' removes it so the
 package picks one from the CPU flags); without it the environment is passed through unchanged.
+
+`--before PATH` also times a second metaweight build (its package directory's parent, passed as
+PYTHONPATH, e.g. a build of the previous commit) in the same run; with `--rounds K` every round
+visits every (model, implementation) in turn and the best median of each is kept, so load from
+other processes hits all of them alike.
+
+The "% SGEMM" column: the FLOPs of the direct algorithm per step (2·multiply-adds of every
+convolution and linear layer in the forward pass, the weight gradient and the input gradient,
+which the first layer does not need), per second, over the machine's SGEMM rate measured in the
+same run (`bench_gemm.py`'s shapes on the OpenBLAS metaweight links, same threads and core type;
+the fastest shape). Winograd convolutions do fewer multiplications than the direct algorithm, so
+a step can exceed 100%.
 """
 
 from __future__ import annotations
@@ -72,6 +84,41 @@ def summarise(impl: str, model: str, times: list[float], base: float, extra: dic
     }
 
 
+def direct_flops(summary: str, batch: int) -> float:
+    """FLOPs of one training step by the direct algorithm, from a network summary (see module doc)."""
+    import re
+
+    total, first = 0.0, True
+    for line in summary.splitlines():
+        m = re.match(r"\s*(conv2d|linear) \(([\d, ]+)\) -> \(([\d, ]+)\)\s+params=(\d+)", line)
+        if not m:
+            continue
+        kind, inp, out = m.group(1), [int(v) for v in m.group(2).split(",")], [int(v) for v in m.group(3).split(",")]
+        params = int(m.group(4))
+        if kind == "linear":
+            macs = inp[0] * out[0]
+        else:
+            cin, cout, ohw = inp[0], out[0], out[1] * out[2]
+            k2 = params // (cin * cout)  # a bias adds fewer than cin·cout parameters
+            macs = cout * cin * k2 * ohw
+        passes = 2 if first else 3  # forward, weight gradient, input gradient
+        total += 2.0 * macs * batch * passes
+        first = False
+    return total
+
+
+def sgemm_gflops(threads: int, env: dict) -> dict:
+    """The machine's SGEMM rate: bench_gemm.py's shapes, fastest one, in a subprocess with `env`."""
+    here = os.path.dirname(os.path.abspath(__file__))
+    cmd = [sys.executable, os.path.join(here, "bench_gemm.py"), "--child", "--threads", str(threads), "--repeats", "9"]
+    out = subprocess.run(cmd, check=False, capture_output=True, text=True, env=env)
+    if out.returncode != 0:
+        return {"core": "?", "gflops": 0.0, "shape": "?"}
+    r = json.loads(out.stdout.strip().splitlines()[-1])
+    shape = max(r["gflops"], key=lambda k: r["gflops"][k])
+    return {"core": r["core"], "gflops": r["gflops"][shape], "shape": shape.split()[0] + " " + shape.split()[1]}
+
+
 def run_metaweight(model: str, steps: int, min_seconds: float, threads: int) -> dict:
     import metaweight
     import numpy as np
@@ -87,9 +134,12 @@ def run_metaweight(model: str, steps: int, min_seconds: float, threads: int) -> 
     tr = _core.trainer_create(net, (0, LR, MOMENTUM, 0, WEIGHT_DECAY, 0, 0.9, 0.999, 1e-8),
                               (0, [], 0.1, 0, 0.0, 0), 0)
     times = time_steps(lambda: _core.trainer_step(tr, x, y, None), max(3, steps // 10), steps, min_seconds)
-    return summarise("metaweight", model, times, base,
-                     {"version": metaweight.__version__, "blas": _core.blas_core(),
-                      "coretype_env": os.environ.get("OPENBLAS_CORETYPE", "")})
+    extra = {"version": metaweight.__version__, "blas": _core.blas_core(),
+             "coretype_env": os.environ.get("OPENBLAS_CORETYPE", ""),
+             "flops": direct_flops(_core.network_summary(net), BATCH)}
+    if hasattr(_core, "network_conv_algorithms"):
+        extra["conv_algorithms"] = "".join("gw"[a - 1] for a in _core.network_conv_algorithms(net))
+    return summarise("metaweight", model, times, base, extra)
 
 
 def torch_model(model: str):
@@ -169,12 +219,16 @@ def main() -> None:
                     help="run each measurement this many times (fresh subprocesses) and keep the one "
                          "with the lowest median: a guard against other load on a shared machine")
     ap.add_argument("--json", default=None, help="also write the results to this file")
+    ap.add_argument("--before", default=None, metavar="PATH",
+                    help="also time the metaweight package found on this PYTHONPATH, as 'metaweight-before'")
     ap.add_argument("--child", nargs=3, metavar=("IMPL", "MODEL", "STEPS"), help=argparse.SUPPRESS)
     args = ap.parse_args()
     if args.child:
         impl, model, steps = args.child
-        fn = run_metaweight if impl == "metaweight" else run_torch
-        print(json.dumps(fn(model, int(steps), args.min_seconds, args.threads)))
+        fn = run_torch if impl == "pytorch" else run_metaweight
+        r = fn(model, int(steps), args.min_seconds, args.threads)
+        r["impl"] = impl
+        print(json.dumps(r))
         return
 
     have_torch = False
@@ -183,35 +237,46 @@ def main() -> None:
         have_torch = probe.returncode == 0
         if not have_torch:
             print("PyTorch not importable; timing metaweight only", file=sys.stderr)
-    impls = ["metaweight"] + (["pytorch"] if have_torch else [])
-    results = []
-    for model in args.models.split(","):
+    impls = ["metaweight"] + (["metaweight-before"] if args.before else []) + (["pytorch"] if have_torch else [])
+    models = args.models.split(",")
+    for model in models:
         if model not in MODELS:
             raise SystemExit(f"unknown model {model!r}; choose from {', '.join(MODELS)}")
-        steps = args.steps or MODELS[model][2]
-        for impl in impls:
-            env = dict(os.environ)
-            if impl == "metaweight" and args.coretype:
-                env.pop("OPENBLAS_CORETYPE", None)
-                if args.coretype != "unset":
-                    env["OPENBLAS_CORETYPE"] = args.coretype
-            cmd = [sys.executable, os.path.abspath(__file__), "--threads", str(args.threads),
-                   "--min-seconds", str(args.min_seconds), "--child", impl, model, str(steps)]
-            best = None
-            for _ in range(max(1, args.rounds)):
-                out = subprocess.run(cmd, check=False, capture_output=True, text=True, env=env)
+
+    def env_for(impl: str) -> dict:
+        env = dict(os.environ)
+        if impl.startswith("metaweight") and args.coretype:
+            env.pop("OPENBLAS_CORETYPE", None)
+            if args.coretype != "unset":
+                env["OPENBLAS_CORETYPE"] = args.coretype
+        if impl == "metaweight-before":
+            env["PYTHONPATH"] = args.before
+        return env
+
+    gemm = sgemm_gflops(args.threads, env_for("metaweight"))
+    best: dict[tuple[str, str], dict] = {}
+    for _ in range(max(1, args.rounds)):
+        for model in models:
+            steps = args.steps or MODELS[model][2]
+            for impl in impls:
+                cmd = [sys.executable, os.path.abspath(__file__), "--threads", str(args.threads),
+                       "--min-seconds", str(args.min_seconds), "--child", impl, model, str(steps)]
+                out = subprocess.run(cmd, check=False, capture_output=True, text=True, env=env_for(impl))
                 if out.returncode != 0:
                     print(f"{impl} {model} failed:\n{out.stderr[-2000:]}", file=sys.stderr)
                     continue
                 r = json.loads(out.stdout.strip().splitlines()[-1])
-                if best is None or r["ms"] < best["ms"]:
-                    best = r
-            if best is None:
-                continue
-            r = best
-            results.append(r)
-            print(f"  {impl:10s} {model:9s} {r['ms']:9.3f} ms/step ({r['samples']} steps)  "
-                  f"{r['images_per_s']:9.0f} img/s  peak RSS {r['peak_rss_mb']:7.1f} MB", flush=True)
+                old = best.get((model, impl))
+                if old is None or r["ms"] < old["ms"]:
+                    best[(model, impl)] = r
+                print(f"  {impl:17s} {model:9s} {r['ms']:9.3f} ms/step ({r['samples']} steps)  "
+                      f"{r['images_per_s']:9.0f} img/s  peak RSS {r['peak_rss_mb']:7.1f} MB", flush=True)
+    results = [best[(m, i)] for m in models for i in impls if (m, i) in best]
+    flops = {r["model"]: r["flops"] for r in results if "flops" in r}
+    for r in results:
+        r["sgemm_gflops"] = gemm["gflops"]
+        f = flops.get(r["model"])
+        r["sgemm_fraction"] = f / (r["ms"] / 1000) / (gemm["gflops"] * 1e9) if f and gemm["gflops"] else None
 
     mw = next((r for r in results if r["impl"] == "metaweight"), None)
     th = next((r for r in results if r["impl"] == "pytorch"), None)
@@ -221,13 +286,18 @@ def main() -> None:
           + (f", metaweight {mw['version']} (OpenBLAS core {mw['blas']})" if mw else "")
           + (f", PyTorch {th['version']}" if th else ""))
     print()
-    print("| model | impl | ms/step (median) | min | p90 | images/s | peak RSS MB | base RSS MB | speed-up vs PyTorch |")
-    print("|---|---|---|---|---|---|---|---|---|")
+    print(f"SGEMM rate: {gemm['gflops']:.0f} GFLOP/s ({gemm['shape']}, OpenBLAS core {gemm['core']}, "
+          f"bench_gemm.py shapes, threads {args.threads})")
+    print()
+    print("| model | impl | ms/step (median) | min | p90 | images/s | % SGEMM | peak RSS MB | base RSS MB "
+          "| speed-up vs PyTorch |")
+    print("|---|---|---|---|---|---|---|---|---|---|")
     for r in results:
         ref = next((t for t in results if t["impl"] == "pytorch" and t["model"] == r["model"]), None)
         speed = f"{ref['ms'] / r['ms']:.2f}×" if ref and r["impl"] != "pytorch" else ""
+        frac = f"{100 * r['sgemm_fraction']:.0f}%" if r.get("sgemm_fraction") else ""
         print(f"| {r['model']} | {r['impl']} | {r['ms']:.3f} | {r['ms_min']:.3f} | {r['ms_p90']:.3f} | "
-              f"{r['images_per_s']:.0f} | {r['peak_rss_mb']:.1f} | {r['base_rss_mb']:.1f} | {speed} |")
+              f"{r['images_per_s']:.0f} | {frac} | {r['peak_rss_mb']:.1f} | {r['base_rss_mb']:.1f} | {speed} |")
     if args.json:
         with open(args.json, "w") as f:
             json.dump(results, f, indent=1)
