@@ -73,3 +73,10 @@ public func _mw_sync_point_name(_ point: Int32) -> UnsafePointer<CChar>? {
   guard let p = SyncPoint(rawValue: point) else { return UnsafePointer(s.empty) }
   return UnsafePointer(s.names[Int(p.rawValue)])
 }
+
+@_cdecl("mw_trainer_set_batch_norm_sync")
+public func _mw_trainer_set_batch_norm_sync(_ h: mw_trainer, _ on: Int32) -> mw_status {
+  guarded {
+    try using(h, as: Trainer.self, "trainer") { tr in tr.synchronizedBatchNorm = on != 0 }
+  }
+}

@@ -1,4 +1,5 @@
 import MetaweightTensor
+import MetaweightLayers
 
 /// A point of a data-parallel step at which the K workers combine a buffer by summation.
 ///
@@ -28,6 +29,12 @@ public enum SyncPoint: Int32, CaseIterable, Sendable {
   case gradient = 8
   /// [Σ loss, Σ correct, Σ meta loss] for the step's reported global loss, accuracy and meta loss.
   case metrics = 9
+  /// Synchronised batch norm, forward: a layer's per-channel Σx and count, then Σ(x − μ)².
+  case batchNormStatistics = 10
+  /// Synchronised batch norm, backward: a layer's per-channel Σ dy and Σ dy·x̂.
+  case batchNormGradient = 11
+  /// Synchronised batch norm, tangent (JVP): a layer's per-channel Σ tx and Σ tx·x̂.
+  case batchNormTangent = 12
 
   /// The point's name as the Python hook receives it, e.g. "meta_gradient".
   public var name: String {
@@ -42,6 +49,9 @@ public enum SyncPoint: Int32, CaseIterable, Sendable {
     case .weightNetGradient: return "weight_net_gradient"
     case .gradient: return "gradient"
     case .metrics: return "metrics"
+    case .batchNormStatistics: return "batch_norm_statistics"
+    case .batchNormGradient: return "batch_norm_gradient"
+    case .batchNormTangent: return "batch_norm_tangent"
     }
   }
 }
@@ -90,8 +100,12 @@ extension Trainer {
   public func globalMetaBatch(_ m: Int) -> Int { isDistributed ? globalMetaBatch : m }
 
   /// Sets `globalBatch` and `globalMetaBatch` for a step on a local train batch of `n` and meta
-  /// batch of `m`: their sums over the workers (`SyncPoint.counts`), or n and m themselves.
+  /// batch of `m`: their sums over the workers (`SyncPoint.counts`), or n and m themselves; and,
+  /// with `synchronizedBatchNorm`, makes the network's batch-norm layers use the global batch
+  /// statistics for the step's passes (`network.batchNormSync`, cleared when the step ends).
   public func synchronizeCounts(n: Int, m: Int) throws {
+    batchNormReduce.failure = nil
+    network.batchNormSync = isDistributed && synchronizedBatchNorm ? batchNormReduce : nil
     let total = try synchronize([Double(n), Double(m)], at: .counts)
     guard total[0] >= Double(n), total[1] >= Double(m), total[0] < 16_777_216, total[1] < 16_777_216 else {
       throw MetaweightError.invalidState(
@@ -105,10 +119,45 @@ extension Trainer {
   /// Replaces a step's local loss, accuracy and meta loss (means over its n and m examples) by
   /// the global ones (means over N and M) with one all-reduce (`SyncPoint.metrics`).
   public func synchronizeMetrics(_ r: inout StepResult, n: Int, m: Int) throws {
+    if let failure = batchNormReduce.failure {
+      batchNormReduce.failure = nil
+      throw MetaweightError.invalidState(
+        "step \(stepCount + 1): the all-reduce of a batch-norm layer failed: \(failure); "
+          + "parameters, optimizer state, running statistics and the method's state were not updated")
+    }
     guard isDistributed else { return }
     let s = try synchronize([r.loss * Double(n), r.accuracy * Double(n), r.metaLoss * Double(m)], at: .metrics)
     r.loss = s[0] / Double(globalBatch)
     r.accuracy = s[1] / Double(globalBatch)
     r.metaLoss = globalMetaBatch > 0 ? s[2] / Double(globalMetaBatch) : 0
+  }
+}
+
+/// Synchronised batch norm through a trainer's `allReduce` (`Trainer.synchronizedBatchNorm`): the
+/// network's batch-norm layers hand their per-channel sums here during a step. A failure is kept
+/// (the layer then goes on with its local sums) and fails the step before its update.
+public final class BatchNormAllReduce: BatchNormSync {
+  unowned let trainer: Trainer
+  /// The first failure of the current step, if any.
+  var failure: Error?
+
+  init(trainer: Trainer) { self.trainer = trainer }
+
+  /// See `BatchNormSync`.
+  public func sum(_ values: UnsafeMutablePointer<Float>, count: Int, pass: BatchNormSyncPass) -> Bool {
+    guard failure == nil, let reducer = trainer.allReduce else { return false }
+    let point: SyncPoint
+    switch pass {
+    case .statistics: point = .batchNormStatistics
+    case .gradient: point = .batchNormGradient
+    case .tangent: point = .batchNormTangent
+    }
+    do {
+      try reducer.sum(values, count: count, at: point)
+      return true
+    } catch {
+      failure = error
+      return false
+    }
   }
 }

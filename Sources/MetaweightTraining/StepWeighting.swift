@@ -75,6 +75,7 @@ extension Trainer {
       }
       do {
         try synchronizeCounts(n: n, m: m)
+        defer { network.batchNormSync = nil }
         ws.reserve(trainer: self, n: n, m: m)
         var result = try ws.step(trainer: self, x: x, n: n, labels: labels, xMeta: xMeta, m: m, labelsMeta: labelsMeta)
         try synchronize(grads.pointer, count: grads.count, at: .gradient)

@@ -106,6 +106,11 @@ public final class Trainer: @unchecked Sendable {
   public internal(set) var globalBatch = 0
   /// The global meta batch size M of the current step (m without `allReduce`).
   public internal(set) var globalMetaBatch = 0
+  /// Synchronised batch norm in data-parallel steps: batch statistics (and their derivatives) of
+  /// the global batch instead of each worker's shard (`AllReduce.swift`); off by default.
+  public var synchronizedBatchNorm = false
+  /// The batch-norm layers' collective while `synchronizedBatchNorm` is on.
+  lazy var batchNormReduce = BatchNormAllReduce(trainer: self)
 
   /// Bytes a new trainer for `network` allocates before its first step: the gradient, the
   /// optimizer's moment buffers and a one-example training tape (activations, input, logits).
@@ -272,6 +277,7 @@ public final class Trainer: @unchecked Sendable {
     x: UnsafePointer<Float>, n: Int, labels: UnsafePointer<Int64>, sampleWeights: UnsafePointer<Float>?
   ) throws -> StepResult {
     try synchronizeCounts(n: n, m: 0)
+    defer { network.batchNormSync = nil }
     let (loss, acc) = forwardTrainBatch(x: x, n: n, labels: labels)
     guard loss.isFinite else {
       throw MetaweightError.nonFinite("step \(stepCount + 1): the training loss is \(loss); parameters were not updated")

@@ -375,6 +375,13 @@ static int32_t allreduce_trampoline(void *context, float *buffer, int64_t count,
   return rc;
 }
 
+static PyObject *py_trainer_set_batch_norm_sync(PyObject *self, PyObject *args) {
+  PyObject *ho; uint64_t h; int on;
+  if (!PyArg_ParseTuple(args, "Op", &ho, &on) || handle_arg(ho, &h)) return NULL;
+  CHECK(mw_trainer_set_batch_norm_sync(h, on));
+  Py_RETURN_NONE;
+}
+
 static PyObject *py_trainer_set_allreduce(PyObject *self, PyObject *args) {
   PyObject *ho, *hook; uint64_t h;
   if (!PyArg_ParseTuple(args, "OO", &ho, &hook) || handle_arg(ho, &h)) return NULL;
@@ -1154,6 +1161,8 @@ static PyMethodDef methods[] = {
     {"trainer_load", py_trainer_load, METH_VARARGS, "Checkpoint load."},
     {"trainer_set_method", py_trainer_set_method, METH_VARARGS, "trainer_set_method(h, spec, seed)"},
     {"trainer_method", py_trainer_method, METH_VARARGS, "The current method's name."},
+    {"trainer_set_batch_norm_sync", py_trainer_set_batch_norm_sync, METH_VARARGS,
+     "trainer_set_batch_norm_sync(h, on) -- synchronised batch norm in data-parallel steps."},
     {"trainer_set_allreduce", py_trainer_set_allreduce, METH_VARARGS,
      "trainer_set_allreduce(h, hook) -- hook(values, sync_point) sums values over the workers in place; None detaches."},
     {"trainer_step_method", py_trainer_step_method, METH_VARARGS,

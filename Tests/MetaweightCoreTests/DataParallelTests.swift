@@ -104,8 +104,9 @@ private final class DPWorker: @unchecked Sendable {
 
   /// A worker of `method`; MW-Net normalises its weights by their batch sum (the Python default)
   /// unless `normalize` is false, and feeds V the detached loss unless `detach` is false.
-  init(method: WeightingConfig.Method, normalize: Bool = true, detach: Bool = true) throws {
-    network = try Network(try SpecParser.parse("linear(out=32);relu;linear(out=5)", input: .flat(16)), seed: 3)
+  init(method: WeightingConfig.Method, normalize: Bool = true, detach: Bool = true, batchNorm: Bool = false) throws {
+    let spec = batchNorm ? "linear(out=32);batchnorm;relu;linear(out=5)" : "linear(out=32);relu;linear(out=5)"
+    network = try Network(try SpecParser.parse(spec, input: .flat(16)), seed: 3)
     var opt = OptimizerConfig()
     opt.momentum = 0.9
     opt.weightDecay = 5e-4
@@ -139,8 +140,8 @@ private final class DPWorker: @unchecked Sendable {
     weights = ws.map { Array(UnsafeBufferPointer(start: $0.weights.pointer, count: b.y.count)) } ?? []
   }
 
-  /// θ and (MW-Net, GDW) V's parameters.
-  var state: [Float] { network.params.array + (ws?.weightNet?.params.array ?? []) }
+  /// θ, the running statistics and (MW-Net, GDW) V's parameters.
+  var state: [Float] { network.params.array + network.state.array + (ws?.weightNet?.params.array ?? []) }
 }
 
 final class DataParallelTests: XCTestCase {
@@ -209,6 +210,31 @@ final class DataParallelTests: XCTestCase {
           XCTAssertEqual(w.results[2].loss, single.results[2].loss, accuracy: 1e-6 * single.results[2].loss)
           XCTAssertEqual(w.results[2].metaLoss, single.results[2].metaLoss, accuracy: 1e-6 * max(single.results[2].metaLoss, 1))
           XCTAssertEqual(w.results[2].accuracy, single.results[2].accuracy, accuracy: 1e-9)
+        }
+      }
+    }
+  }
+
+  func testWithSynchronisedBatchNormKWorkerStepsEqualTheConcatenatedStep() throws {
+    // Batch norm with the global batch's statistics (`Trainer.synchronizedBatchNorm`): the same
+    // equality for a network with batch norm, running statistics included.
+    let batches = (0..<3).map { batch(seed: 200 + UInt64($0)) }
+    for method in methods {
+      let single = try DPWorker(method: method, batchNorm: true)
+      for b in batches { try single.step(b) }
+      for k in [2, 3] {
+        let group = ThreadSum(workers: k)
+        let workers = try (0..<k).map { _ in try DPWorker(method: method, batchNorm: true) }
+        for (r, w) in workers.enumerated() {
+          w.trainer.allReduce = RankReduce(group, rank: r)
+          w.trainer.synchronizedBatchNorm = true
+        }
+        try onThreads(k) { r in for b in batches { try workers[r].step(b.shard(r, of: k)) } }
+        XCTAssertTrue(group.trace.contains(.batchNormStatistics) && group.trace.contains(.batchNormGradient))
+        XCTAssertEqual(group.trace.contains(.batchNormTangent), method != .erm)  // the JVP's
+        for w in workers { XCTAssertEqual(w.state, workers[0].state, "\(method) K=\(k): workers differ") }
+        for (a, b) in zip(workers[0].state, single.state) {
+          XCTAssertEqual(a, b, accuracy: 2e-6 + 1e-5 * abs(b), "\(method) K=\(k)")
         }
       }
     }

@@ -111,6 +111,9 @@ def trainer_set_step_diagnostics(h: Handle, on: bool, /) -> None:
 def trainer_step_diagnostics(h: Handle, name: str, out: Buffer | None, /) -> tuple[int, int]:
     """(length, rows) of the last step's raw array ``name``; with ``out`` (float32), copied into it."""
 
+def trainer_set_batch_norm_sync(h: Handle, on: bool, /) -> None:
+    """Synchronised batch norm in data-parallel steps (batch statistics of the global batch)."""
+
 def trainer_set_allreduce(h: Handle, hook: Callable[[memoryview, str], object] | None, /) -> None:
     """Data-parallel steps: ``hook(values, sync_point)`` must replace the float32 ``values`` by their
     sum over all workers, in place; an exception fails the step (StateError, the exception as its

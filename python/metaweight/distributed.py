@@ -11,9 +11,11 @@ that every worker gets bit-identical values. The per-example losses, JVPs and we
 
 For ERM, L2RW, MW-Net and GDW on networks without batch norm, a K-worker step on K shards equals
 the single-process step on the concatenated batch up to float32 summation order (tested in
-``python/tests/test_distributed.py``). Batch norm normalises each worker's shard with its own
-batch statistics (as PyTorch's DDP does by default), so with batch norm the step is *not* the
-single-process step on the concatenated batch; the running statistics saved are rank 0's.
+``python/tests/test_distributed.py``). By default batch norm normalises each worker's shard with
+its own batch statistics (as PyTorch's DDP does), so with batch norm the step is *not* the
+single-process step on the concatenated batch and the running statistics saved are rank 0's; with
+``sync_batch_norm=True`` every batch-norm layer also sums its per-channel statistics and their
+derivatives' sums over the workers, and the equality holds for networks with batch norm too.
 
 Two engines implement the hook:
 
@@ -66,7 +68,7 @@ from typing import Any
 
 import numpy as np
 
-from ._validate import as_features, as_int, as_labels, as_optional_split
+from ._validate import as_bool, as_features, as_int, as_labels, as_optional_split
 from .errors import InvalidArgumentError, MetaweightError, StateError
 from .trainer import EpochRecord, History, Trainer
 
@@ -93,6 +95,9 @@ SYNC_POINTS = (
     "weight_net_gradient",
     "gradient",
     "metrics",
+    "batch_norm_statistics",
+    "batch_norm_gradient",
+    "batch_norm_tangent",
 )
 
 #: A hook ``hook(values, sync_point)``: sums the float32 ``values`` over the workers, in place.
@@ -107,7 +112,7 @@ class WorkerFailure(MetaweightError, RuntimeError):
     """Distributed training failed more often than ``max_failures`` allows (also a ``RuntimeError``)."""
 
 
-def attach(trainer: Trainer, hook: Hook) -> None:
+def attach(trainer: Trainer, hook: Hook, *, sync_batch_norm: bool = False) -> None:
     """Makes ``trainer`` one worker of a data-parallel group.
 
     From now on every step of ``trainer`` (``step`` and ``fit``) calls ``hook(values, sync_point)``
@@ -117,6 +122,11 @@ def attach(trainer: Trainer, hook: Hook) -> None:
     Args:
         trainer: a trainer with method ERM, L2RW, MW-Net or GDW.
         hook: the collective, e.g. :meth:`ThreadGroup.hook`.
+        sync_batch_norm: synchronised batch norm: every batch-norm layer normalises with the
+            statistics of the global batch (two more small all-reduces per layer and forward pass,
+            one per backward and tangent pass), so that the K-worker step equals the
+            single-process step on the concatenated batch for networks with batch norm too.
+            False (default): each worker's own batch statistics, as PyTorch's DDP.
 
     Raises:
         InvalidArgumentError: ``hook`` is not callable.
@@ -128,8 +138,10 @@ def attach(trainer: Trainer, hook: Hook) -> None:
 
     if not callable(hook):
         raise InvalidArgumentError(f"hook: expected a callable hook(values, sync_point), got {type(hook).__name__}")
+    sync_batch_norm = as_bool(sync_batch_norm, "sync_batch_norm")
     with trainer._use("distributed.attach") as h:
         _core.trainer_set_allreduce(h, hook)
+        _core.trainer_set_batch_norm_sync(h, sync_batch_norm)
 
 
 def detach(trainer: Trainer) -> None:
@@ -146,6 +158,7 @@ def detach(trainer: Trainer) -> None:
 
     with trainer._use("distributed.detach") as h:
         _core.trainer_set_allreduce(h, None)
+        _core.trainer_set_batch_norm_sync(h, False)
 
 
 def _sum_in_rank_order(parts: Sequence[np.ndarray]) -> np.ndarray:
@@ -315,6 +328,7 @@ class _Plan:
     meta_batch_size: int
     checkpoint: str
     every: int
+    sync_batch_norm: bool = False
 
 
 def _history_path(checkpoint: str) -> str:
@@ -400,6 +414,7 @@ def fit(
     max_failures: int = 3,
     checkpoint_every: int = 1,
     threads_per_worker: int = 1,
+    sync_batch_norm: bool = False,
 ) -> DistributedFit:
     """Trains with K data-parallel workers, exact synchronous steps, checkpoints and restarts.
 
@@ -437,6 +452,8 @@ def fit(
         checkpoint_every: epochs between checkpoints.
         threads_per_worker: kernel threads of each worker (:func:`metaweight.set_threads`; Ray
             workers only; thread workers share this process's setting).
+        sync_batch_norm: synchronised batch norm (see :func:`attach`); False: each worker's own
+            batch statistics (rank 0's running statistics are saved).
 
     Returns:
         A :class:`DistributedFit` with rank 0's history and the checkpoint's path.
@@ -455,6 +472,7 @@ def fit(
     max_failures = as_int(max_failures, "max_failures", minimum=0)
     checkpoint_every = as_int(checkpoint_every, "checkpoint_every", minimum=1)
     threads_per_worker = as_int(threads_per_worker, "threads_per_worker", minimum=1, maximum=1024)
+    sync_batch_norm = as_bool(sync_batch_norm, "sync_batch_norm")
     if backend not in ("ray", "threads"):
         raise InvalidArgumentError(f"backend: expected 'ray' or 'threads', got {backend!r}")
     if not callable(make_trainer):
@@ -503,7 +521,7 @@ def fit(
     shards = _shards(xa, ya, meta_arrays, xv, yv, workers)
     local_batch = batch_size // workers
     spe = -(-len(shards[0].x) // local_batch)
-    plan = _Plan(epochs, local_batch, meta_batch_size // workers, ckpt, checkpoint_every)
+    plan = _Plan(epochs, local_batch, meta_batch_size // workers, ckpt, checkpoint_every, sync_batch_norm)
     Path(ckpt).parent.mkdir(parents=True, exist_ok=True)
 
     resumed = _resumed_epochs(make_trainer, ckpt, spe)
@@ -552,7 +570,7 @@ def _fit_threads(
     trainers = [make_trainer() for _ in range(k)]
     try:
         for r, t in enumerate(trainers):
-            attach(t, group.hook(r))
+            attach(t, group.hook(r), sync_batch_norm=plan.sync_batch_norm)
         results = group.run([functools.partial(_run_worker, r, trainers[r], shards[r], plan, spe) for r in range(k)])
     finally:
         for t in trainers:
@@ -634,6 +652,11 @@ class _RayWorker:
         return {"rank": self.rank, "pid": os.getpid(), "node": ray.get_runtime_context().get_node_id()}
 
     def run(self, shard: _Shard, plan: _Plan, spe: int) -> list[EpochRecord]:
+        if plan.sync_batch_norm:
+            from . import _core
+
+            with self.trainer._use("distributed.fit") as h:
+                _core.trainer_set_batch_norm_sync(h, True)
         try:
             return _run_worker(self.rank, self.trainer, shard, plan, spe)
         except BaseException as e:

@@ -51,6 +51,25 @@ def _trainer(method: str, batch_norm: bool = False) -> mw.Trainer:
     return mw.Trainer(model, mw.SGD(lr=0.1, momentum=0.9, weight_decay=5e-4), method=method, seed=0)
 
 
+IMAGE = (2, 5, 5)
+
+
+def _conv_trainer(method: str) -> mw.Trainer:
+    """A small conv net with batch norm after the convolution and inside a residual block."""
+    model = mw.build(
+        [mw.Conv2d(6, 3, padding=1), mw.BatchNorm(), mw.ReLU(),
+         mw.Residual([mw.Conv2d(6, 3, padding=1), mw.BatchNorm(), mw.ReLU()]),
+         mw.GlobalAvgPool(), mw.Linear(C)],
+        input_shape=IMAGE, seed=0)
+    return mw.Trainer(model, mw.SGD(lr=0.1, momentum=0.9, weight_decay=5e-4), method=method, seed=0)
+
+
+def _image_data() -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
+    rng = np.random.default_rng(1)
+    return (rng.normal(size=(N, *IMAGE)).astype(np.float32), rng.integers(0, C, N),
+            rng.normal(size=(M, *IMAGE)).astype(np.float32), rng.integers(0, C, M))
+
+
 def _meta(method: str, xm: np.ndarray, ym: np.ndarray) -> dict[str, Any]:
     return {} if method == "erm" else {"x_meta": xm, "y_meta": ym}
 
@@ -152,6 +171,58 @@ def test_per_worker_batch_norm_runs_but_is_not_the_concatenated_step() -> None:
     assert all(np.isfinite(r.loss) for rs in results for r in rs)
 
 
+@pytest.mark.parametrize("k", [2, 3])
+@pytest.mark.parametrize("method", METHODS)
+def test_with_synchronised_batch_norm_k_worker_steps_equal_the_concatenated_step_on_a_conv_net(
+    method: str, k: int
+) -> None:
+    # Same tolerance argument: the per-channel sums of a batch-norm layer (over the N·H·W values of
+    # the batch) are regrouped by worker, in float64 locally and float32 on the wire (relative
+    # 6e-8 per partial sum); the variance is taken about the global mean, so nothing cancels.
+    x, y, xm, ym = _image_data()
+    single = _conv_trainer(method)
+    workers = [_conv_trainer(method) for _ in range(k)]
+    group = dist.ThreadGroup(k)
+    for r, t in enumerate(workers):
+        dist.attach(t, group.hook(r), sync_batch_norm=True)
+    for _ in range(3):
+        expected = single.step(x, y, **_meta(method, xm, ym))
+        got = group.run([
+            (lambda r=r: workers[r].step(x[r::k], y[r::k], **_meta(method, xm[r::k], ym[r::k])))
+            for r in range(k)])
+    want = _state(single)  # parameters, running statistics, V
+    for t in workers:
+        have = _state(t)
+        for name in want:
+            np.testing.assert_allclose(have[name], want[name], rtol=RTOL, atol=ATOL, err_msg=name)
+            assert np.array_equal(have[name], _state(workers[0])[name]), name
+    np.testing.assert_allclose(_interleave([r.weights for r in got]), expected.weights, rtol=1e-4, atol=1e-7)
+    for r in got:
+        assert r.loss == pytest.approx(expected.loss, rel=1e-6)
+
+
+def test_a_failing_batch_norm_all_reduce_fails_the_step_and_changes_nothing(tmp_path: Path) -> None:
+    x, y, xm, ym = _image_data()
+    for point in ("batch_norm_statistics", "batch_norm_gradient", "batch_norm_tangent"):
+        t = _conv_trainer("mwnet")
+        t.step(x, y, x_meta=xm, y_meta=ym)
+        before, after = tmp_path / f"{point}-before.ckpt", tmp_path / f"{point}-after.ckpt"
+        t.save(before)
+
+        def hook(values: memoryview, sync_point: str, fail: str = point) -> None:
+            if sync_point == fail:
+                raise ConnectionError(f"lost at {sync_point}")
+
+        dist.attach(t, hook, sync_batch_norm=True)
+        with pytest.raises(mw.StateError, match="batch-norm|" + point):
+            t.step(x, y, x_meta=xm, y_meta=ym)
+        t.save(after)
+        assert before.read_bytes() == after.read_bytes(), point
+        dist.detach(t)
+        t.step(x, y, x_meta=xm, y_meta=ym)  # a single-process trainer again
+        t.close()
+
+
 def _points_of_a_step(method: str) -> list[str]:
     x, y, xm, ym = _data()
     t = _trainer(method)
@@ -170,7 +241,16 @@ def test_sync_points_of_each_method() -> None:
         "weight_sums", "gradient", "metrics"]
     assert _points_of_a_step("gdw") == [
         "counts", "virtual_gradient", "meta_gradient", "gradient_norm", "weight_net_gradient", "gradient", "metrics"]
-    assert set().union(*(_points_of_a_step(m) for m in METHODS)) == set(dist.SYNC_POINTS)
+    batch_norm_points = {"batch_norm_statistics", "batch_norm_gradient", "batch_norm_tangent"}
+    assert set().union(*(_points_of_a_step(m) for m in METHODS)) == set(dist.SYNC_POINTS) - batch_norm_points
+    # Synchronised batch norm adds its sums in the forward, backward and tangent passes.
+    x, y, xm, ym = _image_data()
+    t = _conv_trainer("mwnet")
+    seen: list[str] = []
+    dist.attach(t, lambda values, point: seen.append(point), sync_batch_norm=True)
+    t.step(x, y, x_meta=xm, y_meta=ym)
+    assert batch_norm_points <= set(seen)
+    assert seen[0] == "counts" and seen[1] == "batch_norm_statistics" and seen[-1] == "metrics"
 
 
 @pytest.mark.parametrize("method", METHODS)

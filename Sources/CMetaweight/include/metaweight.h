@@ -288,8 +288,14 @@ mw_status mw_trainer_step_diagnostics(mw_trainer tr, const char *name, float *ou
  *   MW_SYNC_METRICS              [sum loss, sum correct, sum meta loss]                 all
  * The per-example losses, JVPs and weights stay local; the step's loss, accuracy and meta loss
  * are the global means; weights_out holds the worker's own examples' weights. Batch-norm
- * statistics are per worker (as in PyTorch's DDP), so the K-worker step equals the single
- * step on the concatenated batch only for networks without batch norm.
+ * statistics are per worker by default (as in PyTorch's DDP), so the K-worker step equals the
+ * single step on the concatenated batch only for networks without batch norm; with
+ * mw_trainer_set_batch_norm_sync(tr, 1) every batch-norm layer in a training mode also sums its
+ * per-channel statistics (MW_SYNC_BATCH_NORM_STATISTICS: [sum x..., count], then
+ * [sum (x - mean)^2...]), backward sums (MW_SYNC_BATCH_NORM_GRADIENT: [sum dy..., sum dy*xhat...])
+ * and tangent sums (MW_SYNC_BATCH_NORM_TANGENT), so the step equals the concatenated one for
+ * networks with batch norm too (running statistics from the global batch, identical on every
+ * worker).
  * set_allreduce: callback NULL detaches it (a single-process trainer again, the default). Only
  * ERM and l2rw, mwnet, gdw are exact data-parallel: another method, or an attached LAW strategy,
  * is MW_E_STATE here and in the step. The context pointer is passed back unchanged; the caller
@@ -305,10 +311,17 @@ mw_status mw_trainer_step_diagnostics(mw_trainer tr, const char *name, float *ou
 #define MW_SYNC_WEIGHT_NET_GRADIENT 7
 #define MW_SYNC_GRADIENT 8
 #define MW_SYNC_METRICS 9
+#define MW_SYNC_BATCH_NORM_STATISTICS 10
+#define MW_SYNC_BATCH_NORM_GRADIENT 11
+#define MW_SYNC_BATCH_NORM_TANGENT 12
 typedef int32_t (*mw_allreduce_fn)(void *context, float *buffer, int64_t count, int32_t sync_point);
 mw_status mw_trainer_set_allreduce(mw_trainer tr, mw_allreduce_fn callback, void *context);
+/* Synchronised batch norm in data-parallel steps (on != 0; off by default; no effect without an
+ * all-reduce callback). */
+mw_status mw_trainer_set_batch_norm_sync(mw_trainer tr, int32_t on);
 /* The sync point's name ("counts", "virtual_gradient", "meta_gradient", "l2rw_normalizer",
- * "weight_sums", "chain_sums", "gradient_norm", "weight_net_gradient", "gradient", "metrics");
+ * "weight_sums", "chain_sums", "gradient_norm", "weight_net_gradient", "gradient", "metrics",
+ * "batch_norm_statistics", "batch_norm_gradient", "batch_norm_tangent");
  * "" for an unknown value. Static storage. */
 const char *mw_sync_point_name(int32_t sync_point);
 

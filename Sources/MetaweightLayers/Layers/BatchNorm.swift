@@ -56,6 +56,8 @@ public final class BatchNorm: LeafLayer, Layer {
     var mean: [Float]
     var invstd: [Float]
     var batchStats = true
+    /// Elements per channel of the global batch (synchronised batch norm, `BatchNormSync.swift`).
+    var globalCount: Float = 0
     init(_ c: Int) {
       mean = [Float](repeating: 0, count: c)
       invstd = [Float](repeating: 1, count: c)
@@ -157,6 +159,9 @@ public final class BatchNorm: LeafLayer, Layer {
     _ x: UnsafePointer<Float>, _ y: UnsafeMutablePointer<Float>, _ ctx: inout PassContext,
     _ tape: LayerTape
   ) {
+    if let sync = ctx.batchNormSync, ctx.mode.usesBatchStatistics {
+      return forwardSynchronized(x, y, &ctx, tape, sync: sync)
+    }
     let t = tape as! Tape
     let m = perChannel(ctx.batch)
     let cn = channels
@@ -252,6 +257,9 @@ public final class BatchNorm: LeafLayer, Layer {
     _ x: UnsafePointer<Float>, _ y: UnsafePointer<Float>, _ dy: UnsafePointer<Float>,
     _ dx: UnsafeMutablePointer<Float>?, _ ctx: inout PassContext, _ tape: LayerTape
   ) {
+    if let sync = ctx.batchNormSync, (tape as! Tape).batchStats {
+      return backwardSynchronized(x, dy, dx, &ctx, tape, sync: sync)
+    }
     let t = tape as! Tape
     let m = perChannel(ctx.batch)
     let cn = channels
@@ -351,6 +359,9 @@ public final class BatchNorm: LeafLayer, Layer {
     _ x: UnsafePointer<Float>, _ y: UnsafePointer<Float>, _ tx: UnsafePointer<Float>?,
     _ ty: UnsafeMutablePointer<Float>, _ ctx: inout PassContext, _ tape: LayerTape
   ) {
+    if let sync = ctx.batchNormSync, (tape as! Tape).batchStats {
+      return tangentSynchronized(x, tx, ty, &ctx, tape, sync: sync)
+    }
     let t = tape as! Tape
     let m = perChannel(ctx.batch)
     let cn = channels

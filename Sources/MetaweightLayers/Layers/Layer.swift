@@ -118,6 +118,8 @@ public struct PassContext {
   public var depth: Int = 0
   /// Batch-norm momentum for running statistics.
   public var bnMomentum: Float = 0.1
+  /// Synchronised batch norm: the collective of a data-parallel step (nil: local statistics).
+  public var batchNormSync: BatchNormSync? = nil
 
   /// Creates a context.
   public init(

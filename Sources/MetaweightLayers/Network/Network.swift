@@ -16,6 +16,9 @@ public final class Network: @unchecked Sendable {
   public let parameterTable: [(name: String, offset: Int, shape: [Int])]
   /// One entry per state block.
   public let stateTable: [(name: String, offset: Int, shape: [Int])]
+  /// Synchronised batch norm for the passes of a data-parallel step (set by the trainer during
+  /// the step); nil = each batch's own statistics.
+  public var batchNormSync: BatchNormSync?
   /// Number of output classes.
   public var classes: Int { root.outputLayout.size }
   /// Per-example input layout.
@@ -174,9 +177,11 @@ public final class Network: @unchecked Sendable {
   }
 
   private func context(_ tape: NetworkTape, mode: Mode, rng: RNGBox) -> PassContext {
-    PassContext(
+    var ctx = PassContext(
       batch: tape.batch, params: tape.params, state: state.pointer, mode: mode, rng: rng,
       scratch: tape.scratch, buffers: tape.buffers)
+    ctx.batchNormSync = batchNormSync
+    return ctx
   }
 }
 
