@@ -344,17 +344,23 @@ def _make_digits_trainer() -> mw.Trainer:
     return mw.Trainer(model, mw.SGD(lr=0.05, momentum=0.9), mw.MultiStep([2]), method=mw.MWNet(), seed=0)
 
 
+def _make_digits_bn_trainer() -> mw.Trainer:
+    model = mw.mlp(64, hidden=(32,), num_classes=10, batch_norm=True, seed=0)
+    return mw.Trainer(model, mw.SGD(lr=0.05, momentum=0.9), method=mw.GDW(), seed=0)
+
+
 def _digits_run(
-    digits_xy: tuple[np.ndarray, np.ndarray], path: Path, epochs: int, backend: str = "threads", **kw: Any
+    digits_xy: tuple[np.ndarray, np.ndarray], path: Path, epochs: int, backend: str = "threads",
+    make: Any = _make_digits_trainer, **kw: Any
 ) -> dist.DistributedFit:
     x, y = digits_xy
     return dist.fit(
-        _make_digits_trainer, x[:400], y[:400], workers=2, epochs=epochs, batch_size=40,
+        make, x[:400], y[:400], workers=2, epochs=epochs, batch_size=40,
         meta=(x[400:460], y[400:460]), meta_batch_size=20, checkpoint=path, backend=backend, **kw)
 
 
-def _params_of(path: Path) -> dict[str, np.ndarray]:
-    t = _make_digits_trainer()
+def _params_of(path: Path, make: Any = _make_digits_trainer) -> dict[str, np.ndarray]:
+    t = make()
     t.load(path)
     s = _state(t)
     t.close()
@@ -422,6 +428,19 @@ def test_fit_on_ray_equals_fit_in_threads_bit_for_bit(
         assert np.array_equal(want[k], have[k]), k
     assert on_ray.failures == 0
     assert [r.train_loss for r in on_ray.history] == [r.train_loss for r in in_threads.history]
+
+
+@pytest.mark.ray
+def test_fit_on_ray_with_synchronised_batch_norm_equals_fit_in_threads_bit_for_bit(
+    ray_session: Any, digits_xy: tuple[np.ndarray, np.ndarray], tmp_path: Path
+) -> None:
+    make = _make_digits_bn_trainer
+    on_ray = _digits_run(digits_xy, tmp_path / "ray.ckpt", 2, backend="ray", make=make, sync_batch_norm=True)
+    in_threads = _digits_run(digits_xy, tmp_path / "threads.ckpt", 2, make=make, sync_batch_norm=True)
+    want, have = _params_of(in_threads.checkpoint, make), _params_of(on_ray.checkpoint, make)
+    assert any("running_var" in k for k in want)
+    for k in want:
+        assert np.array_equal(want[k], have[k]), k
 
 
 def _worker_pids(checkpoint: Path) -> list[int]:
