@@ -42,6 +42,7 @@ final class SyncPointNames: @unchecked Sendable {
   let empty = strdup("")
 }
 
+/// Sets (or, with a NULL callback, removes) the trainer's all-reduce callback (metaweight.h).
 @_cdecl("mw_trainer_set_allreduce")
 public func _mw_trainer_set_allreduce(
   _ h: mw_trainer, _ callback: mw_allreduce_fn?, _ context: UnsafeMutableRawPointer?
@@ -67,6 +68,7 @@ public func _mw_trainer_set_allreduce(
   }
 }
 
+/// The name of a sync point, "" for an unknown value (metaweight.h).
 @_cdecl("mw_sync_point_name")
 public func _mw_sync_point_name(_ point: Int32) -> UnsafePointer<CChar>? {
   let s = SyncPointNames.shared
@@ -74,6 +76,7 @@ public func _mw_sync_point_name(_ point: Int32) -> UnsafePointer<CChar>? {
   return UnsafePointer(s.names[Int(p.rawValue)])
 }
 
+/// Turns synchronised batch norm in data-parallel steps on or off (metaweight.h).
 @_cdecl("mw_trainer_set_batch_norm_sync")
 public func _mw_trainer_set_batch_norm_sync(_ h: mw_trainer, _ on: Int32) -> mw_status {
   guarded {
