@@ -120,7 +120,7 @@ def make_metaweight_step(model: str, method: str, threads: int):
     meta = method != "erm"
 
     def step() -> None:
-        _core.trainer_step_method(tr, x, y, xm if meta else None, ym if meta else None, None, None)
+        _core.trainer_step(tr, x, y, None, xm if meta else None, ym if meta else None, None, None)
 
     return step
 

@@ -307,40 +307,6 @@ public func _mw_trainer_set_augmentation(_ h: mw_trainer, _ pad: Int32, _ flip: 
   }
 }
 
-@_cdecl("mw_trainer_step")
-public func _mw_trainer_step(
-  _ h: mw_trainer, _ x: UnsafePointer<Float>?, _ shape: UnsafePointer<Int64>?, _ rank: Int32,
-  _ y: UnsafePointer<Int64>?, _ ny: Int64, _ weights: UnsafePointer<Float>?, _ out: UnsafeMutablePointer<mw_step_result>?
-) -> mw_status {
-  guarded {
-    try using(h, as: Trainer.self, "trainer") { tr in
-      let n = try batchSize(x, shape, rank, tr.network)
-      guard let xp = x else { return }
-      // Every caller array is copied into core-owned memory first, then checked; only the
-      // copies are used (another thread may rewrite the caller's arrays during the call).
-      let xc = try copyFinite(xp, n * tr.network.inputLayout.size, "x")
-      let labels = try checkLabels(y, ny, n: n, classes: tr.network.classes)
-      var wc: FloatBuffer? = nil
-      if let w = weights {
-        let c = try copyFinite(w, n, "sample_weights")
-        for i in 0..<n where c[i] < 0 {
-          throw ABIError.argument("sample_weights: expected non-negative weights, got \(c[i]) at index \(i)")
-        }
-        wc = c
-      }
-      let r = try labels.withUnsafeBufferPointer { lp in
-        let yp = try require(lp.baseAddress, "y")
-        // Without sample weights an attached LAW strategy weights the step.
-        if wc == nil, let r = try lawStrategyStep(tr, x: xc.pointer, n: n, labels: yp) { return r }
-        return try tr.step(x: xc.pointer, n: n, labels: yp, sampleWeights: wc.map { UnsafePointer($0.pointer) })
-      }
-      if let o = out {
-        o.pointee = cStepResult(r)
-      }
-    }
-  }
-}
-
 @_cdecl("mw_trainer_predict")
 public func _mw_trainer_predict(
   _ h: mw_trainer, _ x: UnsafePointer<Float>?, _ shape: UnsafePointer<Int64>?, _ rank: Int32,
@@ -354,7 +320,7 @@ public func _mw_trainer_predict(
       guard count == Int64(n * tr.network.classes) else {
         throw ABIError.shape("out: expected \(n * tr.network.classes) floats (N × classes), got \(count)")
       }
-      let xc = try copyFinite(xp, n * tr.network.inputLayout.size, "x")  // read the caller's memory once
+      let xc = try copyBatch(xp, n: n, tr.network.inputLayout, "x")  // read the caller's memory once
       tr.predict(x: xc.pointer, n: n, out: o)
     }
   }
@@ -370,7 +336,7 @@ public func _mw_trainer_losses(
       let n = try batchSize(x, shape, rank, tr.network)
       guard let xp = x else { return }
       let o = try require(out, "losses_out")
-      let xc = try copyFinite(xp, n * tr.network.inputLayout.size, "x")
+      let xc = try copyBatch(xp, n: n, tr.network.inputLayout, "x")
       let labels = try checkLabels(y, ny, n: n, classes: tr.network.classes)
       let c = tr.network.classes
       let logits = try FloatBuffer(allocating: n * c, what: "logits")

@@ -38,40 +38,56 @@ public func _mw_trainer_method(_ h: mw_trainer, _ buf: UnsafeMutablePointer<CCha
   }
 }
 
-@_cdecl("mw_trainer_step_method")
-public func _mw_trainer_step_method(
+/// One training step of the trainer's method, or a plain (optionally sample-weighted, or
+/// LAW-strategy-weighted) step without one: the one step entry of the C ABI (metaweight.h). Every
+/// caller array is copied into core-owned memory once and checked there (the only check of the
+/// values); only the copies are used.
+@_cdecl("mw_trainer_step")
+public func _mw_trainer_step(
   _ h: mw_trainer, _ x: UnsafePointer<Float>?, _ shape: UnsafePointer<Int64>?, _ rank: Int32,
-  _ y: UnsafePointer<Int64>?, _ ny: Int64, _ xm: UnsafePointer<Float>?, _ mshape: UnsafePointer<Int64>?,
-  _ mrank: Int32, _ ym: UnsafePointer<Int64>?, _ nym: Int64, _ out: UnsafeMutablePointer<mw_step_result>?,
-  _ wout: UnsafeMutablePointer<Float>?, _ wcount: Int64, _ cwout: UnsafeMutablePointer<Float>?, _ cwcount: Int64
+  _ y: UnsafePointer<Int64>?, _ ny: Int64, _ sw: UnsafePointer<Float>?, _ nsw: Int64,
+  _ xm: UnsafePointer<Float>?, _ mshape: UnsafePointer<Int64>?, _ mrank: Int32, _ ym: UnsafePointer<Int64>?,
+  _ nym: Int64, _ out: UnsafeMutablePointer<mw_step_result>?, _ wout: UnsafeMutablePointer<Float>?, _ wcount: Int64,
+  _ cwout: UnsafeMutablePointer<Float>?, _ cwcount: Int64
 ) -> mw_status {
   guarded {
     try using(h, as: Trainer.self, "trainer") { tr in
       let net = tr.network
       let n = try batchSize(x, shape, rank, net)
       guard let xp = x else { return }
-      // Caller arrays are copied into core-owned memory, then checked; only the copies are used.
-      let xc = try copyFinite(xp, n * net.inputLayout.size, "x")
+      let xc = try copyBatch(xp, n: n, net.inputLayout, "x")
       let labels = try checkLabels(y, ny, n: n, classes: net.classes)
       let ws = tr.method
-      let method = ws?.config.method ?? .erm
+      let name = ws?.name ?? "erm"
       var m = 0
       var metaLabels: [Int64]? = nil
       var xmc: FloatBuffer? = nil
       if ws?.needsMeta ?? false {
-        guard xm != nil else {
-          throw ABIError(code: MW_E_ARGUMENT, message: "x_meta: the \(method) method needs a meta batch in every step, got None")
+        guard xm != nil, ym != nil else {
+          throw ABIError.argument("x_meta, y_meta: the '\(name)' method needs a meta batch in every step")
         }
         m = try batchSize(xm, mshape, mrank, net, "x_meta")
-        if let p = xm { xmc = try copyFinite(p, m * net.inputLayout.size, "x_meta") }
+        if let p = xm { xmc = try copyBatch(p, n: m, net.inputLayout, "x_meta") }
         metaLabels = try checkLabels(ym, nym, n: m, classes: net.classes, "y_meta")
       } else if xm != nil || ym != nil {
-        throw ABIError.argument("x_meta: the \(method) method takes no meta batch; pass None")
+        throw ABIError.argument("x_meta, y_meta: the '\(name)' method takes no meta batch; pass None")
       }
-      if let _ = wout, wcount != Int64(n) {
+      var wc: FloatBuffer? = nil
+      if let w = sw {
+        guard ws == nil else { throw ABIError.argument("sample_weights: the '\(name)' method computes its own weights") }
+        guard nsw == Int64(n) else {
+          throw ABIError.shape("sample_weights: expected \(n) weights (one per example), got \(nsw)")
+        }
+        let c = try copyFinite(w, n, "sample_weights")
+        for i in 0..<n where c[i] < 0 {
+          throw ABIError.argument("sample_weights: expected non-negative weights, got \(c[i]) at index \(i)")
+        }
+        wc = c
+      }
+      if wout != nil, wcount != Int64(n) {
         throw ABIError.shape("weights_out: expected \(n) floats, got \(wcount)")
       }
-      if let _ = cwout {
+      if cwout != nil {
         guard ws?.hasClassWeights ?? false else { throw ABIError.argument("class_weights_out: only GDW has class-level weights") }
         guard cwcount == Int64(n * net.classes) else {
           throw ABIError.shape("class_weights_out: expected \(n * net.classes) floats (N × classes), got \(cwcount)")
@@ -92,15 +108,21 @@ public func _mw_trainer_step_method(
         var strategyWeighted = false
         r = try labels.withUnsafeBufferPointer { lp in
           let yp = try require(lp.baseAddress, "y")
-          // An attached LAW strategy weights the step (its K are the step's weights).
-          if let r = try lawStrategyStep(tr, x: xc.pointer, n: n, labels: yp) {
+          // Without sample weights an attached LAW strategy weights the step (its K are the step's weights).
+          if wc == nil, let r = try lawStrategyStep(tr, x: xc.pointer, n: n, labels: yp) {
             strategyWeighted = true
             return r
           }
-          return try tr.step(x: xc.pointer, n: n, labels: yp)
+          return try tr.step(x: xc.pointer, n: n, labels: yp, sampleWeights: wc.map { UnsafePointer($0.pointer) })
         }
         if let o = wout {
-          if strategyWeighted, let ws = tr.weighting { o.update(from: ws.weights.pointer, count: n) } else { o.update(repeating: 1, count: n) }
+          if let c = wc {
+            o.update(from: c.pointer, count: n)
+          } else if strategyWeighted, let sws = tr.weighting {
+            o.update(from: sws.weights.pointer, count: n)
+          } else {
+            o.update(repeating: 1, count: n)
+          }
         }
       }
       if let o = out {

@@ -362,6 +362,35 @@ func copyFinite(_ p: UnsafePointer<Float>, _ count: Int, _ name: String) throws 
   return b
 }
 
+/// Copies a batch of `n` examples of `layout` into core-owned memory, then checks the copy is
+/// finite: the one NaN/inf scan of a batch (callers convert, they do not scan). The error names
+/// the example and position, e.g. "x: expected finite values, got nan at index (3, 17) (flat
+/// index 209)".
+func copyBatch(_ p: UnsafePointer<Float>, n: Int, _ layout: Layout, _ name: String) throws -> FloatBuffer {
+  let count = n * layout.size
+  let b = try FloatBuffer(allocating: count, what: name)
+  b.pointer.update(from: p, count: count)
+  if !Elementwise.allFinite(UnsafePointer(b.pointer), count: count) {
+    var i = 0
+    while i < count && b[i].isFinite { i += 1 }
+    let dims: [Int]
+    switch layout {
+    case .flat(let d): dims = [d]
+    case .image(let c, let h, let w): dims = [c, h, w]
+    }
+    var index: [Int] = []
+    var rest = i
+    for d in dims.reversed() {
+      index.insert(rest % max(d, 1), at: 0)
+      rest /= max(d, 1)
+    }
+    index.insert(rest, at: 0)
+    throw ABIError.nonFinite(
+      "\(name): expected finite values, got \(b[i]) at index (\(index.map(String.init).joined(separator: ", "))) (flat index \(i))")
+  }
+  return b
+}
+
 /// Copies a Swift string into a caller buffer, NUL-terminated, reporting the needed length.
 func writeString(_ s: String, _ buf: UnsafeMutablePointer<CChar>?, _ capacity: Int64, _ length: UnsafeMutablePointer<Int64>?) {
   let bytes = Array(s.utf8)

@@ -123,44 +123,14 @@ public struct LAWConfig: Sendable, Equatable {
   /// The defaults.
   public init() {}
 
-  /// Checks every range.
+  /// Checks every range (the settings table), and that the warm-up is shorter than the run.
   /// - Throws: `MetaweightError.invalidArgument` naming the key, the expected range and the value.
   public func validate() throws {
-    func check(_ ok: Bool, _ key: String, _ expected: String, _ got: Any) throws {
-      if !ok { throw MetaweightError.invalidArgument("\(key): expected \(expected), got \(got)") }
+    try Self.table.check(self)
+    if warmupStages >= stages {
+      throw MetaweightError.invalidArgument(
+        "warmup_stages: expected 0 <= warmup_stages < stages (\(stages)), got \(warmupStages)")
     }
-    func finite(_ v: Float) -> Bool { v.isFinite }
-    try check(stages >= 1 && stages <= 10_000, "stages", "1 <= stages <= 10000", stages)
-    try check(warmupStages >= 0 && warmupStages < stages, "warmup_stages", "0 <= warmup_stages < stages (\(stages))", warmupStages)
-    try check(parallel >= 1 && parallel <= 256, "parallel", "1 <= parallel <= 256", parallel)
-    try check(epochs >= 1 && epochs <= 100_000, "epochs", "1 <= epochs <= 100000", epochs)
-    try check(batchSize >= 1 && batchSize <= 1 << 20, "batch_size", "1 <= batch_size <= 2^20", batchSize)
-    try check(finite(lr) && lr > 0, "lr", "a finite value > 0", lr)
-    try check(finite(momentum) && momentum >= 0 && momentum < 1, "momentum", "0 <= momentum < 1", momentum)
-    try check(finite(weightDecay) && weightDecay >= 0, "weight_decay", "a finite value >= 0", weightDecay)
-    try check(lrMilestones.allSatisfy { $0.isFinite && $0 > 0 && $0 < 1 }, "lr_milestones", "fractions of the run in (0, 1)", lrMilestones)
-    try check(lrMilestones.count <= 100, "lr_milestones", "at most 100 entries", lrMilestones.count)
-    try check(finite(lrDecay) && lrDecay > 0, "lr_decay", "a finite value > 0", lrDecay)
-    try check(cropPadding >= 0 && cropPadding <= 64, "crop_padding", "0 <= crop_padding <= 64", cropPadding)
-    try check(finite(actionScale) && actionScale > 0 && actionScale <= 100, "action_scale", "0 < action_scale <= 100", actionScale)
-    try check(finite(stateEMA) && stateEMA >= 0 && stateEMA < 1, "state_ema", "0 <= state_ema < 1", stateEMA)
-    try check(embeddingDim >= 1 && embeddingDim <= 4096, "embedding_dim", "1 <= embedding_dim <= 4096", embeddingDim)
-    try check(finite(embeddingStd) && embeddingStd >= 0 && embeddingStd <= 100, "embedding_std", "0 <= embedding_std <= 100", embeddingStd)
-    try check(actorHidden >= 1 && actorHidden <= 4096, "actor_hidden", "1 <= actor_hidden <= 4096", actorHidden)
-    try check(criticHidden >= 1 && criticHidden <= 4096, "critic_hidden", "1 <= critic_hidden <= 4096", criticHidden)
-    try check(finite(actorLR) && actorLR > 0, "actor_lr", "a finite value > 0", actorLR)
-    try check(finite(criticLR) && criticLR > 0, "critic_lr", "a finite value > 0", criticLR)
-    try check(finite(actorL2) && actorL2 >= 0, "actor_l2", "a finite value >= 0", actorL2)
-    try check(finite(gamma) && gamma >= 0 && gamma < 1, "gamma", "0 <= gamma < 1", gamma)
-    try check(finite(tau) && tau > 0 && tau <= 1, "tau", "0 < tau <= 1", tau)
-    try check(finite(noise) && noise >= 0, "noise", "a finite value >= 0", noise)
-    try check(finite(noiseDecay) && noiseDecay > 0 && noiseDecay <= 1, "noise_decay", "0 < noise_decay <= 1", noiseDecay)
-    try check(finite(noiseCorrelation) && noiseCorrelation >= 0 && noiseCorrelation <= 1, "noise_correlation", "0 <= noise_correlation <= 1", noiseCorrelation)
-    try check(bufferSize >= 1 && bufferSize <= 10_000_000, "buffer_size", "1 <= buffer_size <= 10^7", bufferSize)
-    try check(fduEpochs >= 1 && fduEpochs <= 10_000, "fdu_epochs", "1 <= fdu_epochs <= 10000", fduEpochs)
-    try check(fduBatch >= 1 && fduBatch <= 1 << 20, "fdu_batch", "1 <= fdu_batch <= 2^20", fduBatch)
-    try check(finite(rewardK) && abs(rewardK) <= 50, "reward_k", "a finite value in [-50, 50]", rewardK)
-    try check(finite(rewardScale) && rewardScale > 0, "reward_scale", "a finite value > 0", rewardScale)
   }
 
   /// r_w = exp(k · epoch/epochs) · s at the (fractional) epoch `epoch`.
@@ -168,131 +138,93 @@ public struct LAWConfig: Sendable, Equatable {
     exp(Double(rewardK) * epoch / Double(epochs)) * Double(rewardScale)
   }
 
-  /// The keys `parse` accepts.
-  public static let keys = [
-    "stages", "warmup_stages", "parallel", "epochs", "batch_size", "optimizer", "lr", "momentum",
-    "weight_decay", "lr_milestones", "lr_decay", "crop_padding", "flip", "label_encoding", "density",
-    "action_scale", "state_ema", "normalize_weights", "embedding_dim", "embedding_std", "actor_hidden", "critic_hidden", "actor_lr",
-    "critic_lr", "actor_l2", "gamma", "tau", "noise", "noise_decay", "noise_correlation", "buffer_size", "fdu_epochs", "fdu_batch",
-    "reward_k", "reward_scale",
-  ]
+  /// The settings table: one declaration per setting (name, type, range, key path, doc); the
+  /// defaults are the fields' initial values. Parsing, validation, the spec and
+  /// `mw_settings_table("law")` read it; the order is the spec's.
+  public static let table = SettingsTable<LAWConfig>([
+    .int("stages", \.stages, min: 1, max: 10_000, "N': stages a training run is split into (uniformly by optimizer steps)"),
+    .int("warmup_stages", \.warmupStages, min: 0, max: 9_999,
+         "The first stages train unweighted (K = 1) and store no transitions; fewer than stages"),
+    .int("parallel", \.parallel, min: 1, max: 256, "N_a: episodes run at once on threads (each single-threaded while N_a > 1)"),
+    .int("epochs", \.epochs, min: 1, max: 100_000, "Epochs over the training set per episode"),
+    .int("batch_size", \.batchSize, min: 1, max: 1_048_576, "Classifier batch size"),
+    .choice("optimizer", \.optimizer, [("sgd", .sgd), ("adam", .adam)], "Classifier optimizer"),
+    .float("lr", \.lr, min: 0, minInclusive: false, "Classifier base learning rate"),
+    .float("momentum", \.momentum, min: 0, max: 1, maxInclusive: false, "SGD momentum"),
+    .float("weight_decay", \.weightDecay, min: 0, "Classifier L2 weight decay (the paper: 2e-5)"),
+    .floats("lr_milestones", \.lrMilestones, min: 0, max: 1, minInclusive: false, maxInclusive: false, maxCount: 100,
+            "Fractions of the run where the learning rate is multiplied by lr_decay (the paper: stages 10, 13, 16 of 20)"),
+    .float("lr_decay", \.lrDecay, min: 0, minInclusive: false, "Learning-rate factor at each milestone"),
+    .int("crop_padding", \.cropPadding, min: 0, max: 64,
+         "Random-crop padding for image inputs (the same draws for both networks; 0 = none)"),
+    .bool("flip", \.flip, "Random horizontal flips for image inputs"),
+    .choice("label_encoding", \.labelEncoding, [("onehot", .oneHot), ("one_hot", .oneHot), ("scalar", .scalar)],
+            "Label feature: onehot (C columns) or scalar (c/(C-1))"),
+    .choice("density", \.density, [("cosine", .cosine), ("dot", .dot)],
+            "Similarity of the density feature: cosine, or dot (the paper's Lo Lo^T)"),
+    .float("action_scale", \.actionScale, min: 0, max: 100, minInclusive: false,
+           "The actor outputs action_scale tanh(.), bounding every entry of (theta, b)"),
+    .float("state_ema", \.stateEMA, min: 0, max: 1, maxInclusive: false,
+           "beta of the EMA (over stages) of the state's loss and validation accuracy"),
+    .bool("normalize_weights", \.normalizeWeights,
+          "Divide each batch's weights by their mean, so a strategy only redistributes weight (the paper does not)"),
+    .int("embedding_dim", \.embeddingDim, min: 1, max: 4096, "d: size of the learned stage embedding"),
+    .float("embedding_std", \.embeddingStd, min: 0, max: 100,
+           "Std of the embedding's Gaussian initialisation (small: stages start alike and share what is learned)"),
+    .int("actor_hidden", \.actorHidden, min: 1, max: 4096, "Hidden width of the actor's three hidden layers"),
+    .int("critic_hidden", \.criticHidden, min: 1, max: 4096, "Hidden width of the critic's three hidden layers"),
+    .float("actor_lr", \.actorLR, min: 0, minInclusive: false, "Adam learning rate of the actor and the embedding (paper: 1e-5)"),
+    .float("critic_lr", \.criticLR, min: 0, minInclusive: false, "Adam learning rate of the critic (paper: 1e-4)"),
+    .float("actor_l2", \.actorL2, min: 0,
+           "L2 penalty on the actor's pre-tanh outputs (keeps actions off the tanh bounds, pulls them toward K = 1)"),
+    .float("gamma", \.gamma, min: 0, max: 1, maxInclusive: false, "Discount of the stage-level returns"),
+    .float("tau", \.tau, min: 0, max: 1, minInclusive: false,
+           "Soft-update rate of the target actor, embedding and critic after every FDU minibatch (1 = copy)"),
+    .float("noise", \.noise, min: 0, "sigma_0 of the Gaussian exploration noise on the action"),
+    .float("noise_decay", \.noiseDecay, min: 0, max: 1, minInclusive: false,
+           "sigma is multiplied by this after every episode round"),
+    .float("noise_correlation", \.noiseCorrelation, min: 0, max: 1,
+           "rho of the noise between consecutive stages (AR(1); 0 = independent, 1 = one draw per episode)"),
+    .int("buffer_size", \.bufferSize, min: 1, max: 10_000_000, "Replay buffer capacity (the oldest are overwritten)"),
+    .int("fdu_epochs", \.fduEpochs, min: 1, max: 10_000, "En: passes over the whole buffer at every stage end (FDU)"),
+    .int("fdu_batch", \.fduBatch, min: 1, max: 1_048_576, "FDU minibatch size"),
+    .float("reward_k", \.rewardK, min: -50, max: 50, "k in the reward weight r_w = exp(k epoch/epochs) s"),
+    .float("reward_scale", \.rewardScale, min: 0, minInclusive: false, "s in the reward weight r_w = exp(k epoch/epochs) s"),
+  ])
 
-  /// Parses `key=value, key=value, ...` (keys in `keys`; lists as `0.5x0.8` or `none`), starting
-  /// from the defaults, and validates the result.
+  /// The keys `parse` accepts.
+  public static var keys: [String] { table.settings.map(\.name) }
+
+  /// Parses `law(key=value, ...)` or the bare `key=value, ...` (the core's spec grammar; lists as
+  /// `0.5x0.8` or `none`), starting from the defaults, and validates the result.
   /// - Throws: `MetaweightError.invalidArgument` naming the unknown key or bad value.
   public static func parse(_ spec: String) throws -> LAWConfig {
+    let trimmed = lawTrim(spec)
+    let args: [SpecArgument]
+    if trimmed.lowercased().hasPrefix("law"), lawTrim(String(trimmed.dropFirst(3))).hasPrefix("(") {
+      args = try SpecGrammar.call(trimmed, context: "law config").arguments
+    } else {
+      args = try SpecGrammar.arguments(trimmed, context: "law config")
+    }
     var c = LAWConfig()
-    for rawPart in spec.split(separator: ",", omittingEmptySubsequences: true) {
-      let part = lawTrim(String(rawPart))
-      if part.isEmpty { continue }
-      let kv = part.split(separator: "=", maxSplits: 1).map { lawTrim(String($0)) }
-      guard kv.count == 2, !kv[0].isEmpty else {
-        throw MetaweightError.invalidArgument("law config: expected key=value, got '\(part)'")
-      }
-      let key = kv[0].lowercased(), raw = kv[1]
-      func int() throws -> Int {
-        guard let v = Int(raw) else { throw MetaweightError.invalidArgument("\(key): expected an integer, got '\(raw)'") }
-        return v
-      }
-      func num() throws -> Float {
-        guard let v = Double(raw), v.isFinite, abs(v) <= Double(Float.greatestFiniteMagnitude) else {
-          throw MetaweightError.invalidArgument("\(key): expected a finite number, got '\(raw)'")
-        }
-        return Float(v)
-      }
-      func flag() throws -> Bool {
-        switch raw.lowercased() {
-        case "1", "true", "yes": return true
-        case "0", "false", "no": return false
-        default: throw MetaweightError.invalidArgument("\(key): expected 0/1 or true/false, got '\(raw)'")
-        }
-      }
-      switch key {
-      case "stages": c.stages = try int()
-      case "warmup_stages": c.warmupStages = try int()
-      case "parallel": c.parallel = try int()
-      case "epochs": c.epochs = try int()
-      case "batch_size": c.batchSize = try int()
-      case "optimizer":
-        switch raw.lowercased() {
-        case "sgd": c.optimizer = .sgd
-        case "adam": c.optimizer = .adam
-        default: throw MetaweightError.invalidArgument("optimizer: expected 'sgd' or 'adam', got '\(raw)'")
-        }
-      case "lr": c.lr = try num()
-      case "momentum": c.momentum = try num()
-      case "weight_decay": c.weightDecay = try num()
-      case "lr_milestones":
-        if raw.lowercased() == "none" || raw.isEmpty {
-          c.lrMilestones = []
-        } else {
-          c.lrMilestones = try raw.split(separator: "x").map {
-            guard let v = Double(lawTrim(String($0))), v.isFinite else {
-              throw MetaweightError.invalidArgument("lr_milestones: expected fractions like 0.5x0.75, got '\(raw)'")
-            }
-            return v
-          }
-        }
-      case "lr_decay": c.lrDecay = try num()
-      case "crop_padding": c.cropPadding = try int()
-      case "flip": c.flip = try flag()
-      case "label_encoding":
-        switch raw.lowercased() {
-        case "onehot", "one_hot": c.labelEncoding = .oneHot
-        case "scalar": c.labelEncoding = .scalar
-        default: throw MetaweightError.invalidArgument("label_encoding: expected 'onehot' or 'scalar', got '\(raw)'")
-        }
-      case "density":
-        switch raw.lowercased() {
-        case "cosine": c.density = .cosine
-        case "dot": c.density = .dot
-        default: throw MetaweightError.invalidArgument("density: expected 'cosine' or 'dot', got '\(raw)'")
-        }
-      case "action_scale": c.actionScale = try num()
-      case "state_ema": c.stateEMA = try num()
-      case "normalize_weights": c.normalizeWeights = try flag()
-      case "embedding_dim": c.embeddingDim = try int()
-      case "embedding_std": c.embeddingStd = try num()
-      case "actor_hidden": c.actorHidden = try int()
-      case "critic_hidden": c.criticHidden = try int()
-      case "actor_lr": c.actorLR = try num()
-      case "critic_lr": c.criticLR = try num()
-      case "actor_l2": c.actorL2 = try num()
-      case "gamma": c.gamma = try num()
-      case "tau": c.tau = try num()
-      case "noise": c.noise = try num()
-      case "noise_decay": c.noiseDecay = try num()
-      case "noise_correlation": c.noiseCorrelation = try num()
-      case "buffer_size": c.bufferSize = try int()
-      case "fdu_epochs": c.fduEpochs = try int()
-      case "fdu_batch": c.fduBatch = try int()
-      case "reward_k": c.rewardK = try num()
-      case "reward_scale": c.rewardScale = try num()
-      default:
-        throw MetaweightError.invalidArgument("law config: unknown key '\(key)'; expected one of \(keys.joined(separator: ", "))")
-      }
+    try table.apply(args, to: &c) { key in
+      .invalidArgument("law config: unknown key '\(key)'; expected one of \(keys.joined(separator: ", "))")
     }
     try c.validate()
     return c
   }
 
-  /// The spec string that parses back to this configuration.
+  /// The spec string that parses back to this configuration: `key=value, ...` in table order.
   public var spec: String {
-    func f(_ v: Float) -> String { "\(v)" }
-    let ms = lrMilestones.isEmpty ? "none" : lrMilestones.map { "\($0)" }.joined(separator: "x")
-    return [
-      "stages=\(stages)", "warmup_stages=\(warmupStages)", "parallel=\(parallel)", "epochs=\(epochs)",
-      "batch_size=\(batchSize)", "optimizer=\(optimizer == .sgd ? "sgd" : "adam")", "lr=\(f(lr))",
-      "momentum=\(f(momentum))", "weight_decay=\(f(weightDecay))", "lr_milestones=\(ms)", "lr_decay=\(f(lrDecay))",
-      "crop_padding=\(cropPadding)", "flip=\(flip ? 1 : 0)",
-      "label_encoding=\(labelEncoding == .oneHot ? "onehot" : "scalar")",
-      "density=\(density == .cosine ? "cosine" : "dot")", "action_scale=\(f(actionScale))",
-        "state_ema=\(f(stateEMA))", "normalize_weights=\(normalizeWeights ? 1 : 0)", "embedding_dim=\(embeddingDim)", "embedding_std=\(f(embeddingStd))", "actor_hidden=\(actorHidden)",
-      "critic_hidden=\(criticHidden)", "actor_lr=\(f(actorLR))", "critic_lr=\(f(criticLR))", "actor_l2=\(f(actorL2))",
-      "gamma=\(f(gamma))", "tau=\(f(tau))", "noise=\(f(noise))", "noise_decay=\(f(noiseDecay))", "noise_correlation=\(f(noiseCorrelation))",
-      "buffer_size=\(bufferSize)", "fdu_epochs=\(fduEpochs)", "fdu_batch=\(fduBatch)",
-      "reward_k=\(f(rewardK))", "reward_scale=\(f(rewardScale))",
-    ].joined(separator: ", ")
+    Self.table.arguments(self).map { "\($0.key)=\($0.value)" }.joined(separator: ", ")
+  }
+
+  /// The settings table as JSON (`mw_settings_table("law")`).
+  public static var tableJSON: String {
+    var o = JSONObject()
+    o.add("kind", JSON.string("law"))
+    o.add("settings", table.json(defaults: LAWConfig()))
+    return o.text
   }
 }
 

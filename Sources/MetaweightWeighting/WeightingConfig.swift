@@ -36,6 +36,27 @@ public struct WeightingConfig: Sendable, Equatable {
     public var needsMeta: Bool { self == .l2rw || self == .mwnet || self == .gdw }
     /// Whether it has a weighting network.
     public var hasWeightNet: Bool { self == .mwnet || self == .gdw }
+    /// Whether it has class-level weights (GDW).
+    public var hasClassWeights: Bool { self == .gdw }
+    /// Whether a step takes user-given per-example weights (ERM).
+    public var takesSampleWeights: Bool { self == .erm }
+    /// One line saying what the method does (the settings table's `doc`).
+    public var summary: String {
+      switch self {
+      case .erm: return "Empirical risk minimisation: the mean cross-entropy, optionally weighted by user sample weights"
+      case .l2rw: return "Learning to Reweight (Ren et al. 2018): per-step example weights from the meta gradient"
+      case .mwnet: return "Meta-Weight-Net (Shu et al. 2019): a learned loss -> weight function V"
+      case .gdw: return "Generalized Data Weighting (Chen et al. 2021): class-level weights from V and a second stage"
+      case .focal: return "Focal loss (Lin et al. 2017): -(1 - p_t)^gamma log p_t"
+      case .classBalanced: return "Class-balanced loss (Cui et al. 2019) by the effective number of examples"
+      case .inverseFrequency: return "Inverse class-frequency weights 1/n_c, normalised to sum to C"
+      case .hardMining: return "Hard-example mining: only the highest-loss fraction of each batch counts"
+      case .randomGaussian: return "Random weights from a rectified Gaussian, normalised per batch (L2RW's baseline)"
+      case .selfPaced: return "Self-paced learning (Kumar et al. 2010): examples below a growing loss threshold count"
+      case .bootstrapSoft: return "Reed et al. (2015) soft bootstrapping: the target mixes the label and the prediction"
+      case .bootstrapHard: return "Reed et al. (2015) hard bootstrapping: the target mixes the label and the arg-max prediction"
+      }
+    }
   }
 
   /// Where MW-Net and GDW keep the meta batch's activations while the train batch's stay valid
@@ -113,30 +134,109 @@ public struct WeightingConfig: Sendable, Equatable {
   /// GDW's η for `classes` classes.
   public func eta(classes: Int) -> Float { gdwEta > 0 ? gdwEta : (classes <= 10 ? 100 : 1000) }
 
-  /// Validates the options for a network with `classes` classes.
+  /// MW-Net/GDW's weighting-net optimizer kind (the `optimizer` setting).
+  public var weightNetOptimizerKind: OptimizerConfig.Kind {
+    get { weightNetOptimizer.kind }
+    set { weightNetOptimizer.kind = newValue }
+  }
+  /// GDW's clamp range of ω′ as `[low, high]` (the `clamp` setting).
+  public var gdwClamp: [Float] {
+    get { [gdwMin, gdwMax] }
+    set {
+      if newValue.count == 2 {
+        gdwMin = newValue[0]
+        gdwMax = newValue[1]
+      }
+    }
+  }
+
+  /// Validates the options for a network with `classes` classes: every setting of the method's
+  /// table (`WeightingConfig.table(for:)`), then what depends on the network.
   /// - Throws: `MetaweightError.invalidArgument` naming the option.
   public func validate(classes: Int) throws {
-    func check(_ ok: Bool, _ msg: String) throws { if !ok { throw MetaweightError.invalidArgument(msg) } }
-    try check(virtualLR.isFinite, "virtual_lr: expected a finite number, got \(virtualLR)")
-    try check(weightNetHidden > 0 && weightNetHidden <= 100_000, "weight_net_hidden: expected 1..100000, got \(weightNetHidden)")
-    try weightNetOptimizer.validate()
-    try check(weightNetLR.isFinite && weightNetLR >= 0, "weight_net_lr: expected a finite value >= 0, got \(weightNetLR)")
-    try check(gdwEta.isFinite, "eta: expected a finite number, got \(gdwEta)")
-    try check(gdwClip.isFinite && gdwClip > 0, "clip: expected > 0, got \(gdwClip)")
-    try check(gdwMin.isFinite && gdwMax.isFinite && gdwMin > 0 && gdwMin < gdwMax,
-              "clamp: expected 0 < min < max, got [\(gdwMin), \(gdwMax)]")
-    try check(gdwProbClamp > 0 && gdwProbClamp < 1, "prob_clamp: expected 0 < value < 1, got \(gdwProbClamp)")
-    try check(focalGamma.isFinite && focalGamma >= 0, "gamma: expected a finite value >= 0, got \(focalGamma)")
-    try check(classBalancedBeta >= 0 && classBalancedBeta < 1, "beta: expected 0 <= beta < 1, got \(classBalancedBeta)")
+    try validateSettings()
     if method == .classBalanced || method == .inverseFrequency {
-      try check(classCounts.count == classes,
-                "class_counts: expected \(classes) per-class training counts, got \(classCounts.count)")
-      try check(classCounts.allSatisfy { $0 > 0 }, "class_counts: expected positive counts, got \(classCounts)")
+      guard classCounts.count == classes else {
+        throw MetaweightError.invalidArgument(
+          "class_counts: expected \(classes) per-class training counts, got \(classCounts.count)")
+      }
     }
-    try check(hardFraction > 0 && hardFraction <= 1, "fraction: expected 0 < fraction <= 1, got \(hardFraction)")
-    try check(selfPacedThreshold.isFinite, "threshold: expected a finite number, got \(selfPacedThreshold)")
-    try check(selfPacedGrowth.isFinite && selfPacedGrowth >= 1, "growth: expected >= 1, got \(selfPacedGrowth)")
-    try check(selfPacedInterval > 0, "interval: expected > 0 steps, got \(selfPacedInterval)")
-    try check(bootstrapBeta >= 0 && bootstrapBeta <= 1, "beta: expected 0 <= beta <= 1, got \(bootstrapBeta)")
+  }
+
+  /// Validates what does not depend on the network: every setting of the method's table, and
+  /// the conditions between settings.
+  /// - Throws: `MetaweightError.invalidArgument` naming the option.
+  public func validateSettings() throws {
+    try Self.table(for: method).check(self)
+    if method == .gdw && normalizeWeights {
+      throw MetaweightError.invalidArgument("normalize: GDW does not normalise its weights (it uses 1/n); got 1")
+    }
+    if method.hasWeightNet { try weightNetOptimizer.validate() }
+  }
+
+  /// A method's settings table: one declaration per setting (name, type, range, key path, doc)
+  /// with the methods it applies to. Defaults are the fields' initial values, adjusted per method
+  /// by `defaults(for:)`. Parsing, range checks, canonical specs and `mw_settings_table` read it.
+  public static let settings: [(setting: Setting<WeightingConfig>, methods: [Method])] = {
+    let look: [Method] = [.l2rw, .mwnet, .gdw]
+    let v: [Method] = [.mwnet, .gdw]
+    return [
+      (.bool("virtual_momentum", \.virtualStepMomentum,
+             "Include the classifier optimizer's momentum and weight decay in the look-ahead step"), look),
+      (.float("virtual_lr", \.virtualLR, min: 0, minInclusive: false,
+              none: (0, "the classifier's current learning rate"), "Look-ahead step size"), look),
+      (.bool("normalize", \.normalizeWeights,
+             "Normalise the weights by their batch sum (the imbalance script) instead of dividing by n (GDW: never)"), v),
+      (.bool("detach_loss", \.detachLoss, aliases: ["detach"], "Feed V the detached loss (GDW: always)"), v),
+      (.int("hidden", \.weightNetHidden, min: 1, max: 100_000, "Hidden width of the weighting net V"), v),
+      (.choice("optimizer", \.weightNetOptimizerKind, [("adam", .adam), ("sgd", .sgd)], aliases: ["wn_opt"],
+               "V's optimizer: adam (the noisy-label code) or sgd (the imbalance code)"), v),
+      (.float("lr", \.weightNetLR, min: 0, aliases: ["wn_lr"], "V's learning rate"), v),
+      (.float("weight_decay", \.weightNetOptimizer.weightDecay, min: 0, aliases: ["wn_wd"], "V's weight decay"), v),
+      (.float("momentum", \.weightNetOptimizer.momentum, min: 0, max: 1, maxInclusive: false, aliases: ["wn_momentum"],
+              "V's SGD momentum"), v),
+      (.choice("memory", \.memory, [("low", .low), ("fast", .fast)],
+               "Meta batch activations: low (over the train batch's dead ones) or fast (a tape of their own); same steps"), v),
+      (.float("eta", \.gdwEta, min: 0, minInclusive: false, none: (0, "100 for up to 10 classes, 1000 above"),
+              "Outer step of GDW's second stage"), [.gdw]),
+      (.float("clip", \.gdwClip, min: 0, minInclusive: false, "Clip of the second-stage update"), [.gdw]),
+      (.floats("clamp", \.gdwClamp, min: 0, minInclusive: false, count: 2, note: "low < high",
+               valid: { $0.count == 2 && $0[0] < $0[1] }, "Range [low, high] the class-level weights are clamped to"),
+       [.gdw]),
+      (.float("prob_clamp", \.gdwProbClamp, min: 0, max: 1, minInclusive: false, maxInclusive: false,
+              "Probabilities are clamped to at most this in p - y and the constraint"), [.gdw]),
+      (.float("gamma", \.focalGamma, min: 0, "Focusing parameter (0 is cross-entropy)"), [.focal]),
+      (.float("beta", \.classBalancedBeta, min: 0, max: 1, maxInclusive: false,
+              "Class weights (1 - beta)/(1 - beta^n_c); 0.9999 is the paper's usual choice"), [.classBalanced]),
+      (.ints("class_counts", \.classCounts, min: 1, aliases: ["counts"],
+             "Per-class training counts n_c (e.g. numpy.bincount(y_train)); required"),
+       [.classBalanced, .inverseFrequency]),
+      (.float("fraction", \.hardFraction, min: 0, max: 1, minInclusive: false, "Fraction of the batch kept"),
+       [.hardMining]),
+      (.float("threshold", \.selfPacedThreshold, min: 0, minInclusive: false,
+              none: (0, "1.3 ln C, a little above the loss of a uniform prediction"), "Initial loss threshold"),
+       [.selfPaced]),
+      (.float("growth", \.selfPacedGrowth, min: 1, "The threshold is multiplied by this every interval steps"),
+       [.selfPaced]),
+      (.int("interval", \.selfPacedInterval, min: 1, max: 1e15, "Steps between threshold growths"), [.selfPaced]),
+      (.float("beta", \.bootstrapBeta, min: 0, max: 1, "Weight of the given label in the target"),
+       [.bootstrapSoft, .bootstrapHard]),
+    ]
+  }()
+
+  /// The settings of `method`, in table order.
+  public static func table(for method: Method) -> SettingsTable<WeightingConfig> {
+    SettingsTable(settings.filter { $0.methods.contains(method) }.map(\.setting))
+  }
+
+  /// The defaults of `method` (its settings' defaults where they differ between methods).
+  public static func defaults(for method: Method) -> WeightingConfig {
+    var cfg = WeightingConfig()
+    cfg.method = method
+    // MW-Net normalises its weights by their batch sum unless told otherwise (README, "Choosing the
+    // defaults": un-normalised weights let Adam turn V into an increasing function under noise).
+    if method == .mwnet { cfg.normalizeWeights = true }
+    if method == .bootstrapHard { cfg.bootstrapBeta = 0.8 }
+    return cfg
   }
 }

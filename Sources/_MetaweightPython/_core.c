@@ -2,9 +2,11 @@
  * metaweight._core — the CPython extension over the metaweight C ABI (metaweight.h).
  *
  * Arrays cross by the buffer protocol (C-contiguous float32 features, int64 labels); the public
- * Python package converts and validates user input before it gets here, and this layer checks
- * again. Status codes become exceptions of the package's hierarchy. The GIL is released around
- * every compute call.
+ * Python package converts user input to those types before it gets here. This layer checks only
+ * what the buffer protocol needs (format, contiguity, writability, and lengths passed on in
+ * items); values, shapes against the model and every other rule are checked once, by the core
+ * (metaweight.h), whose messages name the argument. Status codes become exceptions of the
+ * package's hierarchy. The GIL is released around every compute call.
  */
 #define PY_SSIZE_T_CLEAN
 #include <Python.h>
@@ -421,34 +423,6 @@ static PyObject *py_trainer_set_augmentation(PyObject *self, PyObject *args) {
   Py_RETURN_NONE;
 }
 
-static PyObject *py_trainer_step(PyObject *self, PyObject *args) {
-  PyObject *ho, *xo, *yo, *wo; uint64_t h;
-  if (!PyArg_ParseTuple(args, "OOOO", &ho, &xo, &yo, &wo) || handle_arg(ho, &h)) return NULL;
-  Py_buffer x, y, w; int has_w = (wo != Py_None);
-  if (get_buffer(xo, &x, 'f', 0, "x")) return NULL;
-  if (get_buffer(yo, &y, 'q', 0, "y")) { PyBuffer_Release(&x); return NULL; }
-  if (has_w && get_buffer(wo, &w, 'f', 0, "sample_weights")) { PyBuffer_Release(&x); PyBuffer_Release(&y); return NULL; }
-  int64_t shape[8]; int32_t rank;
-  mw_step_result r; memset(&r, 0, sizeof r);
-  mw_status s = MW_OK;
-  if (shape_of(&x, shape, &rank)) s = -1;
-  else if (has_w && w.len / 4 != y.len / 8) {
-    PyErr_Format(ShapeError, "sample_weights: expected %zd weights (one per label), got %zd", y.len / 8, w.len / 4);
-    s = -1;
-  } else {
-    Py_BEGIN_ALLOW_THREADS s = mw_trainer_step(h, (const float *)x.buf, shape, rank, (const int64_t *)y.buf,
-                                               (int64_t)(y.len / 8), has_w ? (const float *)w.buf : NULL, &r);
-    Py_END_ALLOW_THREADS
-  }
-  PyBuffer_Release(&x); PyBuffer_Release(&y);
-  if (has_w) PyBuffer_Release(&w);
-  if (s == -1) return NULL;
-  if (s != MW_OK) return raise_status(s);
-  return Py_BuildValue("(dddLd(dddddd))", r.loss, r.accuracy, r.lr, (long long)r.step, r.meta_loss, r.weight_ess,
-                       r.saturated_low, r.saturated_high, r.prediction_majority, r.label_majority,
-                       r.weight_loss_corr);
-}
-
 static PyObject *py_trainer_predict(PyObject *self, PyObject *args) {
   PyObject *ho, *xo, *oo; uint64_t h;
   if (!PyArg_ParseTuple(args, "OOO", &ho, &xo, &oo) || handle_arg(ho, &h)) return NULL;
@@ -551,43 +525,44 @@ static PyObject *py_trainer_set_method(PyObject *self, PyObject *args) {
 
 static PyObject *py_trainer_method(PyObject *self, PyObject *args) { return get_string(args, mw_trainer_method); }
 
-static PyObject *py_trainer_step_method(PyObject *self, PyObject *args) {
-  PyObject *ho, *xo, *yo, *xmo, *ymo, *wo, *cwo; uint64_t h;
-  if (!PyArg_ParseTuple(args, "OOOOOOO", &ho, &xo, &yo, &xmo, &ymo, &wo, &cwo) || handle_arg(ho, &h)) return NULL;
-  Py_buffer x, y, xm, ym, w, cw;
-  int has_m = (xmo != Py_None), has_ym = (ymo != Py_None), has_w = (wo != Py_None), has_cw = (cwo != Py_None);
-  int got_x = 0, got_y = 0, got_xm = 0, got_ym = 0, got_w = 0, got_cw = 0;
+/* trainer_step(h, x, y, sample_weights|None, x_meta=None, y_meta=None, weights_out=None,
+ * class_weights_out=None) -> (loss, acc, lr, step, meta_loss, diagnostics): the one step entry
+ * (mw_trainer_step). Only buffers are handled here (format, contiguity, lengths in items); every
+ * value, length and method rule is checked by the core. */
+static PyObject *py_trainer_step(PyObject *self, PyObject *args) {
+  PyObject *ho, *xo, *yo, *swo, *xmo = Py_None, *ymo = Py_None, *wo = Py_None, *cwo = Py_None; uint64_t h;
+  if (!PyArg_ParseTuple(args, "OOOO|OOOO", &ho, &xo, &yo, &swo, &xmo, &ymo, &wo, &cwo) || handle_arg(ho, &h))
+    return NULL;
+  Py_buffer x, y, sw, xm, ym, w, cw;
+  int has_sw = (swo != Py_None), has_xm = (xmo != Py_None), has_ym = (ymo != Py_None), has_w = (wo != Py_None),
+      has_cw = (cwo != Py_None);
+  int got_x = 0, got_y = 0, got_sw = 0, got_xm = 0, got_ym = 0, got_w = 0, got_cw = 0;
   mw_status s = -1;
   int64_t shape[8], mshape[8] = {0}; int32_t rank = 0, mrank = 0;
   mw_step_result r; memset(&r, 0, sizeof r);
-  if (has_m != has_ym) {
-    PyErr_SetString(InvalidArgumentError, "x_meta, y_meta: expected both or neither");
-    goto done;
-  }
   if (get_buffer(xo, &x, 'f', 0, "x")) goto done;
   got_x = 1;
   if (get_buffer(yo, &y, 'q', 0, "y")) goto done;
   got_y = 1;
-  if (has_m) {
-    if (get_buffer(xmo, &xm, 'f', 0, "x_meta")) goto done;
-    got_xm = 1;
-    if (get_buffer(ymo, &ym, 'q', 0, "y_meta")) goto done;
-    got_ym = 1;
-  }
+  if (has_sw) { if (get_buffer(swo, &sw, 'f', 0, "sample_weights")) goto done; got_sw = 1; }
+  if (has_xm) { if (get_buffer(xmo, &xm, 'f', 0, "x_meta")) goto done; got_xm = 1; }
+  if (has_ym) { if (get_buffer(ymo, &ym, 'q', 0, "y_meta")) goto done; got_ym = 1; }
   if (has_w) { if (get_buffer(wo, &w, 'f', 1, "weights_out")) goto done; got_w = 1; }
   if (has_cw) { if (get_buffer(cwo, &cw, 'f', 1, "class_weights_out")) goto done; got_cw = 1; }
   if (shape_of(&x, shape, &rank)) goto done;
-  if (has_m && shape_of_named(&xm, mshape, &mrank, "x_meta")) goto done;
-  Py_BEGIN_ALLOW_THREADS s = mw_trainer_step_method(
+  if (has_xm && shape_of_named(&xm, mshape, &mrank, "x_meta")) goto done;
+  Py_BEGIN_ALLOW_THREADS s = mw_trainer_step(
       h, (const float *)x.buf, shape, rank, (const int64_t *)y.buf, (int64_t)(y.len / 8),
-      has_m ? (const float *)xm.buf : NULL, has_m ? mshape : NULL, mrank,
-      has_m ? (const int64_t *)ym.buf : NULL, has_m ? (int64_t)(ym.len / 8) : 0, &r,
+      has_sw ? (const float *)sw.buf : NULL, has_sw ? (int64_t)(sw.len / 4) : 0,
+      has_xm ? (const float *)xm.buf : NULL, has_xm ? mshape : NULL, mrank,
+      has_ym ? (const int64_t *)ym.buf : NULL, has_ym ? (int64_t)(ym.len / 8) : 0, &r,
       has_w ? (float *)w.buf : NULL, has_w ? (int64_t)(w.len / 4) : 0,
       has_cw ? (float *)cw.buf : NULL, has_cw ? (int64_t)(cw.len / 4) : 0);
   Py_END_ALLOW_THREADS
 done:
   if (got_x) PyBuffer_Release(&x);
   if (got_y) PyBuffer_Release(&y);
+  if (got_sw) PyBuffer_Release(&sw);
   if (got_xm) PyBuffer_Release(&xm);
   if (got_ym) PyBuffer_Release(&ym);
   if (got_w) PyBuffer_Release(&w);
@@ -1003,6 +978,40 @@ static PyObject *py_live_handles(PyObject *self, PyObject *args) {
   return PyLong_FromLongLong((long long)n);
 }
 
+/* A string result of a (const char *, const char *) call into buf: NULL a second argument to skip it. */
+typedef mw_status (*text_query)(const char *, const char *, char *, int64_t, int64_t *);
+
+static mw_status call_text_query(text_query fn, const char *a, const char *b, char *buf, int64_t cap, int64_t *len) {
+  return fn ? fn(a, b, buf, cap, len) : mw_settings_table(a, buf, cap, len);
+}
+
+static PyObject *text_result(text_query fn, const char *a, const char *b) {
+  int64_t len = 0;
+  mw_status s = call_text_query(fn, a, b, NULL, 0, &len);
+  if (s != MW_OK) return raise_status(s);
+  char *buf = PyMem_Malloc((size_t)len + 1);
+  if (!buf) return PyErr_NoMemory();
+  s = call_text_query(fn, a, b, buf, len + 1, &len);
+  if (s != MW_OK) { PyMem_Free(buf); return raise_status(s); }
+  PyObject *r = PyUnicode_FromStringAndSize(buf, (Py_ssize_t)len);
+  PyMem_Free(buf);
+  return r;
+}
+
+/* settings_table(kind) -> str: the core's settings table of "methods" or "law" as JSON. */
+static PyObject *py_settings_table(PyObject *self, PyObject *args) {
+  const char *kind;
+  if (!PyArg_ParseTuple(args, "s", &kind)) return NULL;
+  return text_result(NULL, kind, NULL);
+}
+
+/* spec_check(kind, spec) -> str: the canonical spec, or the core's error naming the key. */
+static PyObject *py_spec_check(PyObject *self, PyObject *args) {
+  const char *kind, *spec;
+  if (!PyArg_ParseTuple(args, "ss", &kind, &spec)) return NULL;
+  return text_result(mw_spec_check, kind, spec);
+}
+
 static PyObject *py_law_strategy(PyObject *self, PyObject *args) {
   PyObject *ho; uint64_t h;
   if (!PyArg_ParseTuple(args, "O", &ho) || handle_arg(ho, &h)) return NULL;
@@ -1130,6 +1139,8 @@ static PyMethodDef methods[] = {
     {"calls_in_flight_peak", py_calls_in_flight_peak, METH_VARARGS,
      "calls_in_flight_peak(reset=False) -> most handle calls running at once since the last reset."},
     {"live_handles", py_live_handles, METH_NOARGS, "Number of live native handles (leak checks)."},
+    {"settings_table", py_settings_table, METH_VARARGS, "settings_table(kind) -> JSON of the core's settings table."},
+    {"spec_check", py_spec_check, METH_VARARGS, "spec_check(kind, spec) -> the canonical spec (checked by the core)."},
     {"set_threads", py_set_threads, METH_VARARGS, "Set kernel and BLAS thread count."},
     {"network_create", py_network_create, METH_VARARGS, "network_create(spec, input_shape, seed) -> handle"},
     {"network_free", py_network_free, METH_VARARGS, "Free a network handle."},
@@ -1165,8 +1176,6 @@ static PyMethodDef methods[] = {
      "trainer_set_batch_norm_sync(h, on) -- synchronised batch norm in data-parallel steps."},
     {"trainer_set_allreduce", py_trainer_set_allreduce, METH_VARARGS,
      "trainer_set_allreduce(h, hook) -- hook(values, sync_point) sums values over the workers in place; None detaches."},
-    {"trainer_step_method", py_trainer_step_method, METH_VARARGS,
-     "trainer_step_method(h, x, y, x_meta, y_meta, weights_out, class_weights_out) -> (loss, acc, lr, step, meta_loss)"},
     {"trainer_weight_function", py_trainer_weight_function, METH_VARARGS, "V(losses) into out."},
     {"trainer_weight_net_get", py_trainer_weight_net_get, METH_VARARGS,
      "trainer_weight_net_get(h, out|None) -> hidden; V's 3*hidden+1 parameters into out."},

@@ -73,7 +73,7 @@ final class BoundaryTests: XCTestCase {
       let s =
         i % 2 == 0
         ? mw_trainer_losses(tr, x, xshape, 2, labels.pointer, Int64(n), &losses)
-        : mw_trainer_step(tr, x, xshape, 2, labels.pointer, Int64(n), nil, &result)
+        : mw_trainer_step(tr, x, xshape, 2, labels.pointer, Int64(n), nil, 0, nil, nil, 0, nil, 0, &result, nil, 0, nil, 0)
       XCTAssertTrue(s == MW_OK || s == MW_E_LABEL, "status \(s): \(String(cString: mw_last_error()))")
       if s == MW_OK {
         ok += 1

@@ -85,9 +85,9 @@ final class MetaweightCABITests: XCTestCase {
     var r = mw_step_result()
     let st: mw_status
     if let w = weights {
-      st = mw_trainer_step(tr, x, shape, rank ?? Int32(shape.count), y, nLabels ?? Int64(y.count), w, &r)
+      st = mw_trainer_step(tr, x, shape, rank ?? Int32(shape.count), y, nLabels ?? Int64(y.count), w, Int64(weights?.count ?? 0), nil, nil, 0, nil, 0, &r, nil, 0, nil, 0)
     } else {
-      st = mw_trainer_step(tr, x, shape, rank ?? Int32(shape.count), y, nLabels ?? Int64(y.count), nil, &r)
+      st = mw_trainer_step(tr, x, shape, rank ?? Int32(shape.count), y, nLabels ?? Int64(y.count), nil, 0, nil, nil, 0, nil, 0, &r, nil, 0, nil, 0)
     }
     return (st, r)
   }
@@ -203,10 +203,10 @@ final class MetaweightCABITests: XCTestCase {
 
     let b = batch(3)
     var r = mw_step_result()
-    expect(mw_trainer_step(tr, nil, b.shape, 2, b.y, 3, nil, &r), MW_E_ARGUMENT, naming: "x", "NULL")
-    expect(mw_trainer_step(tr, b.x, nil, 2, b.y, 3, nil, &r), MW_E_ARGUMENT, naming: "x shape", "NULL")
-    expect(mw_trainer_step(tr, b.x, b.shape, 2, nil, 3, nil, &r), MW_E_ARGUMENT, naming: "y", "NULL")
-    ok(mw_trainer_step(tr, b.x, b.shape, 2, b.y, 3, nil, nil))  // the result pointer is optional
+    expect(mw_trainer_step(tr, nil, b.shape, 2, b.y, 3, nil, 0, nil, nil, 0, nil, 0, &r, nil, 0, nil, 0), MW_E_ARGUMENT, naming: "x", "NULL")
+    expect(mw_trainer_step(tr, b.x, nil, 2, b.y, 3, nil, 0, nil, nil, 0, nil, 0, &r, nil, 0, nil, 0), MW_E_ARGUMENT, naming: "x shape", "NULL")
+    expect(mw_trainer_step(tr, b.x, b.shape, 2, nil, 3, nil, 0, nil, nil, 0, nil, 0, &r, nil, 0, nil, 0), MW_E_ARGUMENT, naming: "y", "NULL")
+    ok(mw_trainer_step(tr, b.x, b.shape, 2, b.y, 3, nil, 0, nil, nil, 0, nil, 0, nil, nil, 0, nil, 0))  // the result pointer is optional
 
     expect(mw_trainer_predict(tr, nil, b.shape, 2, nil, 9), MW_E_ARGUMENT, naming: "x")
     expect(mw_trainer_predict(tr, b.x, b.shape, 2, nil, 9), MW_E_ARGUMENT, naming: "out")
@@ -658,7 +658,7 @@ final class MetaweightCABITests: XCTestCase {
     DispatchQueue.global().async(group: group) {
       var r = mw_step_result()
       for _ in 0..<200 {
-        let st = mw_trainer_step(tr, b.x, b.shape, 2, b.y, Int64(b.y.count), nil, &r)
+        let st = mw_trainer_step(tr, b.x, b.shape, 2, b.y, Int64(b.y.count), nil, 0, nil, nil, 0, nil, 0, &r, nil, 0, nil, 0)
         if st == MW_OK { box.okSteps += 1 } else if st != MW_E_BUSY { box.badStatus.append(st) }
       }
     }

@@ -118,7 +118,7 @@ final class LAWABITests: XCTestCase {
     for k in 0..<8 {
       let xb = Array(d.x[(k % 5) * 32..<((k % 5) * 32 + 32)])
       let yb = Array(d.y[(k % 5) * 8..<((k % 5) * 8 + 8)])
-      ok(mw_trainer_step(tr, xb, &bs, 2, yb, 8, nil, &r))
+      ok(mw_trainer_step(tr, xb, &bs, 2, yb, 8, nil, 0, nil, nil, 0, nil, 0, &r, nil, 0, nil, 0))
     }
     var last = [Float](repeating: 0, count: 8)
     ok(mw_trainer_strategy_state(tr, &stage, &ls, &acc, &last, 8, &nw))

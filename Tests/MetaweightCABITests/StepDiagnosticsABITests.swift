@@ -42,7 +42,7 @@ final class StepDiagnosticsABITests: XCTestCase {
     var r = mw_step_result()
     var w = [Float](repeating: .nan, count: 6)
     XCTAssertEqual(
-      mw_trainer_step_method(tr, &x, &shape, 2, &y, 6, &xm, &sm, 2, &ym, 6, &r, &w, 6, nil, 0), MW_OK, lastError())
+      mw_trainer_step(tr, &x, &shape, 2, &y, 6, nil, 0, &xm, &sm, 2, &ym, 6, &r, &w, 6, nil, 0), MW_OK, lastError())
     return w
   }
 

@@ -131,7 +131,7 @@ final class WeightNetABITests: XCTestCase {
     var xm = x, sm = shape, ym = y
     var r = mw_step_result()
     XCTAssertEqual(
-      mw_trainer_step_method(tr, &x, &shape, 2, &y, 6, &xm, &sm, 2, &ym, 6, &r, nil, 0, nil, 0), MW_OK, lastError())
+      mw_trainer_step(tr, &x, &shape, 2, &y, 6, nil, 0, &xm, &sm, 2, &ym, 6, &r, nil, 0, nil, 0), MW_OK, lastError())
     var entry: Trainer? = nil
     try using(tr, as: Trainer.self, "trainer") { entry = $0 }
     let opt = try XCTUnwrap(entry?.method?.weightNetOptimizer)

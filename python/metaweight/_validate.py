@@ -243,8 +243,9 @@ def as_labels(
     return out
 
 
-def as_weights(w: Any, name: str, n: int) -> np.ndarray:
-    """Converts per-example weights to a C-contiguous float32 vector of ``n`` finite values >= 0.
+def as_weights(w: Any, name: str, n: int, *, check_values: bool = True) -> np.ndarray:
+    """Converts per-example weights to a C-contiguous float32 vector of ``n`` finite values >= 0
+    (``check_values=False``: conversion only, for an array the core checks itself).
 
     Raises:
         DTypeError: a non-numeric or bool dtype.
@@ -260,6 +261,8 @@ def as_weights(w: Any, name: str, n: int) -> np.ndarray:
     with _memory_for(name, a, "a float32 copy"):
         with np.errstate(over="ignore", invalid="ignore"):
             out = np.ascontiguousarray(a, dtype=np.float32)
+        if not check_values:
+            return out
         check_finite(out, name)
     if (out < 0).any():
         i = int(np.argmax(out < 0))

@@ -5,8 +5,12 @@ A method is chosen with the trainer's ``method`` argument, as a name or an objec
     Trainer(net, method="gdw")
     Trainer(net, method=GDW(eta=100))
 
-Every method is a frozen dataclass whose fields are its options, with the defaults fixed by
-``ALGORITHMS.md`` (the papers' official settings).
+Every method is a frozen dataclass with keyword-only options. The options, their types, defaults
+(``ALGORITHMS.md``'s, the papers' official settings, except where README "Choosing the defaults"
+says otherwise) and docs come from the native core's settings table (``mw_settings_table``, read
+once by :mod:`metaweight._settings`); the core checks the values when the method is used, and its
+error names the option. ``scripts/gen_settings.py`` writes the typed signatures below from the same
+table (a test fails when they drift).
 
 - Meta-gradient methods (need a clean meta batch in every step): :class:`L2RW`, :class:`MWNet`,
   :class:`GDW`. Their meta-gradients are exact: one forward-mode Jacobian-vector product of the
@@ -24,14 +28,13 @@ user-given per-example weights) and how the native core names it (:meth:`Method.
 from __future__ import annotations
 
 import dataclasses
-import numbers
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
-from typing import Any, ClassVar
+from typing import TYPE_CHECKING, Any, ClassVar, TypeVar
 
-import numpy as np
-
-from ._validate import is_finite_number
+from . import _settings
+from ._settings import SettingInfo
+from ._validate import as_bool, as_int, is_finite_number
 from .errors import InvalidArgumentError
 
 __all__ = [
@@ -53,62 +56,16 @@ __all__ = [
     "resolve_method",
 ]
 
-
-def _f(v: float) -> str:
-    return repr(float(v))
+M = TypeVar("M", bound="type[Method]")
 
 
-def _check(ok: bool, message: str) -> None:
-    if not ok:
-        raise InvalidArgumentError(message)
+class Method:
+    """Base class of the training methods.
 
-
-def _is_real(v: Any) -> bool:
-    return isinstance(v, numbers.Real) and not isinstance(v, (bool, np.bool_))
-
-
-def _option_type_ok(annotation: str, v: Any) -> bool | None:
-    """Whether ``v`` fits an option annotated ``annotation`` (None: an annotation not checked)."""
-    a = annotation.replace(" ", "")
-    if a.endswith("|None"):
-        return True if v is None else _option_type_ok(a[: -len("|None")], v)
-    if a == "bool":
-        return isinstance(v, (bool, np.bool_)) or (isinstance(v, numbers.Integral) and int(v) in (0, 1))
-    if a == "int":
-        return isinstance(v, numbers.Integral) and not isinstance(v, (bool, np.bool_))
-    if a == "float":
-        return _is_real(v)
-    if a == "str":
-        return isinstance(v, str)
-    if a.startswith("tuple["):
-        if isinstance(v, (str, bytes, Mapping)) or not isinstance(v, (Sequence, np.ndarray)):
-            return False
-        items = list(np.asarray(v).reshape(-1)) if isinstance(v, np.ndarray) else list(v)
-        if a == "tuple[float,float]" and len(items) != 2:
-            return False
-        return all(_is_real(x) for x in items)
-    return None
-
-
-class _OptionTypes:
-    """Checks, at construction, that every option of a method dataclass has its annotated type
-    (values are checked by ``spec()``); InvalidArgumentError naming the option otherwise."""
-
-    def __post_init__(self) -> None:
-        for f in dataclasses.fields(self):  # type: ignore[arg-type]
-            v = getattr(self, f.name)
-            if _option_type_ok(str(f.type), v) is False:
-                raise InvalidArgumentError(
-                    f"{type(self).__name__}.{f.name}: expected {f.type}, got {v!r} ({type(v).__name__})")
-            if str(f.type).startswith("float") and isinstance(v, numbers.Integral) and not isinstance(v, bool):
-                try:  # an int for a float option: store it as a float (checks then work on huge ints)
-                    object.__setattr__(self, f.name, float(v))
-                except OverflowError:
-                    raise InvalidArgumentError(f"{type(self).__name__}.{f.name}: {v} is too large") from None
-
-
-class Method(_OptionTypes):
-    """Base class of the training methods."""
+    A method class names the core's method it runs; its options, their defaults and docs, and what
+    its steps need come from the core's settings table (``mw_settings_table``), and the core checks
+    the values when the method is used (:meth:`spec`).
+    """
 
     #: The name accepted by ``Trainer(method=...)``.
     name: ClassVar[str] = ""
@@ -120,322 +77,333 @@ class Method(_OptionTypes):
     has_weight_function: ClassVar[bool] = False
     #: Whether the method has class-level weights (GDW).
     has_class_weights: ClassVar[bool] = False
+    #: The core's method (``metaweight.h``) and its settings.
+    _core_method: ClassVar[str] = "erm"
+    _settings: ClassVar[tuple[SettingInfo, ...]] = ()
+    #: Settings whose Python default is None: "the core's default for the method" (omitted from specs).
+    _auto: ClassVar[frozenset[str]] = frozenset()
+    if TYPE_CHECKING:  # every method class is a dataclass (built by ``_from_table``)
+        __dataclass_fields__: ClassVar[dict[str, dataclasses.Field[Any]]]
+
+    def __post_init__(self) -> None:
+        # Types only (an int for a float option becomes a float); the core checks the values.
+        for s in self._settings:
+            v = getattr(self, s.name)
+            if not (v is None and s.name in self._auto):
+                object.__setattr__(self, s.name, s.convert(v, type(self).__name__))
+
+    def _core_name(self) -> str:
+        return self._core_method
 
     def spec(self) -> str:
-        """The method in the native core's method-spec language, e.g. ``"gdw(eta=100.0)"``."""
-        raise NotImplementedError
+        """The method as the core's canonical spec, e.g. ``"gdw(..., eta=100.0, ...)"``.
+
+        Raises:
+            InvalidArgumentError: an option out of range, named by the core.
+        """
+        parts = []
+        for s in self._settings:
+            v = getattr(self, s.name)
+            if v is None and s.none is None:
+                continue  # not given: the core's default, or its error when it needs one
+            parts.append(f"{s.name}={s.spec_text(v)}")
+        name = self._core_name()
+        return _settings.check_spec("method", f"{name}({', '.join(parts)})" if parts else name)
 
 
-@dataclass(frozen=True)
+def _from_table(core: str, auto: Mapping[str, str] | None = None,
+                extra_docs: tuple[tuple[str, str], ...] = ()) -> Callable[[M], M]:
+    """Builds a method dataclass from the core's table of method ``core``: one keyword-only field
+    per setting, the ``Args`` docs, and what its steps need. ``auto``: settings whose Python
+    default is None (the core's default for the method chosen), with what None means."""
+
+    def build(cls: M) -> M:
+        info = _settings.method_info(core)
+        cls._core_method = core
+        cls._settings = info.settings
+        cls.needs_meta = info.needs_meta
+        cls.has_weight_function = info.weight_net
+        cls.has_class_weights = info.class_weights
+        cls.supports_sample_weights = info.sample_weights
+        cls._auto = frozenset(auto or ())
+        _settings.add_fields(cls, info.settings, dict.fromkeys(auto or ()))
+        doc = (cls.__doc__ or "").rstrip()
+        if info.settings or extra_docs:
+            indent = "\n    "
+            doc += "\n\n    " + _settings.docs_section(info.settings, extra_docs, auto).replace("\n", indent)
+        cls.__doc__ = doc + "\n"
+        return dataclass(frozen=True, kw_only=True)(cls)  # type: ignore[return-value]
+
+    return build
+
+
+@_from_table("erm")
 class ERM(Method):
     """Empirical risk minimisation: the mean cross-entropy of the batch (optionally weighted by
     user-given ``sample_weights``: loss = sum_i w_i l_i / N)."""
 
     name: ClassVar[str] = "erm"
-    supports_sample_weights: ClassVar[bool] = True
-
-    def spec(self) -> str:
-        return "erm"
 
 
-def _virtual(parts: list[str], virtual_momentum: bool, virtual_lr: float | None) -> None:
-    if virtual_momentum:
-        parts.append("virtual_momentum=1")
-    if virtual_lr is not None:
-        _check(virtual_lr > 0, f"virtual_lr: expected a positive step size or None, got {virtual_lr}")
-        parts.append(f"virtual_lr={_f(virtual_lr)}")
-
-
-@dataclass(frozen=True)
+@_from_table("l2rw")
 class L2RW(Method):
     """Learning to Reweight (Ren et al. 2018): per-step example weights from the meta gradient.
 
     Each step computes u_i = <∇L_meta(θ), ∇l_i(θ)> for every example with one JVP, and trains on
-    w = max(u, 0) / Σ max(u, 0) (w = 0 for the batch when no u is positive).
-
-    Args:
-        virtual_momentum: Include the optimizer's momentum and weight decay in the look-ahead step
-            (L2RW's look-ahead is at ε = 0, so θ̂ = θ; kept for symmetry with MW-Net/GDW).
-        virtual_lr: Look-ahead step size; None uses the classifier's current learning rate (it
-            cancels in the normalisation).
+    w = max(u, 0) / Σ max(u, 0) (w = 0 for the batch when no u is positive). L2RW's look-ahead is
+    at ε = 0, so θ̂ = θ; its step size cancels in the normalisation.
     """
 
     name: ClassVar[str] = "l2rw"
-    needs_meta: ClassVar[bool] = True
-    virtual_momentum: bool = False
-    virtual_lr: float | None = None
+    # BEGIN generated by scripts/gen_settings.py: L2RW
+    if TYPE_CHECKING:
+        virtual_momentum: bool
+        virtual_lr: float | None
 
-    def spec(self) -> str:
-        parts: list[str] = []
-        _virtual(parts, self.virtual_momentum, self.virtual_lr)
-        return f"l2rw({', '.join(parts)})" if parts else "l2rw"
+        def __init__(self, *, virtual_momentum: bool = ..., virtual_lr: float | None = ...) -> None: ...
+    # END generated: L2RW
 
 
-@dataclass(frozen=True)
+@_from_table("mwnet")
 class MWNet(Method):
     """Meta-Weight-Net (Shu et al. 2019): a learned loss → weight function V.
 
     V is Linear(1, hidden) → ReLU → Linear(hidden, 1) → Sigmoid of the example's loss. Each step
     takes a look-ahead θ̂ = θ − α (1/n) Σ V(l_i) ∇l_i, updates V on the meta loss at θ̂, then trains
-    θ on (1/n) Σ V(l_i) l_i with the updated V.
-
-    Args:
-        normalize: Normalise the weights by their batch sum (the official imbalance script; the
-            default) instead of dividing by n (the official noisy-label script). Without it the
-            meta-gradient pushes every weight the same way on top of the relative push, and Adam's
-            per-parameter steps turn that common push into a V that *increases* with the loss, so
-            that corrupted labels weigh more than clean ones (README, "Choosing the defaults").
-        detach_loss: Feed V the detached loss (the noisy-label script; default).
-        hidden: Hidden width of V.
-        optimizer: V's optimizer, ``"adam"`` (noisy-label code) or ``"sgd"`` (imbalance code).
-        lr: V's learning rate (1e-3; the imbalance code uses SGD with 1e-5).
-        weight_decay: V's weight decay.
-        momentum: V's SGD momentum (imbalance code: 0.9).
-        virtual_momentum: Include the classifier optimizer's momentum/weight decay in θ̂.
-        virtual_lr: Look-ahead step size α; None uses the classifier's current learning rate.
-        memory: ``"low"`` (default) lays the meta batch's activations over the train batch's
-            dead ones (those no later pass reads: batch-norm outputs read only by a ReLU, linear
-            and convolution outputs read only by a batch norm or ReLU, residual branch outputs),
-            allocating only what does not fit: about 1.1-1.25x ERM's memory, nothing recomputed.
-            ``"fast"`` keeps a second tape of its own for the meta batch (about 1.5-1.9x; kept to
-            cross-check). Both run the same passes at the same speed and take identical steps.
+    θ on (1/n) Σ V(l_i) l_i with the updated V. Without ``normalize`` the meta-gradient pushes
+    every weight the same way on top of the relative push, and Adam's per-parameter steps turn that
+    common push into a V that *increases* with the loss (README, "Choosing the defaults").
+    ``memory="low"`` lays the meta batch's activations over the train batch's dead ones (about
+    1.1-1.25x ERM's memory, nothing recomputed); ``"fast"`` keeps a second tape (about 1.5-1.9x).
     """
 
     name: ClassVar[str] = "mwnet"
-    needs_meta: ClassVar[bool] = True
-    has_weight_function: ClassVar[bool] = True
-    normalize: bool = True
-    detach_loss: bool = True
-    hidden: int = 100
-    optimizer: str = "adam"
-    lr: float = 1e-3
-    weight_decay: float = 1e-4
-    momentum: float = 0.0
-    virtual_momentum: bool = False
-    virtual_lr: float | None = None
-    memory: str = "low"
+    # BEGIN generated by scripts/gen_settings.py: MWNet
+    if TYPE_CHECKING:
+        virtual_momentum: bool
+        virtual_lr: float | None
+        normalize: bool
+        detach_loss: bool
+        hidden: int
+        optimizer: str
+        lr: float
+        weight_decay: float
+        momentum: float
+        memory: str
 
-    def _weight_net(self) -> list[str]:
-        _check(self.memory in ("fast", "low"), f"memory: expected 'fast' or 'low', got {self.memory!r}")
-        _check(self.optimizer in ("adam", "sgd"), f"optimizer: expected 'adam' or 'sgd', got {self.optimizer!r}")
-        _check(isinstance(self.hidden, (int, np.integer)) and 0 < int(self.hidden) <= 100_000,
-               f"hidden: expected a width in 1..100000, got {self.hidden!r}")
-        _check(is_finite_number(self.lr) and self.lr >= 0, f"lr: expected a finite value >= 0, got {self.lr}")
-        _check(is_finite_number(self.weight_decay) and self.weight_decay >= 0,
-               f"weight_decay: expected a finite value >= 0, got {self.weight_decay}")
-        _check(0 <= self.momentum < 1, f"momentum: expected 0 <= momentum < 1, got {self.momentum}")
-        parts = [f"hidden={int(self.hidden)}", f"wn_opt={self.optimizer}", f"wn_lr={_f(self.lr)}",
-                 f"wn_wd={_f(self.weight_decay)}", f"wn_momentum={_f(self.momentum)}",
-                 f"memory={self.memory}"]
-        _virtual(parts, self.virtual_momentum, self.virtual_lr)
-        return parts
-
-    def spec(self) -> str:
-        parts = [f"normalize={int(bool(self.normalize))}", f"detach={int(bool(self.detach_loss))}"]
-        return f"mwnet({', '.join(parts + self._weight_net())})"
+        def __init__(
+            self,
+            *,
+            virtual_momentum: bool = ...,
+            virtual_lr: float | None = ...,
+            normalize: bool = ...,
+            detach_loss: bool = ...,
+            hidden: int = ...,
+            optimizer: str = ...,
+            lr: float = ...,
+            weight_decay: float = ...,
+            momentum: float = ...,
+            memory: str = ...,
+        ) -> None: ...
+    # END generated: MWNet
 
 
-@dataclass(frozen=True)
+@_from_table("gdw")
 class GDW(MWNet):
     """Generalized Data Weighting (Chen et al. 2021): class-level weights ω ∈ R^{n×C}.
 
     First stage ω_i = V(l_i)·1 with the zero-mean constraint at the label; the look-ahead uses the
     manipulated logit gradient ω_ic (p_ic − y_ic)/n; V is updated through all C columns; the second
     stage moves ω by −clip(η g/‖g‖₁) with g = ∂L_meta/∂ω, clamps and re-applies the constraint.
-
-    Args:
-        eta: Outer step η; None = 100 for up to 10 classes, 1000 above (the paper's settings).
-        clip: Clip of the second-stage update.
-        clamp: Range ω′ is clamped to.
-        prob_clamp: Probabilities are clamped to at most this in p − y and in the constraint.
-        hidden, optimizer, lr, weight_decay, momentum, virtual_momentum, virtual_lr, memory: as MW-Net.
     """
 
     name: ClassVar[str] = "gdw"
-    has_class_weights: ClassVar[bool] = True
-    normalize: bool = False
-    eta: float | None = None
-    clip: float = 0.2
-    clamp: tuple[float, float] = (1e-6, 1e6)
-    prob_clamp: float = 0.999
+    # BEGIN generated by scripts/gen_settings.py: GDW
+    if TYPE_CHECKING:
+        virtual_momentum: bool
+        virtual_lr: float | None
+        normalize: bool
+        detach_loss: bool
+        hidden: int
+        optimizer: str
+        lr: float
+        weight_decay: float
+        momentum: float
+        memory: str
+        eta: float | None
+        clip: float
+        clamp: tuple[float, float]
+        prob_clamp: float
 
-    def spec(self) -> str:
-        _check(not self.normalize, "normalize: GDW does not normalise its weights (it uses 1/n)")
-        _check(self.detach_loss, "detach_loss: GDW feeds V the detached loss")
-        _check(self.eta is None or (is_finite_number(self.eta) and self.eta > 0), f"eta: expected > 0 or None, got {self.eta}")
-        _check(is_finite_number(self.clip) and self.clip > 0, f"clip: expected > 0, got {self.clip}")
-        _check(len(self.clamp) == 2 and 0 < self.clamp[0] < self.clamp[1],
-               f"clamp: expected (low, high) with 0 < low < high, got {self.clamp}")
-        _check(0 < self.prob_clamp < 1, f"prob_clamp: expected 0 < value < 1, got {self.prob_clamp}")
-        parts = self._weight_net() + [f"clip={_f(self.clip)}", f"clamp_min={_f(self.clamp[0])}",
-                                      f"clamp_max={_f(self.clamp[1])}", f"prob_clamp={_f(self.prob_clamp)}"]
-        if self.eta is not None:
-            parts.append(f"eta={_f(self.eta)}")
-        return f"gdw({', '.join(parts)})"
+        def __init__(
+            self,
+            *,
+            virtual_momentum: bool = ...,
+            virtual_lr: float | None = ...,
+            normalize: bool = ...,
+            detach_loss: bool = ...,
+            hidden: int = ...,
+            optimizer: str = ...,
+            lr: float = ...,
+            weight_decay: float = ...,
+            momentum: float = ...,
+            memory: str = ...,
+            eta: float | None = ...,
+            clip: float = ...,
+            clamp: Sequence[float] = ...,
+            prob_clamp: float = ...,
+        ) -> None: ...
+    # END generated: GDW
 
 
-@dataclass(frozen=True)
+@_from_table("focal")
 class Focal(Method):
-    """Focal loss (Lin et al. 2017): −(1 − p_t)^γ log p_t.
-
-    Args:
-        gamma: Focusing parameter γ ≥ 0 (0 is cross-entropy).
-    """
+    """Focal loss (Lin et al. 2017): −(1 − p_t)^γ log p_t."""
 
     name: ClassVar[str] = "focal"
-    gamma: float = 2.0
+    # BEGIN generated by scripts/gen_settings.py: Focal
+    if TYPE_CHECKING:
+        gamma: float
 
-    def spec(self) -> str:
-        _check(is_finite_number(self.gamma) and self.gamma >= 0, f"gamma: expected a finite value >= 0, got {self.gamma}")
-        return f"focal(gamma={_f(self.gamma)})"
-
-
-def _counts(name: str, counts: Sequence[int] | None) -> str:
-    if counts is None:
-        raise InvalidArgumentError(
-            f"class_counts: {name} needs the per-class training counts, e.g. "
-            f"{name.title().replace('_', '')}(class_counts=numpy.bincount(y_train, minlength=num_classes))")
-    values = [int(c) for c in counts]
-    _check(len(values) > 0 and all(c > 0 for c in values), f"class_counts: expected positive counts, got {values}")
-    return "x".join(str(c) for c in values)
+        def __init__(self, *, gamma: float = ...) -> None: ...
+    # END generated: Focal
 
 
-@dataclass(frozen=True)
+@_from_table("class_balanced")
 class ClassBalanced(Method):
-    """Class-balanced loss (Cui et al. 2019): class weights (1 − β)/(1 − β^{n_c}), normalised to sum to C.
-
-    Args:
-        class_counts: Per-class training counts n_c (e.g. ``np.bincount(y_train)``).
-        beta: β in [0, 1); 0.9999 is the paper's usual choice.
-    """
+    """Class-balanced loss (Cui et al. 2019): class weights (1 − β)/(1 − β^{n_c}), normalised to sum
+    to C. ``class_counts`` is required (e.g. ``numpy.bincount(y_train, minlength=num_classes)``)."""
 
     name: ClassVar[str] = "class_balanced"
-    class_counts: tuple[int, ...] | None = None
-    beta: float = 0.9999
+    # BEGIN generated by scripts/gen_settings.py: ClassBalanced
+    if TYPE_CHECKING:
+        beta: float
+        class_counts: tuple[int, ...] | None
 
-    def spec(self) -> str:
-        _check(0 <= self.beta < 1, f"beta: expected 0 <= beta < 1, got {self.beta}")
-        return f"class_balanced(beta={_f(self.beta)}, counts={_counts(self.name, self.class_counts)})"
+        def __init__(self, *, beta: float = ..., class_counts: Sequence[int] | None = ...) -> None: ...
+    # END generated: ClassBalanced
 
 
-@dataclass(frozen=True)
+@_from_table("inverse_frequency")
 class InverseFrequency(Method):
     """Inverse class-frequency ("proportion") weights 1/n_c, normalised to sum to C.
-
-    Args:
-        class_counts: Per-class training counts n_c.
-    """
+    ``class_counts`` is required."""
 
     name: ClassVar[str] = "inverse_frequency"
-    class_counts: tuple[int, ...] | None = None
+    # BEGIN generated by scripts/gen_settings.py: InverseFrequency
+    if TYPE_CHECKING:
+        class_counts: tuple[int, ...] | None
 
-    def spec(self) -> str:
-        return f"inverse_frequency(counts={_counts(self.name, self.class_counts)})"
+        def __init__(self, *, class_counts: Sequence[int] | None = ...) -> None: ...
+    # END generated: InverseFrequency
 
 
-@dataclass(frozen=True)
+@_from_table("hard_mining")
 class HardMining(Method):
-    """Hard-example mining: only the highest-loss fraction of each batch is trained on.
-
-    Args:
-        fraction: Fraction of the batch kept (0 < fraction ≤ 1).
-    """
+    """Hard-example mining: only the highest-loss fraction of each batch is trained on."""
 
     name: ClassVar[str] = "hard_mining"
-    fraction: float = 0.5
+    # BEGIN generated by scripts/gen_settings.py: HardMining
+    if TYPE_CHECKING:
+        fraction: float
 
-    def spec(self) -> str:
-        _check(0 < self.fraction <= 1, f"fraction: expected 0 < fraction <= 1, got {self.fraction}")
-        return f"hard_mining(fraction={_f(self.fraction)})"
+        def __init__(self, *, fraction: float = ...) -> None: ...
+    # END generated: HardMining
 
 
-@dataclass(frozen=True)
+@_from_table("random_gaussian")
 class RandomWeights(Method):
     """Random example weights from a rectified Gaussian, normalised per batch (L2RW's baseline)."""
 
     name: ClassVar[str] = "random"
 
-    def spec(self) -> str:
-        return "random_gaussian"
 
-
-@dataclass(frozen=True)
+@_from_table("self_paced")
 class SelfPaced(Method):
-    """Self-paced learning (Kumar et al. 2010): examples with loss below λ count; λ grows.
-
-    Args:
-        threshold: Initial λ₀; None = 1.3·ln(C), a little above the loss of a uniform prediction, so
-            training starts from (nearly) every example and drops those the model cannot fit (a
-            threshold at or below ln(C) selects a few easy classes early and never recovers).
-        growth: λ is multiplied by this every ``interval`` steps (≥ 1).
-        interval: Steps between growths.
-    """
+    """Self-paced learning (Kumar et al. 2010): examples with loss below λ count; λ grows. A
+    threshold at or below ln(C) selects a few easy classes early and never recovers; the default
+    starts from (nearly) every example and drops those the model cannot fit."""
 
     name: ClassVar[str] = "self_paced"
-    threshold: float | None = None
-    growth: float = 1.1
-    interval: int = 100
+    # BEGIN generated by scripts/gen_settings.py: SelfPaced
+    if TYPE_CHECKING:
+        threshold: float | None
+        growth: float
+        interval: int
 
-    def spec(self) -> str:
-        _check(self.threshold is None or (is_finite_number(self.threshold) and self.threshold > 0),
-               f"threshold: expected > 0 or None, got {self.threshold}")
-        _check(is_finite_number(self.growth) and self.growth >= 1, f"growth: expected >= 1, got {self.growth}")
-        _check(int(self.interval) > 0, f"interval: expected > 0 steps, got {self.interval}")
-        t = 0.0 if self.threshold is None else float(self.threshold)
-        return f"self_paced(threshold={_f(t)}, growth={_f(self.growth)}, interval={int(self.interval)})"
+        def __init__(self, *, threshold: float | None = ..., growth: float = ..., interval: int = ...) -> None: ...
+    # END generated: SelfPaced
 
 
-@dataclass(frozen=True)
+def _bootstrap_beta_doc() -> str:
+    soft = _settings.method_info("bootstrap_soft").settings[0].python_default
+    hard = _settings.method_info("bootstrap_hard").settings[0].python_default
+    return f"{soft} soft, {hard} hard, Reed et al.'s values"
+
+
+@_from_table("bootstrap_soft", auto={"beta": _bootstrap_beta_doc()},
+             extra_docs=(("hard", "use the arg-max prediction instead of the probabilities (default False)."),))
 class Bootstrap(Method):
     """Reed et al. (2015) bootstrapping: the target mixes the label with the model's prediction.
 
     Soft: L = −Σ_k (β y_k + (1−β) q_k) log q_k; hard: the target is β y + (1−β) onehot(argmax q).
-
-    Args:
-        beta: Weight of the given label; None = 0.95 (soft) or 0.8 (hard), the paper's values.
-        hard: Use the arg-max prediction instead of the probabilities.
     """
 
     name: ClassVar[str] = "bootstrap"
-    beta: float | None = None
     hard: bool = False
+    # BEGIN generated by scripts/gen_settings.py: Bootstrap
+    if TYPE_CHECKING:
+        beta: float | None
 
-    def spec(self) -> str:
-        beta = self.beta if self.beta is not None else (0.8 if self.hard else 0.95)
-        _check(0 <= beta <= 1, f"beta: expected 0 <= beta <= 1, got {beta}")
-        return f"bootstrap_{'hard' if self.hard else 'soft'}(beta={_f(beta)})"
+        def __init__(self, *, beta: float | None = ..., hard: bool = ...) -> None: ...
+    # END generated: Bootstrap
+
+    def __post_init__(self) -> None:
+        super().__post_init__()
+        object.__setattr__(self, "hard", as_bool(self.hard, "Bootstrap.hard"))
+
+    def _core_name(self) -> str:
+        return "bootstrap_hard" if self.hard else "bootstrap_soft"
 
 
-@dataclass(frozen=True)
+@_from_table("erm", extra_docs=(
+    ("epochs", "fine-tuning epochs over the meta set (default 10)."),
+    ("batch_size", "fine-tuning batch size (None: the main batch size, capped at the meta set size)."),
+    ("lr", "fine-tuning learning rate (None: a tenth of the optimizer's base rate)."),
+))
 class FineTune(Method):
     """Baseline: ERM on the training set, then ERM on the clean meta set for ``epochs`` more epochs.
 
     ``Trainer.fit(..., meta=(x_meta, y_meta))`` runs the fine-tuning after the main epochs, with
     its own constant learning rate and a fresh optimizer of the trainer's kind and settings
     (momentum, weight decay), so it does not inherit the main run's decayed (e.g. cosine → 0) rate.
-
-    Args:
-        epochs: Fine-tuning epochs over the meta set.
-        batch_size: Fine-tuning batch size (None: the main batch size, capped at the meta set size).
-        lr: Fine-tuning learning rate (None: a tenth of the optimizer's base rate).
+    These options are ``fit``'s, not the core's: they are checked here.
     """
 
     name: ClassVar[str] = "fine_tune"
-    supports_sample_weights: ClassVar[bool] = True
     epochs: int = 10
     batch_size: int | None = None
     lr: float | None = None
+    # BEGIN generated by scripts/gen_settings.py: FineTune
+    if TYPE_CHECKING:
+        def __init__(self, *, epochs: int = ..., batch_size: int | None = ..., lr: float | None = ...) -> None: ...
+    # END generated: FineTune
 
     def spec(self) -> str:
-        _check(int(self.epochs) >= 0, f"epochs: expected >= 0, got {self.epochs}")
-        _check(self.batch_size is None or int(self.batch_size) >= 1,
-               f"batch_size: expected >= 1 or None, got {self.batch_size}")
-        _check(self.lr is None or (is_finite_number(self.lr) and self.lr > 0),
-               f"lr: expected > 0 or None, got {self.lr}")
-        return "erm"
+        """``"erm"`` (the steps are ERM's), after checking the fine-tuning options.
+
+        Raises:
+            InvalidArgumentError: an option out of range.
+        """
+        as_int(self.epochs, "epochs", minimum=0)
+        if self.batch_size is not None:
+            as_int(self.batch_size, "batch_size", minimum=1)
+        if self.lr is not None and not (is_finite_number(self.lr) and self.lr > 0):
+            raise InvalidArgumentError(f"lr: expected > 0 or None, got {self.lr!r}")
+        return super().spec()
 
 
-@dataclass(frozen=True)
+@_from_table("erm")
 class ClassBalancedSampling(Method):
     """Baseline: ERM on class-balanced batches (every class equally often, examples re-used).
 
@@ -444,10 +412,6 @@ class ClassBalancedSampling(Method):
     """
 
     name: ClassVar[str] = "class_balanced_sampling"
-    supports_sample_weights: ClassVar[bool] = True
-
-    def spec(self) -> str:
-        return "erm"
 
 
 _METHODS: dict[str, type[Method]] = {}

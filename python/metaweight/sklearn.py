@@ -217,7 +217,7 @@ class MetaWeightClassifier(ClassifierMixin, BaseEstimator):  # type: ignore[misc
         method = resolve_method(self.method)
         if self.method_options:
             try:
-                method = dataclasses.replace(method, **dict(self.method_options))  # type: ignore[type-var]
+                method = dataclasses.replace(method, **dict(self.method_options))
             except TypeError as e:
                 raise ValueError(f"method_options: {e} (method {method.name!r})") from None
         if isinstance(method, (ClassBalanced, InverseFrequency)) and method.class_counts is None:

@@ -34,19 +34,18 @@ from __future__ import annotations
 import contextlib
 import math
 import os
-import time
 import warnings
-from collections.abc import Iterator, Sequence
-from dataclasses import dataclass, field
-from typing import Any, Callable, Union, overload
+from collections.abc import Iterator
+from dataclasses import dataclass
+from typing import Any, Callable, Union
 
 import numpy as np
 
-from . import _core
+from . import _core, _fit
 from ._handle import NativeHandle, refuses_reentry
-from ._validate import as_bool, as_features, as_int, as_labels, as_optional_split, as_path, as_weights
+from ._history import EpochRecord, History, SkippedStep, StepResult
+from ._validate import as_bool, as_features, as_int, as_labels, as_path, as_weights
 from ._weight_net import WeightNet
-from .callbacks import CallbackLike, FitConfig, FitHooks
 from .errors import (
     ClosedError,
     DTypeError,
@@ -54,10 +53,10 @@ from .errors import (
     NonFiniteError,
     StateError,
 )
-from .methods import ClassBalancedSampling, FineTune, Method, resolve_method
+from .methods import Method, resolve_method
 from .models import Network
-from .monitor import EPOCH_COLUMNS, CollapseMonitor, EpochDiagnostics, StepDiagnostics
-from .optim import SGD, Constant, Optimizer, Schedule, _steps_per_epoch
+from .monitor import StepDiagnostics
+from .optim import SGD, Constant, Optimizer, Schedule
 
 __all__ = ["Augment", "EpochRecord", "History", "SkippedStep", "StepResult", "Trainer", "WeightNet"]
 
@@ -75,7 +74,6 @@ RAW_ARRAYS: dict[str, tuple[str, ...]] = {
     "mwnet": ("v_before", "v_after"),
     "gdw": ("g", "omega", "omega_prime"),
 }
-Callback = Callable[["Trainer", "EpochRecord"], Any]
 
 
 @dataclass(frozen=True)
@@ -97,239 +95,6 @@ class Augment:
     def __post_init__(self) -> None:
         as_int(self.crop_padding, "Augment.crop_padding", minimum=0)
         as_bool(self.flip, "Augment.flip")
-
-
-@dataclass(frozen=True)
-class StepResult:
-    """The outcome of one training step.
-
-    Attributes:
-        loss: mean (unweighted) cross-entropy of the batch, before the update.
-        accuracy: accuracy of the batch, before the update.
-        lr: the learning rate used for the update.
-        step: number of updates taken so far (including this one).
-        meta_loss: loss on the meta batch (meta-weighting methods; 0 otherwise).
-        weights: per-example weights ``(N,)`` the method used (1 for unweighted ERM; GDW: ω′ at
-            the label; an attached LAW strategy's weights).
-        class_weights: GDW's class-level weights ω′ ``(N, C)`` (None for other methods).
-        raw: with ``step(..., diagnostics=True)``: the method's raw step arrays by name (None
-            otherwise; an empty dict for methods without any, and None for a skipped step):
-
-            - L2RW: ``"u"`` ``(N,)``, the scores u_i = ⟨∇L_meta, ∇l_i⟩, negative ones included,
-              before ``max(u, 0)`` and the normalisation (``weights = max(u,0)/Σmax(u,0)``);
-            - MW-Net: ``"v_before"`` ``(N,)``, V(l_i) before V's update, and ``"v_after"``
-              ``(N,)``, after it (the weights used);
-            - GDW: ``"g"`` ``(N, C)``, g = ∂L_meta/∂ω; ``"omega"`` ``(N, C)``, ω before the
-              second stage (after the first zero-mean constraint); ``"omega_prime"`` ``(N, C)``,
-              ω′ (``class_weights``).
-    """
-
-    loss: float
-    accuracy: float
-    lr: float
-    step: int
-    meta_loss: float = 0.0
-    weights: np.ndarray | None = field(default=None, repr=False, compare=False)
-    class_weights: np.ndarray | None = field(default=None, repr=False, compare=False)
-    #: True when the step was skipped because its loss, a gradient or a weight was NaN or
-    #: infinite (only with ``Trainer(on_nonfinite="skip")``; nothing was updated).
-    skipped: bool = False
-    #: Collapse and saturation statistics of the step (:class:`~metaweight.StepDiagnostics`;
-    #: None for a skipped step).
-    diagnostics: StepDiagnostics | None = field(default=None, compare=False)
-    raw: dict[str, np.ndarray] | None = field(default=None, repr=False, compare=False)
-
-
-@dataclass(frozen=True)
-class SkippedStep:
-    """A step skipped by ``Trainer(on_nonfinite="skip")``.
-
-    Attributes:
-        step: the number the update would have had (``step_count + 1`` when it was tried).
-        reason: the core's message naming what was NaN or infinite.
-    """
-
-    step: int
-    reason: str
-
-
-@dataclass(frozen=True)
-class EpochRecord:
-    """Statistics of one epoch of :meth:`Trainer.fit`.
-
-    Attributes:
-        epoch: epoch number, counted from 1 over the trainer's lifetime (all ``fit`` calls).
-        step: number of updates taken at the end of the epoch.
-        train_loss: mean training loss over the epoch's examples (each step's batch loss, measured
-            before its update, weighted by the batch size).
-        train_accuracy: mean training accuracy, likewise.
-        lr: learning rate of the epoch's last update.
-        time: wall-clock seconds of the epoch (training and validation).
-        val_loss: validation loss at the end of the epoch (None without validation data).
-        val_accuracy: validation accuracy at the end of the epoch (None without validation data).
-        meta_loss: mean meta loss (meta-weighting methods; None otherwise).
-        example_weights: with ``fit(record_weights=True)``: the mean weight each training example
-            received during the epoch, aligned with the ``x`` given to ``fit`` (NaN for examples
-            not visited, e.g. under class-balanced sampling).
-        class_weights: with ``record_weights=True`` and GDW: the class-level weights ``(N, C)``
-            each training example received (its last visit of the epoch).
-        weight_ess, saturated_low, saturated_high, prediction_majority, weight_loss_correlation:
-            the epoch's means of the steps' :class:`~metaweight.StepDiagnostics`
-            (``effective_sample_size`` for ``weight_ess``; None when no step had a value).
-        raw: with ``fit(record_raw=...)`` (every epoch, or the last one): the raw step arrays of
-            :attr:`StepResult.raw` gathered over the epoch's steps and aligned with the ``x``
-            given to ``fit``: ``(N,)`` or ``(N, C)`` per name, each example's values from its
-            step of the epoch (NaN for examples not visited, e.g. in a skipped step).
-    """
-
-    epoch: int
-    step: int
-    train_loss: float
-    train_accuracy: float
-    lr: float
-    time: float
-    val_loss: float | None = None
-    val_accuracy: float | None = None
-    meta_loss: float | None = None
-    example_weights: np.ndarray | None = field(default=None, repr=False, compare=False)
-    class_weights: np.ndarray | None = field(default=None, repr=False, compare=False)
-    weight_ess: float | None = None
-    saturated_low: float | None = None
-    saturated_high: float | None = None
-    prediction_majority: float | None = None
-    weight_loss_correlation: float | None = None
-    raw: dict[str, np.ndarray] | None = field(default=None, repr=False, compare=False)
-
-
-class History:
-    """Per-epoch statistics of training: a sequence of :class:`EpochRecord`.
-
-    ``len(history)`` is the number of epochs; ``history[-1]`` the last record; columns are
-    available as lists (``history.train_loss``, ``history.val_accuracy``, ...) and all together
-    with :meth:`to_dict` (e.g. ``pandas.DataFrame(history.to_dict())``).
-    """
-
-    _COLUMNS = (
-        "epoch",
-        "step",
-        "train_loss",
-        "train_accuracy",
-        "val_loss",
-        "val_accuracy",
-        "lr",
-        "time",
-        "meta_loss",
-        *EPOCH_COLUMNS,
-    )
-
-    def __init__(self, records: Sequence[EpochRecord] = ()) -> None:
-        self._records: list[EpochRecord] = list(records)
-
-    def _append(self, record: EpochRecord) -> None:
-        self._records.append(record)
-
-    def __len__(self) -> int:
-        return len(self._records)
-
-    def __iter__(self) -> Iterator[EpochRecord]:
-        return iter(self._records)
-
-    @overload
-    def __getitem__(self, index: int) -> EpochRecord: ...
-
-    @overload
-    def __getitem__(self, index: slice) -> History: ...
-
-    def __getitem__(self, index: int | slice) -> EpochRecord | History:
-        if isinstance(index, slice):
-            return History(self._records[index])
-        return self._records[index]
-
-    def column(self, name: str) -> list[Any]:
-        """The values of one field of every record, e.g. ``column("val_accuracy")``.
-
-        Raises:
-            InvalidArgumentError: an unknown field.
-        """
-        if name not in self._COLUMNS:
-            raise InvalidArgumentError(f"name: expected one of {list(self._COLUMNS)}, got {name!r}")
-        return [getattr(r, name) for r in self._records]
-
-    def to_dict(self) -> dict[str, list[Any]]:
-        """All fields as columns: name -> list with one value per epoch."""
-        return {c: self.column(c) for c in self._COLUMNS}
-
-    @property
-    def epochs(self) -> list[int]:
-        """Epoch numbers."""
-        return self.column("epoch")
-
-    @property
-    def train_loss(self) -> list[float]:
-        """Training loss per epoch."""
-        return self.column("train_loss")
-
-    @property
-    def train_accuracy(self) -> list[float]:
-        """Training accuracy per epoch."""
-        return self.column("train_accuracy")
-
-    @property
-    def val_loss(self) -> list[float | None]:
-        """Validation loss per epoch (None entries without validation data)."""
-        return self.column("val_loss")
-
-    @property
-    def val_accuracy(self) -> list[float | None]:
-        """Validation accuracy per epoch (None entries without validation data)."""
-        return self.column("val_accuracy")
-
-    @property
-    def lr(self) -> list[float]:
-        """Learning rate of each epoch's last update."""
-        return self.column("lr")
-
-    @property
-    def time(self) -> list[float]:
-        """Seconds per epoch."""
-        return self.column("time")
-
-    def __repr__(self) -> str:
-        if not self._records:
-            return "History(0 epochs)"
-        last = self._records[-1]
-        extra = f", val_accuracy={last.val_accuracy:.4f}" if last.val_accuracy is not None else ""
-        return (
-            f"History({len(self._records)} epochs, last: train_loss={last.train_loss:.4f}, "
-            f"train_accuracy={last.train_accuracy:.4f}{extra})"
-        )
-
-
-def _class_balanced_order(perm: np.ndarray, y: np.ndarray, num_classes: int) -> np.ndarray:
-    """An epoch order visiting the classes round-robin (in a random class order per round), each
-    class's examples in the order they appear in ``perm``, re-used cyclically; same length as perm.
-
-    Deterministic given the trainer's permutation, so it is reproducible and checkpointed.
-    """
-    by_class = [perm[y[perm] == c] for c in range(num_classes)]
-    present = [c for c in range(num_classes) if len(by_class[c]) > 0]
-    n = len(perm)
-    out = np.empty(n, dtype=np.int64)
-    pos = [0] * num_classes
-    rounds = perm % max(len(present), 1)  # cheap deterministic per-round rotation
-    k = 0
-    r = 0
-    while k < n:
-        shift = int(rounds[r % n])
-        for j in range(len(present)):
-            if k >= n:
-                break
-            c = present[(j + shift) % len(present)]
-            out[k] = by_class[c][pos[c] % len(by_class[c])]
-            pos[c] += 1
-            k += 1
-        r += 1
-    return out
 
 
 def _softmax(z: np.ndarray) -> np.ndarray:
@@ -631,19 +396,8 @@ class Trainer(NativeHandle):
         y_meta: np.ndarray | None,
         diagnostics: bool = False,
     ) -> StepResult:
-        """One native step on already validated arrays (``diagnostics``: also its raw arrays)."""
-        if self._spec == "erm":
-            used = weights
-            with self._use("step") as h:
-                loss, acc, lr, step, meta_loss, diag = _core.trainer_step(h, x, y, weights)
-                if weights is None and self._strategy is not None:
-                    # An attached LAW strategy weighted this step: report its weights.
-                    wbuf = np.empty(len(y), dtype=np.float32)
-                    _, _, _, nw = _core.trainer_strategy_state(h, wbuf)
-                    used = wbuf if int(nw) == len(y) else None
-            return StepResult(loss, acc, lr, int(step), meta_loss,
-                              used if used is not None else np.ones(len(y), dtype=np.float32),
-                              diagnostics=StepDiagnostics.from_tuple(diag), raw={} if diagnostics else None)
+        """One native step (one C call, ``mw_trainer_step``) on converted arrays; the core checks
+        their values (``diagnostics``: also the method's raw arrays)."""
         wout = np.empty(len(y), dtype=np.float32)
         cwout = (
             np.empty((len(y), self._model.num_classes), dtype=np.float32)
@@ -654,13 +408,14 @@ class Trainer(NativeHandle):
         got: dict[str, np.ndarray] = {}
         with self._use("step") as h:
             if not names:
-                loss, acc, lr, step, meta_loss, diag = _core.trainer_step_method(h, x, y, x_meta, y_meta, wout, cwout)
+                loss, acc, lr, step, meta_loss, diag = _core.trainer_step(
+                    h, x, y, weights, x_meta, y_meta, wout, cwout)
             else:
                 # Recording is on for this one step only: off, a step copies nothing extra.
                 _core.trainer_set_step_diagnostics(h, True)
                 try:
-                    loss, acc, lr, step, meta_loss, diag = _core.trainer_step_method(
-                        h, x, y, x_meta, y_meta, wout, cwout)
+                    loss, acc, lr, step, meta_loss, diag = _core.trainer_step(
+                        h, x, y, weights, x_meta, y_meta, wout, cwout)
                     for name in names:
                         length, rows = _core.trainer_step_diagnostics(h, name, None)
                         arr = np.empty(length, dtype=np.float32)
@@ -774,16 +529,13 @@ class Trainer(NativeHandle):
             raise ClosedError("step: the trainer was closed; create a new one")
         self._require_schedule("step")
         diagnostics = as_bool(diagnostics, "diagnostics")
+        # Conversion only (dtype, contiguity, shape against the model); the values (NaN/inf, label
+        # range, negative weights) and the method's rules (meta batch, sample weights) are checked
+        # once, by the core, in the step's one C call.
         net = self._model
-        xa = as_features(x, "x", net.input_shape)
-        ya = as_labels(y, "y", net.num_classes, n=len(xa))
-        w = None
-        if sample_weights is not None:
-            if not self._method.supports_sample_weights:
-                raise InvalidArgumentError(
-                    f"sample_weights: the {self._method.name!r} method computes its own weights"
-                )
-            w = as_weights(sample_weights, "sample_weights", len(xa))
+        xa = as_features(x, "x", net.input_shape, check_values=False)
+        ya = as_labels(y, "y", n=len(xa))
+        w = None if sample_weights is None else as_weights(sample_weights, "sample_weights", len(xa), check_values=False)
         xm, ym = self._meta_batch_arrays(x_meta, y_meta)
         return self._checked_step(xa, ya, w, xm, ym, "", diagnostics)
 
@@ -814,331 +566,22 @@ class Trainer(NativeHandle):
                               np.zeros(n, dtype=np.float32), None, skipped=True)
 
     def _meta_batch_arrays(self, x_meta: Any, y_meta: Any) -> tuple[np.ndarray | None, np.ndarray | None]:
-        if not self._method.needs_meta:
-            if x_meta is not None or y_meta is not None:
-                raise InvalidArgumentError(
-                    f"x_meta, y_meta: the {self._method.name!r} method takes no meta batch; pass None "
-                    "(or choose a meta-weighting method)"
-                )
-            return None, None
-        if x_meta is None or y_meta is None:
-            raise InvalidArgumentError(
-                f"x_meta, y_meta: the {self._method.name!r} method needs a meta batch in every step"
-            )
+        """The meta batch converted (whether the method takes one is the core's rule)."""
         net = self._model
-        xm = as_features(x_meta, "x_meta", net.input_shape)
-        ym = as_labels(y_meta, "y_meta", net.num_classes, n=len(xm), x_name="x_meta")
+        xm = None if x_meta is None else as_features(x_meta, "x_meta", net.input_shape, check_values=False)
+        ym = None if y_meta is None else as_labels(
+            y_meta, "y_meta", n=None if xm is None else len(xm), x_name="x_meta")
         return xm, ym
+
+    fit = refuses_reentry("fit")(_fit.fit)
+    _fine_tune = _fit.fine_tune
+    _meta_set = _fit.meta_set
 
     def _permutation(self, n: int) -> np.ndarray:
         out = np.empty(n, dtype=np.int64)
         with self._use("fit") as h:
             _core.trainer_permutation(h, out)
         return out
-
-    @refuses_reentry("fit")
-    def fit(
-        self,
-        x: Any,
-        y: Any,
-        *,
-        epochs: int,
-        batch_size: int = 100,
-        x_val: Any = None,
-        y_val: Any = None,
-        meta: tuple[Any, Any] | None = None,
-        meta_batch_size: int = 100,
-        progress: bool = True,
-        callbacks: Sequence[CallbackLike] | None = None,
-        record_weights: bool = False,
-        record_raw: bool | str = False,
-        _plain: bool = False,
-        _on_step: Callable[[np.ndarray, StepResult], None] | None = None,
-    ) -> History:
-        """Trains for a number of epochs over ``(x, y)``.
-
-        Each epoch visits every example once in an order drawn from the trainer's random generator
-        (so shuffling is reproducible and part of checkpoints), in ``ceil(N / batch_size)`` steps;
-        the last batch is smaller when ``batch_size`` does not divide ``N`` (nothing is dropped).
-
-        Args:
-            x: training features ``(N, *model.input_shape)``.
-            y: training labels ``(N,)``.
-            epochs: number of epochs (>= 1).
-            batch_size: examples per step.
-            x_val: optional validation features, evaluated at the end of every epoch.
-            y_val: validation labels (with ``x_val``).
-            meta: the clean meta set ``(x_meta, y_meta)`` of meta-weighting methods; must be None
-                for ``"erm"``.
-            meta_batch_size: examples per meta batch (meta-weighting methods).
-            progress: show progress: a tqdm bar per epoch when tqdm is installed, else one printed
-                line per epoch. False prints nothing.
-            callbacks: functions called as ``callback(trainer, record)`` after every epoch with its
-                :class:`EpochRecord` (if one returns True, training stops after that epoch), and
-                objects of the :class:`~metaweight.callbacks.Callback` protocol (``on_fit_start``,
-                ``on_epoch_end``, ``on_fit_end``; e.g. the TensorBoard and MLflow callbacks of
-                :mod:`metaweight.integrations`), in any mix.
-            record_weights: keep the weight every training example received in each epoch
-                (``EpochRecord.example_weights``, and ``class_weights`` for GDW).
-            record_raw: keep the raw step arrays of ``step(..., diagnostics=True)``
-                (:attr:`StepResult.raw`) in ``EpochRecord.raw``, aligned with ``x``: ``"last"``
-                for the last epoch of this call only (its steps alone take the diagnostics; a
-                callback stopping early leaves no record), ``True`` or ``"all"`` for every epoch.
-                Memory: per recorded epoch, N floats (L2RW), 2N (MW-Net) or 3·N·C (GDW), as
-                float32; the per-step arrays are not kept beyond that. False (default) records
-                nothing and copies nothing.
-
-        The data-level baselines act here: :class:`~metaweight.FineTune` trains on ``(x, y)`` and
-        then on the meta set for its ``epochs`` (recorded as further epochs), and
-        :class:`~metaweight.ClassBalancedSampling` visits the classes uniformly in every epoch.
-
-        Returns:
-            The :class:`History` of this call (one record per epoch). :attr:`history` accumulates
-            the records of every call.
-
-        Raises:
-            ShapeError, DTypeError, LabelError, NonFiniteError: bad data (see :meth:`step`); or the
-                loss diverged (NonFiniteError naming the epoch and batch).
-            InvalidArgumentError: bad settings.
-            ClosedError: the trainer was closed.
-            BusyError: another thread is using this trainer or its network.
-        """
-        if self._handle is None:
-            raise ClosedError("fit: the trainer was closed; create a new one")
-        epochs = as_int(epochs, "epochs", minimum=1, maximum=2**31)
-        batch_size = as_int(batch_size, "batch_size", minimum=1)
-        progress = as_bool(progress, "progress")
-        record_weights = as_bool(record_weights, "record_weights")
-        if record_raw is True or record_raw == "all":
-            raw_mode = "all"
-        elif record_raw is False or record_raw is None:
-            raw_mode = ""
-        elif record_raw == "last":
-            raw_mode = "last"
-        else:
-            raise InvalidArgumentError(
-                f"record_raw: expected False, True, 'all' or 'last', got {record_raw!r}")
-        net = self._model
-        xa = as_features(x, "x", net.input_shape)
-        ya = as_labels(y, "y", net.num_classes, n=len(xa))
-        xv, yv = as_optional_split(x_val, y_val, "x_val", "y_val", net.input_shape, net.num_classes)
-        xm = ym = None
-        fine_tune = isinstance(self._method, FineTune) and not _plain
-        if fine_tune:
-            if meta is None:
-                raise InvalidArgumentError("meta: the 'fine_tune' method fine-tunes on a meta set (x_meta, y_meta)")
-            ft_x, ft_y = self._meta_set(meta)
-        elif self._method.needs_meta:
-            if meta is None:
-                raise InvalidArgumentError(
-                    f"meta: the {self._method.name!r} method needs a meta set (x_meta, y_meta)"
-                )
-            xm, ym = self._meta_set(meta)
-            meta_batch_size = as_int(meta_batch_size, "meta_batch_size", minimum=1)
-        elif meta is not None and not fine_tune:
-            raise InvalidArgumentError(
-                f"meta: the {self._method.name!r} method uses no meta set; pass meta=None "
-                "(or choose a meta-weighting method)"
-            )
-        hooks = FitHooks(callbacks)
-        cbs = hooks.epoch_functions
-        record_weights = record_weights or hooks.needs_weights
-
-        n = len(xa)
-        spe = _steps_per_epoch(n, batch_size)
-        before = len(self.history)
-        hooks.start(self, FitConfig(
-            epochs=epochs, fine_tune_epochs=int(getattr(self._method, "epochs", 0)) if fine_tune else 0,
-            first_epoch=before + 1, batch_size=batch_size, steps_per_epoch=spe, num_train=n,
-            num_val=0 if xv is None else len(xv),
-            num_meta=len(ft_x) if fine_tune else (0 if xm is None else len(xm)),
-            num_classes=net.num_classes, method=self._method.name, record_weights=record_weights), History())
-        try:
-            if fine_tune:
-                run = self.fit(xa, ya, epochs=epochs, batch_size=batch_size, x_val=xv, y_val=yv,
-                               progress=progress, callbacks=cbs, record_weights=record_weights,
-                               _plain=True)
-                ft_epochs = int(self._method.epochs)  # type: ignore[attr-defined]
-                if ft_epochs > 0 and len(run) == epochs:
-                    for record in self._fine_tune(ft_x, ft_y, ft_epochs, batch_size, xv, yv, progress, cbs):
-                        run._append(record)
-                hooks.end(self, run)
-                return run
-            self._prepare_fit(spe, epochs)
-            self._last_spe = spe
-            bar_cls = _tqdm() if progress else None
-            run = History()
-            monitor = CollapseMonitor(
-                self._method.name, has_weight_net=self._method.has_weight_function,
-                needs_meta=self._method.needs_meta, class_level=self._method.has_class_weights,
-                window=max(50, spe), saturation_window=max(150, 3 * spe))
-            first = len(self.history) + 1
-            last = first + epochs - 1
-            for e in range(epochs):
-                epoch_no = first + e
-                t0 = time.perf_counter()
-                perm = self._permutation(n)
-                if isinstance(self._method, ClassBalancedSampling):
-                    perm = _class_balanced_order(perm, ya, net.num_classes)
-                raw_on = raw_mode == "all" or (raw_mode == "last" and e == epochs - 1)
-                raw_epoch: dict[str, np.ndarray] | None = {} if raw_on else None
-                wsum = np.zeros(n, dtype=np.float64) if record_weights else None
-                wcnt = np.zeros(n, dtype=np.int64) if record_weights else None
-                cw = (
-                    np.full((n, net.num_classes), np.nan, dtype=np.float32)
-                    if record_weights and self._method.has_class_weights
-                    else None
-                )
-                meta_iter = _MetaSampler(self, xm, ym, meta_batch_size) if xm is not None and ym is not None else None
-                loss_sum = acc_sum = meta_sum = 0.0
-                epoch_diag = EpochDiagnostics()
-                seen = 0
-                lr = 0.0
-                bar = (
-                    bar_cls(total=spe, desc=f"epoch {epoch_no}/{last}", unit="step", leave=True)
-                    if bar_cls
-                    else None
-                )
-                try:
-                    for b in range(spe):
-                        idx = perm[b * batch_size : (b + 1) * batch_size]
-                        xb = np.take(xa, idx, axis=0)
-                        yb = np.take(ya, idx)
-                        mxb, myb = meta_iter.next() if meta_iter is not None else (None, None)
-                        r = self._checked_step(xb, yb, None, mxb, myb, f"fit: epoch {epoch_no}, batch {b + 1}/{spe}",
-                                               raw_on)
-                        if raw_epoch is not None and r.raw:
-                            for name, arr in r.raw.items():
-                                if name not in raw_epoch:
-                                    raw_epoch[name] = np.full((n, *arr.shape[1:]), np.nan, dtype=np.float32)
-                                raw_epoch[name][idx] = arr
-                        if r.skipped:
-                            if bar is not None:
-                                bar.update(1)
-                            continue
-                        k = len(idx)
-                        epoch_diag.add(r.diagnostics)
-                        if _on_step is not None:  # law.train's per-stage weight bookkeeping
-                            _on_step(idx, r)
-                        monitor.observe(r.step, r.diagnostics, k)
-                        if wsum is not None and wcnt is not None and r.weights is not None:
-                            np.add.at(wsum, idx, r.weights)
-                            np.add.at(wcnt, idx, 1)
-                            if cw is not None and r.class_weights is not None:
-                                cw[idx] = r.class_weights
-                        loss_sum += r.loss * k
-                        acc_sum += r.accuracy * k
-                        meta_sum += r.meta_loss * k
-                        seen += k
-                        lr = r.lr
-                        if bar is not None:
-                            bar.set_postfix(
-                                loss=f"{loss_sum / seen:.4f}", acc=f"{acc_sum / seen:.4f}", refresh=False
-                            )
-                            bar.update(1)
-                    val_loss = val_acc = None
-                    if xv is not None and yv is not None:
-                        ev = self._evaluate_arrays(xv, yv, 500)
-                        val_loss, val_acc = ev["loss"], ev["accuracy"]
-                    record = EpochRecord(
-                        epoch=epoch_no,
-                        step=self.step_count,
-                        train_loss=loss_sum / (seen or math.nan),
-                        train_accuracy=acc_sum / (seen or math.nan),
-                        lr=lr,
-                        time=time.perf_counter() - t0,
-                        val_loss=val_loss,
-                        val_accuracy=val_acc,
-                        meta_loss=meta_sum / (seen or math.nan) if xm is not None else None,
-                        example_weights=(
-                            np.where(wcnt > 0, wsum / np.maximum(wcnt, 1), np.nan).astype(np.float32)
-                            if wsum is not None and wcnt is not None
-                            else None
-                        ),
-                        class_weights=cw,
-                        **epoch_diag.means(),
-                        raw=raw_epoch,
-                    )
-                    if bar is not None:
-                        post = {"loss": f"{record.train_loss:.4f}", "acc": f"{record.train_accuracy:.4f}"}
-                        if val_loss is not None and val_acc is not None:
-                            post.update(val_loss=f"{val_loss:.4f}", val_acc=f"{val_acc:.4f}")
-                        bar.set_postfix(post, refresh=True)
-                finally:
-                    if bar is not None:
-                        bar.close()
-                if progress and bar_cls is None:
-                    print(_epoch_line(record, last), flush=True)
-                self.history._append(record)
-                run._append(record)
-                stop = False
-                for cb in cbs:
-                    if cb(self, record) is True:
-                        stop = True
-                if stop:
-                    break
-            hooks.end(self, run)
-            return run
-        except BaseException as err:
-            hooks.error(self, self.history[before:], err)
-            raise
-
-    def _fine_tune(
-        self,
-        x: np.ndarray,
-        y: np.ndarray,
-        epochs: int,
-        batch_size: int,
-        xv: np.ndarray | None,
-        yv: np.ndarray | None,
-        progress: bool,
-        callbacks: list[Callback],
-    ) -> History:
-        """FineTune's second phase: a fresh optimizer of this trainer's kind at the method's
-        constant rate over the meta set; the records continue this trainer's epoch and step count."""
-        import dataclasses as _dc
-
-        from .optim import Constant
-
-        method = self._method
-        lr = method.lr if method.lr is not None else self._optimizer.lr * 0.1  # type: ignore[attr-defined]
-        bs = min(int(method.batch_size or batch_size), len(x))  # type: ignore[attr-defined]
-        opt = _dc.replace(self._optimizer, lr=float(lr))  # type: ignore[type-var]
-        epoch0 = len(self.history)
-        step0 = self.step_count
-        out = History()
-
-        def shift(r: EpochRecord) -> EpochRecord:
-            return _dc.replace(r, epoch=epoch0 + r.epoch, step=step0 + r.step)
-
-        stop = {"now": False}
-
-        def relay(_t: Any, r: EpochRecord) -> bool:
-            rec = shift(r)
-            self.history._append(rec)
-            out._append(rec)
-            for cb in callbacks:
-                if cb(self, rec) is True:
-                    stop["now"] = True
-            return stop["now"]
-
-        ft = Trainer(self._model, opt, Constant(), seed=self._seed, augment=self._augment)
-        try:
-            ft.fit(x, y, epochs=epochs, batch_size=bs, x_val=xv, y_val=yv, progress=progress,
-                   callbacks=[relay])
-        finally:
-            ft.close()
-        return out
-
-    def _meta_set(self, meta: Any) -> tuple[np.ndarray, np.ndarray]:
-        try:
-            x_meta, y_meta = meta
-        except (TypeError, ValueError):
-            raise InvalidArgumentError("meta: expected a pair (x_meta, y_meta)") from None
-        net = self._model
-        xm = as_features(x_meta, "x_meta", net.input_shape)
-        ym = as_labels(y_meta, "y_meta", net.num_classes, n=len(xm), x_name="x_meta")
-        return xm, ym
 
     # -- evaluation -----------------------------------------------------------------------------------
 
@@ -1277,24 +720,6 @@ class Trainer(NativeHandle):
             _core.trainer_load(h, p)
 
 
-class _MetaSampler:
-    """Cycles through a meta set in shuffled meta batches (a fresh order each pass)."""
-
-    def __init__(self, trainer: Trainer, x: np.ndarray, y: np.ndarray, batch_size: int) -> None:
-        self._trainer, self._x, self._y = trainer, x, y
-        self._bs = min(batch_size, len(x))
-        self._perm = trainer._permutation(len(x))
-        self._pos = 0
-
-    def next(self) -> tuple[np.ndarray, np.ndarray]:
-        if self._pos + self._bs > len(self._perm):
-            self._perm = self._trainer._permutation(len(self._x))
-            self._pos = 0
-        idx = self._perm[self._pos : self._pos + self._bs]
-        self._pos += self._bs
-        return np.take(self._x, idx, axis=0), np.take(self._y, idx)
-
-
 def _check_instance(value: Any, cls: type, name: str, example: str) -> None:
     if isinstance(value, type) and issubclass(value, cls):
         raise InvalidArgumentError(
@@ -1312,12 +737,3 @@ def _tqdm() -> Callable[..., Any] | None:
     except ImportError:
         return None
     return tqdm  # type: ignore[no-any-return]
-
-
-def _epoch_line(r: EpochRecord, last: int) -> str:
-    s = f"epoch {r.epoch}/{last}  loss {r.train_loss:.4f}  acc {r.train_accuracy:.4f}"
-    if r.val_loss is not None and r.val_accuracy is not None:
-        s += f"  val_loss {r.val_loss:.4f}  val_acc {r.val_accuracy:.4f}"
-    if r.meta_loss is not None:
-        s += f"  meta_loss {r.meta_loss:.4f}"
-    return s + f"  lr {r.lr:.4g}  {r.time:.1f}s"

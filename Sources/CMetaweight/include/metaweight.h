@@ -72,6 +72,30 @@ void mw_set_last_error(const char *message);
  * checks: it returns to its earlier value once every handle created since was freed. */
 mw_status mw_live_handles(int64_t *out);
 
+/* ---- settings tables and specs ---------------------------------------------------------- */
+
+/*
+ * The core's settings tables, the one place every setting is declared, as JSON into buf
+ * (capacity bytes, NUL-terminated; the needed length without the NUL in *length):
+ *   kind "methods": {"kind": "methods", "methods": [{"name", "doc", "needs_meta", "weight_net",
+ *                   "class_weights", "sample_weights", "settings": [...]}, ...]}
+ *   kind "law":     {"kind": "law", "settings": [...]}
+ * A setting: {"name", "type" (int|float|bool|enum|ints|floats), "default" (null: "none"),
+ * "doc", "expected" (the range in words), "minimum"/"maximum" with "minimum_inclusive"/
+ * "maximum_inclusive" when bounded, "choices" (enum), "count"/"max_count" (lists), "none" (what
+ * the value none means, or null when none is not allowed), "aliases" (other accepted keys)}.
+ * Every spec (method, LAW, network) has one grammar: name(key=value, ...).
+ */
+mw_status mw_settings_table(const char *kind, char *buf, int64_t capacity, int64_t *length);
+/*
+ * Parses and checks a spec without creating anything: kind "method" (a method spec as
+ * mw_trainer_set_method takes) or "law" (a LAW configuration as mw_law_create takes). Writes the
+ * canonical spec (every setting, table order) into buf (needed length in *length); a bad spec is
+ * MW_E_ARGUMENT naming the key, what was expected and what came. Checks that need a network
+ * (class_counts against its classes) happen when the method is set.
+ */
+mw_status mw_spec_check(const char *kind, const char *spec, char *buf, int64_t capacity, int64_t *length);
+
 /* ---- networks --------------------------------------------------------------------------- */
 
 /*
@@ -166,12 +190,21 @@ mw_status mw_trainer_set_schedule(mw_trainer tr, const mw_schedule_config *sched
 /* Random crop with zero padding `crop_padding` and horizontal flip (image inputs only). */
 mw_status mw_trainer_set_augmentation(mw_trainer tr, int32_t crop_padding, int32_t flip);
 /*
- * One training step (one optimizer update). x: [N, ...input shape], labels: N int64 in
- * [0, classes). sample_weights: NULL or N finite non-negative floats (loss = Σ wᵢ lᵢ / N).
+ * One training step (one optimizer update), of the trainer's method (mw_trainer_set_method) or, for
+ * erm, a plain step: the one step entry. x: [N, ...input shape], labels: N int64 in [0, classes).
+ * sample_weights: NULL, or n_sample_weights = N finite non-negative floats (loss = Σ wᵢ lᵢ / N;
+ * erm only). Without sample weights an attached LAW strategy (mw_trainer_set_strategy) weights an
+ * erm step. x_meta/meta_labels: the meta batch, required by l2rw, mwnet and gdw (NULL otherwise).
+ * out: NULL or the step's result. weights_out: NULL or N floats receiving the per-example weights
+ * (GDW: ω′ at the label; erm: the sample weights, the strategy's K, or 1). class_weights_out: NULL
+ * or N×classes floats (GDW's ω′; other methods: NULL). Every array is copied, then checked once.
  */
 mw_status mw_trainer_step(mw_trainer tr, const float *x, const int64_t *x_shape, int32_t x_rank,
                           const int64_t *labels, int64_t n_labels, const float *sample_weights,
-                          mw_step_result *out);
+                          int64_t n_sample_weights, const float *x_meta, const int64_t *meta_shape,
+                          int32_t meta_rank, const int64_t *meta_labels, int64_t n_meta_labels,
+                          mw_step_result *out, float *weights_out, int64_t weights_count,
+                          float *class_weights_out, int64_t class_weights_count);
 /* Eval-mode logits [N, classes] into out (count = N·classes). */
 mw_status mw_trainer_predict(mw_trainer tr, const float *x, const int64_t *x_shape, int32_t x_rank,
                              float *out, int64_t count);
@@ -197,35 +230,16 @@ mw_status mw_trainer_load(mw_trainer tr, const char *path);
 /*
  * Selects the trainer's weighting method from a spec "name(key=value, ...)"; resets the method's
  * state (weight net, its optimizer). seed seeds V's initialisation and random baselines.
- * Methods and options (defaults from ALGORITHMS.md):
- *   erm                                   plain ERM (sample weights allowed in mw_trainer_step)
- *   l2rw(virtual_momentum=0, virtual_lr=0)
- *   mwnet(normalize=1, detach=1, hidden=100, wn_opt=adam, wn_lr=1e-3, wn_wd=1e-4, wn_momentum=0,
- *         virtual_momentum=0, virtual_lr=0, memory=low)
- *   gdw(eta=auto: 100 for <= 10 classes else 1000, clip=0.2, clamp_min=1e-6, clamp_max=1e6,
- *       prob_clamp=0.999, + the mwnet options but normalize/detach)
- *   focal(gamma=2)  class_balanced(beta=0.9999, counts=AxBx...)  inverse_frequency(counts=...)
- *   hard_mining(fraction=0.5)  random_gaussian  self_paced(threshold=ln C, growth=1.1, interval=100)
- *   bootstrap_soft(beta=0.95)  bootstrap_hard(beta=0.8)
- * virtual_lr <= 0 means the classifier's current learning rate; virtual_momentum=1 includes the
- * optimizer's momentum and weight decay in the virtual step. memory=low (default) shares the train
- * batch's activation storage of the first layers with the meta batch and recomputes that part of
- * the train forward pass (about 1.25 tapes instead of 2); memory=fast keeps a second tape for the
- * meta batch. Results are the same either way.
+ * Methods: erm l2rw mwnet gdw focal class_balanced inverse_frequency hard_mining random_gaussian
+ * self_paced bootstrap_soft bootstrap_hard. Their settings (names, types, ranges, defaults from
+ * ALGORITHMS.md, docs) are declared once, in the core's table: read them with
+ * mw_settings_table("methods"); e.g. gdw(eta=100, clip=0.2, clamp=1e-6x1e6). A value "none"
+ * selects a setting's automatic value where the table allows it (e.g. virtual_lr=none: the
+ * classifier's current learning rate).
  */
 mw_status mw_trainer_set_method(mw_trainer tr, const char *spec, uint64_t seed);
 /* The current method's name into buf (needed length in *length). */
 mw_status mw_trainer_method(mw_trainer tr, char *buf, int64_t capacity, int64_t *length);
-/*
- * One step of the trainer's method. x_meta/y_meta: the meta batch, required by l2rw, mwnet and
- * gdw (NULL otherwise). weights_out: NULL or N floats receiving the per-example weights (GDW: ω′
- * at the label). class_weights_out: NULL or N×classes floats (GDW's ω′; other methods: NULL).
- */
-mw_status mw_trainer_step_method(mw_trainer tr, const float *x, const int64_t *x_shape, int32_t x_rank,
-                                 const int64_t *labels, int64_t n_labels, const float *x_meta,
-                                 const int64_t *meta_shape, int32_t meta_rank, const int64_t *meta_labels,
-                                 int64_t n_meta_labels, mw_step_result *out, float *weights_out,
-                                 int64_t weights_count, float *class_weights_out, int64_t class_weights_count);
 /* MW-Net/GDW: V(loss) for n losses (the learned loss -> weight function). */
 mw_status mw_trainer_weight_function(mw_trainer tr, const float *losses, int64_t n, float *out);
 /*
@@ -359,14 +373,8 @@ typedef struct {
 } mw_law_stage_log;
 
 /*
- * Creates a search. config_spec: "key=value, ..." (empty = defaults); keys and defaults:
- *   stages=20 warmup_stages=2 parallel=2 epochs=10 batch_size=128 optimizer=sgd lr=0.1
- *   momentum=0.9 weight_decay=2e-5 lr_milestones=0.5x0.65x0.8 (fractions of the run, or none)
- *   lr_decay=0.1 crop_padding=0 flip=0 label_encoding=onehot|scalar density=cosine|dot
- *   action_scale=1 state_ema=0.5 normalize_weights=0 embedding_dim=8 embedding_std=0.1
- *   actor_hidden=64 critic_hidden=64 actor_lr=1e-5 critic_lr=1e-4 actor_l2=0.1 gamma=0.9
- *   tau=0.01 noise=0.3 noise_decay=0.95 noise_correlation=0.5 buffer_size=10000 fdu_epochs=5
- *   fdu_batch=64 reward_k=1 reward_scale=10
+ * Creates a search. config_spec: "law(key=value, ...)" or just "key=value, ..." (empty = defaults);
+ * the keys, types, ranges and defaults are the core's table, mw_settings_table("law")
  * (Sources/MetaweightLAW/README.md explains each.) network_spec / input_shape: the
  * classifier, as mw_network_create.
  */

@@ -1,64 +1,37 @@
 import MetaweightTensor
 
-/// Parses the network spec language of the C ABI (see `metaweight.h`) into layers.
+/// Parses the network spec language of the C ABI (see `metaweight.h`) into layers: the core's
+/// one spec grammar (`SpecScanner`: `name(key=value, ...)` calls) with layer names as its
+/// vocabulary, items joined by `;` and residual blocks `residual{body | shortcut}`.
 ///
 ///     spec  := item (';' item)*
-///     item  := name ['(' key '=' value (',' key '=' value)* ')']
+///     item  := call                                   (a layer or preset, see metaweight.h)
 ///            | 'residual' '{' spec ['|' spec] '}'
-///     value := number | int 'x' int ...
+///     value := number | int 'x' int ...               (a list, e.g. hidden=256x256)
 public struct SpecParser {
-  private let chars: [Character]
-  private var pos = 0
+  private var scanner: SpecScanner
 
   /// Parses `spec` for inputs of layout `input`.
   /// - Throws: `MetaweightError.invalidArgument` naming the position and problem.
   public static func parse(_ spec: String, input: Layout) throws -> Sequential {
-    var p = SpecParser(chars: Array(spec))
+    var p = SpecParser(scanner: SpecScanner(spec, context: "spec"))
     let layers = try p.sequence(input: input)
-    p.skipSpace()
-    guard p.pos == p.chars.count else { throw p.error("unexpected '\(p.chars[p.pos])'") }
+    if let c = p.scanner.peek() { throw p.scanner.error("unexpected '\(c)'") }
     return try Sequential(layers)
   }
 
-  private init(chars: [Character]) { self.chars = chars }
+  private init(scanner: SpecScanner) { self.scanner = scanner }
 
-  private func error(_ what: String) -> MetaweightError {
-    .invalidArgument("spec: \(what) at position \(pos)")
-  }
+  private mutating func accept(_ c: Character) -> Bool { scanner.accept(c) }
 
-  private mutating func skipSpace() { while pos < chars.count, chars[pos].isWhitespace { pos += 1 } }
-
-  private mutating func accept(_ c: Character) -> Bool {
-    skipSpace()
-    if pos < chars.count, chars[pos] == c { pos += 1; return true }
-    return false
-  }
-
-  private mutating func identifier() throws -> String {
-    skipSpace()
-    var s = ""
-    while pos < chars.count, chars[pos].isLetter || chars[pos].isNumber || chars[pos] == "_" {
-      s.append(chars[pos])
-      pos += 1
-    }
-    guard !s.isEmpty else { throw error(pos < chars.count ? "expected a layer name, got '\(chars[pos])'" : "expected a layer name, got the end") }
-    return s.lowercased()
-  }
-
-  private mutating func value() throws -> [Double] {
-    skipSpace()
-    var items: [Double] = []
-    while true {
-      var s = ""
-      while pos < chars.count, chars[pos].isNumber || "+-.eE".contains(chars[pos]) {
-        s.append(chars[pos])
-        pos += 1
+  /// A value of the network vocabulary: numbers, or integers joined by 'x'.
+  private func numbers(_ raw: String, _ name: String, _ key: String) throws -> [Double] {
+    try raw.split(separator: "x", omittingEmptySubsequences: false).map {
+      guard let v = Double(String($0)), v.isFinite else {
+        throw MetaweightError.invalidArgument("spec: \(name).\(key): expected a number, got '\(raw)'")
       }
-      guard let v = Double(s), v.isFinite else { throw error("expected a number, got '\(s)'") }
-      items.append(v)
-      if pos < chars.count, chars[pos] == "x" { pos += 1 } else { break }
+      return v
     }
-    return items
   }
 
   private mutating func sequence(input: Layout) throws -> [Layer] {
@@ -73,26 +46,17 @@ public struct SpecParser {
   }
 
   private mutating func item(input: Layout) throws -> Layer {
-    let name = try identifier()
+    let name = try scanner.identifier("a layer name")
     if name == "residual" {
-      guard accept("{") else { throw error("expected '{' after residual") }
+      guard accept("{") else { throw scanner.error("expected '{' after residual") }
       let body = try Sequential(try sequence(input: input))
       var shortcut: Layer? = nil
       if accept("|") { shortcut = try Sequential(try sequence(input: input)) }
-      guard accept("}") else { throw error("expected '}' closing residual") }
+      guard accept("}") else { throw scanner.error("expected '}' closing residual") }
       return try Residual(body: body, shortcut: shortcut)
     }
     var args: [String: [Double]] = [:]
-    if accept("(") {
-      if !accept(")") {
-        repeat {
-          let key = try identifier()
-          guard accept("=") else { throw error("expected '=' after '\(key)'") }
-          args[key] = try value()
-        } while accept(",")
-        guard accept(")") else { throw error("expected ')' closing \(name)") }
-      }
-    }
+    for a in try scanner.arguments(of: name) { args[a.key] = try numbers(a.value, name, a.key) }
     var used = Set<String>()
     func int(_ key: String, _ def: Int? = nil) throws -> Int {
       used.insert(key)
