@@ -12,7 +12,10 @@ from __future__ import annotations
 import re
 import sys
 
-OURS = re.compile(r"/Sources/|\$s\d+Metaweight[A-Za-z]+|\bmw_[a-z_]+\b")
+OURS = re.compile(
+    r"/Sources/|\$s(?:16MetaweightTensor|16MetaweightLayers|15MetaweightOptim|18MetaweightTraining"
+    r"|19MetaweightWeighting|13MetaweightLAW|14MetaweightCABI)|\bmw_[a-z_]+\b"
+)
 
 
 def main(path: str) -> int:
