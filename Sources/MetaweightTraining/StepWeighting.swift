@@ -30,6 +30,9 @@ public protocol StepWeighting: AnyObject {
     xMeta: UnsafePointer<Float>?, m: Int, labelsMeta: UnsafePointer<Int64>?
   ) throws -> StepResult
 
+  /// Whether `step` updates the method's own state (V and its optimizer) before the step can
+  /// still fail, so that `weightedStep` keeps the method's checkpoint section to restore.
+  var updatesOwnStateInStep: Bool { get }
   /// Saves the method's checkpoint section into `ck`.
   func save(into ck: inout Checkpoint)
   /// Checks that `ck` holds this method's section (throws naming the mismatch); changes nothing.
@@ -44,6 +47,8 @@ public protocol StepWeighting: AnyObject {
 extension StepWeighting {
   /// No data-parallel steps unless the method says so.
   public var supportsDataParallel: Bool { false }
+  /// By default a method's step changes only the trainer's buffers (which the trainer restores).
+  public var updatesOwnStateInStep: Bool { false }
 }
 
 extension Trainer {
@@ -66,10 +71,11 @@ extension Trainer {
         throw MetaweightError.invalidState(
           "\(ws.methodName): data-parallel steps support ERM, L2RW, MW-Net and GDW (this method's weights are batch-local)")
       }
-      // A data-parallel step can fail at a sync point after the method updated its own state
-      // (V and V's optimizer): keep the method's section to restore it then.
+      // A step can fail after the method updated its own state (V and V's optimizer): at a
+      // data-parallel sync point, or when the weights or the real gradient V leads to are not
+      // finite. Keep the method's section to restore it then, so a refused step changes nothing.
       var methodBackup: Checkpoint? = nil
-      if isDistributed {
+      if isDistributed || ws.updatesOwnStateInStep {
         methodBackup = Checkpoint()
         ws.save(into: &methodBackup!)
       }

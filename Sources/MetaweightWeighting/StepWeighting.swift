@@ -45,6 +45,8 @@ extension Trainer {
 extension WeightingMethod {
   /// Whether every step needs a meta batch (L2RW, MW-Net, GDW).
   public var needsMeta: Bool { config.method.needsMeta }
+  /// MW-Net and GDW update V (and its optimizer) inside their step, before its last checks.
+  public var updatesOwnStateInStep: Bool { weightNet != nil }
   /// What the trainer's messages call the method: its `config.method`.
   public var methodName: String { "\(config.method)" }
   /// No class-level weights.

@@ -337,3 +337,33 @@ def test_law_search_load_refuses_a_negative_adam_second_moment_of_the_agent(tmp_
     _write_sections(path, version, sections)
     with pytest.raises(mw.CheckpointError, match="second moment"):
         fresh().load(path)
+
+
+@pytest.mark.parametrize("method", ["mwnet", "gdw"])
+def test_a_step_refused_after_v_diverged_leaves_v_its_optimizer_and_the_network_unchanged(method, tmp_path):
+    # V's learning rate 1e30 sends V's parameters to inf within a step or two; the step that then
+    # finds NaN weights (MW-Net) or a NaN V gradient (GDW) has already updated V and V's
+    # optimizer, and the trainer must put them back (found by scripts/fuzz.py's nothing-lost check).
+    from metaweight import models
+
+    rng = np.random.default_rng(0)
+    x = rng.standard_normal((16, 4)).astype(np.float32)
+    y = rng.integers(0, 3, 16)
+    cls = mw.methods.MWNet if method == "mwnet" else mw.methods.GDW
+    tr = mw.Trainer(models.mlp(4, [8], 3, seed=0), optimizer=mw.SGD(lr=0.1), method=cls(lr=1e30))
+    for i in range(5):
+        before_v = {k: v.copy() for k, v in tr.weight_net.state_dict().items()}
+        tr.save(tmp_path / f"before{i}.ckpt")
+        steps = tr.step_count
+        try:
+            tr.step(x, y, x_meta=x[:6], y_meta=y[:6])
+        except mw.errors.NonFiniteError:
+            assert tr.step_count == steps
+            after_v = tr.weight_net.state_dict()
+            for k, v in before_v.items():
+                np.testing.assert_array_equal(after_v[k], v, err_msg=f"V's {k} changed by a refused step")
+            tr.save(tmp_path / "after.ckpt")
+            # Parameters, optimizer state, batch-norm statistics, V and V's optimizer: byte for byte.
+            assert (tmp_path / "after.ckpt").read_bytes() == (tmp_path / f"before{i}.ckpt").read_bytes()
+            return
+    pytest.fail("V with learning rate 1e30 never made a step fail")
