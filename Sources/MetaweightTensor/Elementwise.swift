@@ -159,23 +159,26 @@ public enum Elementwise {
 }
 
 /// Small single-threaded building blocks for the layers' loops (16 floats at a time).
-package enum Kernels {
+public enum Kernels {
+  /// The 16 floats at `p` (unaligned load).
   @inlinable @inline(__always)
-  package static func load(_ p: UnsafePointer<Float>) -> SIMD16<Float> {
+  public static func load(_ p: UnsafePointer<Float>) -> SIMD16<Float> {
     UnsafeRawPointer(p).loadUnaligned(as: SIMD16<Float>.self)
   }
 
+  /// The 16 floats at `p` (unaligned load).
   @inlinable @inline(__always)
-  package static func load(_ p: UnsafeMutablePointer<Float>) -> SIMD16<Float> { load(UnsafePointer(p)) }
+  public static func load(_ p: UnsafeMutablePointer<Float>) -> SIMD16<Float> { load(UnsafePointer(p)) }
 
+  /// Writes the 16 floats of `v` at `p` (unaligned store).
   @inlinable @inline(__always)
-  package static func store(_ v: SIMD16<Float>, _ p: UnsafeMutablePointer<Float>) {
+  public static func store(_ v: SIMD16<Float>, _ p: UnsafeMutablePointer<Float>) {
     UnsafeMutableRawPointer(p).storeBytes(of: v, as: SIMD16<Float>.self)
   }
 
   /// p[0..<count] = 0.
   @inlinable @inline(__always)
-  package static func zero(_ p: UnsafeMutablePointer<Float>, count: Int) {
+  public static func zero(_ p: UnsafeMutablePointer<Float>, count: Int) {
     if count >= 256 {
       p.update(repeating: 0, count: count)
       return
@@ -193,7 +196,7 @@ package enum Kernels {
 
   /// dst[0..<count] = src[0..<count] (non-overlapping); short tails use overlapping stores.
   @inlinable @inline(__always)
-  package static func copy(_ src: UnsafePointer<Float>, to dst: UnsafeMutablePointer<Float>, count: Int) {
+  public static func copy(_ src: UnsafePointer<Float>, to dst: UnsafeMutablePointer<Float>, count: Int) {
     if count >= 512 {
       dst.update(from: src, count: count)
       return
@@ -225,7 +228,7 @@ package enum Kernels {
 
   /// dst[0..<count] += src[0..<count].
   @inlinable @inline(__always)
-  package static func add(_ src: UnsafePointer<Float>, into dst: UnsafeMutablePointer<Float>, count: Int) {
+  public static func add(_ src: UnsafePointer<Float>, into dst: UnsafeMutablePointer<Float>, count: Int) {
     var i = 0
     while i + 16 <= count {
       store(load(dst + i) + load(src + i), dst + i)
@@ -238,7 +241,7 @@ package enum Kernels {
   }
 
   /// Row r of y[rows × count] = values[r] everywhere.
-  package static func fillRows(_ y: UnsafeMutablePointer<Float>, values: UnsafePointer<Float>, rows: Int, count: Int) {
+  public static func fillRows(_ y: UnsafeMutablePointer<Float>, values: UnsafePointer<Float>, rows: Int, count: Int) {
     Parallel.forRange(rows, costPerItem: count) { r0, r1 in
       for r in r0..<r1 { (y + r * count).update(repeating: values[r], count: count) }
     }
@@ -246,7 +249,7 @@ package enum Kernels {
 
   /// Σ x[i] in double precision (float partial sums of at most 512 terms per lane).
   @inlinable
-  package static func sum(_ x: UnsafePointer<Float>, count: Int) -> Double {
+  public static func sum(_ x: UnsafePointer<Float>, count: Int) -> Double {
     var total: Double = 0
     var acc = SIMD16<Float>.zero
     var i = 0
