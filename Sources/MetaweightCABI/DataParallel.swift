@@ -53,11 +53,6 @@ public func _mw_trainer_set_allreduce(
         tr.allReduce = nil
         return
       }
-      if tr.weighting?.methodName == "law" {
-        throw ABIError(
-          code: MW_E_STATE,
-          message: "mw_trainer_set_allreduce: a trainer with an attached LAW strategy cannot take data-parallel steps")
-      }
       if let ws = tr.weighting, !ws.supportsDataParallel {
         throw ABIError(
           code: MW_E_STATE,

@@ -34,7 +34,8 @@ from typing import Any
 import numpy as np
 
 from . import _core
-from .errors import InvalidArgumentError, StateError
+from ._ray import import_ray, ray_address
+from .errors import StateError
 
 __all__ = ["RayEpisodes", "ray_address"]
 
@@ -42,31 +43,8 @@ __all__ = ["RayEpisodes", "ray_address"]
 OUTCOME_VALUES = 12
 
 
-def ray_address(ray: Any) -> str:
-    """The address a ``ray`` argument names: ``True`` or ``"auto"`` → ``"auto"`` (the cluster this
-    machine belongs to, or one already connected); ``"HOST:PORT"`` or ``"ray://HOST:PORT"`` as given.
-
-    Raises:
-        InvalidArgumentError: ``ray`` is neither True, ``"auto"`` nor an address.
-    """
-    if ray is True:
-        return "auto"
-    if isinstance(ray, str):
-        text = ray.strip()
-        if text == "auto" or text.startswith("ray://"):
-            return text
-        host, sep, port = text.rpartition(":")
-        if sep and host and port.isdigit() and 0 < int(port) < 65536 and " " not in host:
-            return text
-    raise InvalidArgumentError(f"ray: expected True, 'auto' or an address HOST:PORT, got {ray!r}")
-
-
 def _import_ray() -> Any:
-    try:
-        import ray
-    except ImportError as e:
-        raise ImportError("ray: LAW episodes on Ray need the ray package: pip install 'metaweight[ray]'") from e
-    return ray
+    return import_ray("LAW episodes on Ray")
 
 
 class EpisodeWorker:

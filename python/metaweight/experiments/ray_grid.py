@@ -28,6 +28,8 @@ from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
 
+from .._ray import import_ray as _import_ray
+from .._ray import ray_address
 from ..errors import InvalidArgumentError
 from .config import RunSpec
 from .datasets import load_source
@@ -36,39 +38,13 @@ from .runner import CONFIG_FILE, ERROR_FILE, RUN_FILES, RunResult, execute_run, 
 __all__ = ["RaySession", "import_ray", "ray_address"]
 
 
-def ray_address(ray: str | bool) -> str:
-    """The address a ``ray`` argument names: ``True`` or ``"auto"`` → ``"auto"`` (the cluster this
-    machine belongs to: ``RAY_ADDRESS``, else the latest ``ray start`` here); ``"HOST:PORT"`` or
-    ``"ray://HOST:PORT"`` as given.
-
-    Raises:
-        InvalidArgumentError: ``ray`` is neither True, ``"auto"`` nor an address.
-    """
-    if ray is True:
-        return "auto"
-    if isinstance(ray, str):
-        text = ray.strip()
-        if text == "auto" or text.startswith("ray://"):
-            return text
-        host, sep, port = text.rpartition(":")
-        if sep and host and port.isdigit() and 0 < int(port) < 65536 and " " not in host:
-            return text
-    raise InvalidArgumentError(f"ray: expected True, 'auto' or an address HOST:PORT, got {ray!r}")
-
-
 def import_ray() -> Any:
     """The ray module.
 
     Raises:
         ImportError: ray is not installed (the message names the ``metaweight[ray]`` extra).
     """
-    try:
-        import ray
-    except ImportError as e:
-        raise ImportError(
-            "ray: running a grid on Ray needs the ray package: pip install 'metaweight[ray]'"
-        ) from e
-    return ray
+    return _import_ray("running a grid on Ray")
 
 
 def _check_reachable(address: str, timeout: float = 5.0) -> None:
