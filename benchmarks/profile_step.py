@@ -38,7 +38,7 @@ how much of the step it could not attribute; profile a private build instead (be
 
 Usage:
     python benchmarks/profile_step.py [--model resnet32|lenet|mlp] [--method erm|l2rw|mwnet|gdw]
-        [--steps N] [--warmup N] [--threads T] [--freq HZ] [--pythonpath DIR] [--before DIR]
+        [--steps N] [--rounds R] [--warmup N] [--threads T] [--freq HZ] [--pythonpath DIR] [--before DIR]
         [--top K] [--keep-data DIR] [--json out.json]
 
 Needs `perf` (Debian: linux-perf) permitted to sample this user's processes
@@ -157,10 +157,8 @@ def parse_perf_script(lines: Iterable[str]) -> Iterator[Sample]:
                 yield cur
                 cur = None
             continue
-        if not line[0].isspace():
-            m = _HEADER.match(line)
-            if m is None:
-                continue
+        m = None if line.startswith("\t") else _HEADER.match(line)  # perf pads short pids with spaces
+        if m is not None:
             if cur is not None:
                 yield cur
             cur = Sample(int(m.group(1)), int(m.group(2)), float(m.group(3)), int(m.group(4)))
@@ -372,23 +370,42 @@ def category_of(frames: Sequence[Frame]) -> str:
 
 @dataclass
 class Profile:
-    """The attributed samples of one run."""
+    """The attributed samples of one run (or of several, `merge`d)."""
 
     steps: int
     samples: int = 0
     period_ns: float = 0.0  # total sampled time (ns) inside the steps, all threads
     cells: dict[str, Counter[str]] = field(default_factory=dict)  # pass -> category -> ns
-    order: dict[str, float] = field(default_factory=dict)  # pass -> median position in its step
+    positions: dict[str, list[float]] = field(default_factory=dict)  # pass -> samples' positions in step
     self_time: Counter[str] = field(default_factory=Counter)  # leaf symbol -> ns
     unknown_ns: float = 0.0  # ns whose leaf is an unnamed function of the metaweight extension
     outside_windows: int = 0  # samples of the process outside every step window
     stepping_tid: int | None = None
 
+    @property
+    def order(self) -> dict[str, float]:
+        """pass -> median position (0..1) of its samples in their step."""
+        return {p: statistics.median(v) for p, v in self.positions.items() if v}
+
     def pass_ns(self, name: str) -> float:
         return float(sum(self.cells.get(name, Counter()).values()))
 
     def passes(self) -> list[str]:
-        return sorted(self.cells, key=lambda p: (self.order.get(p, 2.0), p))
+        order = self.order
+        return sorted(self.cells, key=lambda p: (order.get(p, 2.0), p))
+
+    def merge(self, other: Profile) -> None:
+        """Adds `other`'s steps and samples (another round of the same build)."""
+        self.steps += other.steps
+        self.samples += other.samples
+        self.period_ns += other.period_ns
+        for p, c in other.cells.items():
+            self.cells.setdefault(p, Counter()).update(c)
+        for p, v in other.positions.items():
+            self.positions.setdefault(p, []).extend(v)
+        self.self_time.update(other.self_time)
+        self.unknown_ns += other.unknown_ns
+        self.outside_windows += other.outside_windows
 
 
 def name_backward_sites(positions: dict[int | None, list[float]]) -> dict[int | None, str]:
@@ -470,20 +487,18 @@ def attribute(
         if lab is not None and lab[0] == TRAIN_BACKWARD:
             site_pos[lab[1]].append(pos)
     site_names = name_backward_sites(site_pos) if site_pos else {}
-    positions: dict[str, list[float]] = defaultdict(list)
     for s, k, pos in inside:
         lab = labels.get(id(s)) or borrowed(s.time, k)
         name = site_names.get(lab[1], TRAIN_BACKWARD) if lab[0] == TRAIN_BACKWARD else lab[0]
         cat = category_of(s.frames)
         prof.cells.setdefault(name, Counter())[cat] += s.period
-        positions[name].append(pos)
+        prof.positions.setdefault(name, []).append(pos)
         prof.samples += 1
         prof.period_ns += s.period
         leaf = s.frames[0] if s.frames else Frame("[unknown]", 0, "[unknown]", "[unknown]")
         prof.self_time[leaf.sym] += s.period
         if leaf.sym == "[unknown]" and metaweight_dso in leaf.dso:
             prof.unknown_ns += s.period
-    prof.order = {p: statistics.median(v) for p, v in positions.items()}
     return prof
 
 
@@ -569,7 +584,7 @@ def profile_json(prof: Profile, names: dict[str, str], top: int) -> dict[str, An
     total = prof.period_ns or 1.0
     return {
         "steps": prof.steps, "samples": prof.samples, "cpu_ms_per_step": prof.period_ns / 1e6 / prof.steps,
-        "unattributed_unknown_pct": 100 * prof.unknown_ns / total,
+        "unnamed_pct": 100 * prof.unknown_ns / total,
         "samples_outside_steps": prof.outside_windows,
         "passes": [
             {"pass": p, "ms_per_step": prof.pass_ns(p) / 1e6 / prof.steps,
@@ -763,23 +778,37 @@ def cpu_name() -> str:
     return platform.processor() or "?"
 
 
-def run_one(perf: str, args: argparse.Namespace, label: str, pythonpath: str | None) -> dict[str, Any]:
-    keep = args.keep_data
+def profile_once(
+    perf: str, args: argparse.Namespace, label: str, pythonpath: str | None, rnd: int
+) -> tuple[Profile, dict[str, Any]]:
+    """One child under perf: its attributed profile and what it reported."""
     workdir = tempfile.mkdtemp(prefix="profile_step_")
     try:
         info = record(perf, args, pythonpath, workdir)
         prof = analyse(perf, info, args)
-        if keep:
-            os.makedirs(keep, exist_ok=True)
-            shutil.copy(info["data"], os.path.join(keep, f"{label}-{args.model}-{args.method}.data"))
+        if args.keep_data:
+            os.makedirs(args.keep_data, exist_ok=True)
+            name = f"{label}-{args.model}-{args.method}-round{rnd + 1}.data"
+            shutil.copy(info["data"], os.path.join(args.keep_data, name))
     finally:
         shutil.rmtree(workdir, ignore_errors=True)
-    wall = [1000 * (b - a) for a, b in info["windows"]]
+    return prof, info
+
+
+def report(
+    args: argparse.Namespace, label: str, pythonpath: str | None, prof: Profile, infos: list[dict[str, Any]],
+    rounds_cpu: list[float],
+) -> dict[str, Any]:
+    """Prints one build's tables; returns its JSON record."""
+    wall = [1000 * (b - a) for info in infos for a, b in info["windows"]]
     names = demangle(s for s, _ in prof.self_time.most_common(args.top))
-    print(f"\n## {label}: {args.model} {args.method}, {args.threads} thread(s), PYTHONPATH={pythonpath or '(installed)'}")
-    print(f"extension {info['so']}, OpenBLAS core {info['blas_core']}; {prof.steps} steps, "
-          f"wall {statistics.median(wall):.1f} ms/step (median), CPU {prof.period_ns / 1e6 / prof.steps:.1f} ms/step "
-          f"from {prof.samples} samples\n")
+    info = infos[0]
+    print(f"\n## {label}: {args.model} {args.method}, {args.threads} thread(s), "
+          f"PYTHONPATH={pythonpath or '(installed)'}")
+    spread = f" (rounds: {', '.join(f'{c:.1f}' for c in rounds_cpu)})" if len(rounds_cpu) > 1 else ""
+    print(f"extension {info['so']}, OpenBLAS core {info['blas_core']}; {prof.steps} steps in {len(infos)} "
+          f"round(s), wall {statistics.median(wall):.1f} ms/step (median), CPU "
+          f"{prof.period_ns / 1e6 / prof.steps:.1f} ms/step{spread} from {prof.samples} samples\n")
     unknown = 100 * prof.unknown_ns / (prof.period_ns or 1.0)
     if unknown > 5:
         print(f"note: {unknown:.0f}% of the step is in functions the extension does not name (a stripped build, "
@@ -788,7 +817,8 @@ def run_one(perf: str, args: argparse.Namespace, label: str, pythonpath: str | N
     print(f"\nTop {args.top} functions by self time:\n")
     print(top_table(prof, args.top, names))
     return {"label": label, "pythonpath": pythonpath, "so": info["so"], "blas_core": info["blas_core"],
-            "wall_ms_per_step": wall, "profile": prof, "json": profile_json(prof, names, args.top)}
+            "wall_ms_per_step": wall, "cpu_ms_per_step_by_round": rounds_cpu,
+            **profile_json(prof, names, args.top)}
 
 
 def main(argv: Sequence[str] | None = None) -> int:
@@ -797,6 +827,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     ap.add_argument("--method", default="erm", help="erm, l2rw, mwnet, gdw (options allowed: 'mwnet(memory=low)')")
     ap.add_argument("--steps", type=int, default=5, help="timed steps (default 5)")
     ap.add_argument("--warmup", type=int, default=2, help="steps before recording (default 2)")
+    ap.add_argument("--rounds", type=int, default=1,
+                    help="children per build, alternating with --before's (default 1); profiles are summed")
     ap.add_argument("--threads", type=int, default=1, help="native threads (default 1: steadier when shared)")
     ap.add_argument("--freq", type=int, default=2000, help="samples per second per thread (default 2000)")
     ap.add_argument("--pythonpath", default=None, help="PYTHONPATH of the build to profile (default: installed)")
@@ -812,25 +844,38 @@ def main(argv: Sequence[str] | None = None) -> int:
     args.model = MODEL_ALIASES.get(args.model, args.model)
     if args.model not in model_table():
         ap.error(f"--model: one of {', '.join(model_table())} (got {args.model!r})")
-    if args.steps < 1 or args.warmup < 0 or args.threads < 1 or args.freq < 1 or args.top < 1:
-        ap.error("--steps, --threads, --freq and --top must be positive, --warmup non-negative")
+    if min(args.steps, args.rounds, args.threads, args.freq, args.top) < 1 or args.warmup < 0:
+        ap.error("--steps, --rounds, --threads, --freq and --top must be positive, --warmup non-negative")
+    builds = [("before", args.before), ("after", args.pythonpath)] if args.before else [("profile", args.pythonpath)]
+    profiles: dict[str, Profile] = {}
+    infos: dict[str, list[dict[str, Any]]] = defaultdict(list)
+    rounds_cpu: dict[str, list[float]] = defaultdict(list)
     try:
         perf = check_perf()
-        runs = []
-        if args.before:
-            runs.append(run_one(perf, args, "before", args.before))
-        runs.append(run_one(perf, args, "after" if args.before else "profile", args.pythonpath))
+        for rnd in range(args.rounds):
+            # Alternate the order (before, after, after, before, ...) so that load drifting over
+            # the run weighs on both builds alike.
+            for label, path in builds if rnd % 2 == 0 else builds[::-1]:
+                prof, info = profile_once(perf, args, label, path, rnd)
+                rounds_cpu[label].append(prof.period_ns / 1e6 / max(prof.steps, 1))
+                infos[label].append(info)
+                if label in profiles:
+                    profiles[label].merge(prof)
+                else:
+                    profiles[label] = prof
     except ProfileError as e:
         print(f"profile_step: {e}", file=sys.stderr)
         return 2
+    runs = [report(args, label, path, profiles[label], infos[label], rounds_cpu[label]) for label, path in builds]
     if args.before:
         print("\n## Per pass, before -> after (CPU ms per step)\n")
-        print(delta_table(runs[0]["profile"], runs[1]["profile"]))
+        print(delta_table(profiles["before"], profiles["after"]))
     if args.json:
         out = {"cpu": cpu_name(), "nproc": os.cpu_count(), "model": args.model, "method": args.method,
-               "threads": args.threads, "steps": args.steps, "warmup": args.warmup, "freq": args.freq,
-               "openblas_coretype_env": os.environ.get("OPENBLAS_CORETYPE"),
-               "runs": [{k: v for k, v in r.items() if k != "profile"} for r in runs]}
+               "threads": args.threads, "steps": args.steps, "rounds": args.rounds, "warmup": args.warmup,
+               "freq": args.freq, "openblas_coretype_env": os.environ.get("OPENBLAS_CORETYPE"),
+               "command": " ".join([os.path.basename(sys.executable), *sys.argv]),
+               "load_average": os.getloadavg(), "runs": runs}
         Path(args.json).write_text(json.dumps(out, indent=1, ensure_ascii=False) + "\n")
     return 0
 

@@ -120,6 +120,10 @@ def test_parse_reads_header_frames_and_offsets() -> None:
     assert first[0].sym == IM2COL[0] and first[0].off == 0x5C and first[0].dso == CORE
     assert first[0].name.startswith("MetaweightLayers.Conv2D.im2col.")
     assert [f.sym for f in samples[1].frames] == ["sgemm_kernel_COOPERLAKE", "[unknown]"]
+    # perf right-aligns the pid: a short one starts the header with spaces.
+    padded = list(ps.parse_perf_script([" 2080/2081  20907.633988:     500000 \n", f"\t  154afe {SGEMM[0]}+0x4e ({BLAS})\n"]))
+    assert [(s.pid, s.tid, s.time, [f.sym for f in s.frames]) for s in padded] == [
+        (2080, 2081, 20907.633988, [SGEMM[0]])]
 
 
 def test_swift_identifiers_read_module_type_and_function() -> None:
@@ -222,3 +226,11 @@ def test_main_exits_2_with_a_message_when_perf_is_missing(
     assert ps.main(["--steps", "1"]) == 2
     err = capsys.readouterr().err
     assert "perf is not installed" in err and "Traceback" not in err
+
+
+def test_merged_rounds_add_steps_samples_and_cells() -> None:
+    merged = _profile()
+    merged.merge(_profile())
+    assert merged.steps == 2 and merged.samples == 20 and merged.period_ns == 20 * 500000
+    assert merged.cells[ps.TRAIN_FORWARD] == {"im2col/col2im": 1000000, "GEMM": 1000000}
+    assert "| train forward | 1.0 | 20.0 |" in ps.pass_table(merged)  # per step: unchanged
