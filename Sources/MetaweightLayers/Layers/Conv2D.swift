@@ -379,7 +379,8 @@ public final class Conv2D: LeafLayer, Layer {
     let fewest = Conv2D.minimumChunks
     let nc = max(1, min(n, Conv2D.winogradBudget / max(perExample, 1), (n + fewest - 1) / fewest))
     let chunks = (n + nc - 1) / nc
-    let chunkSize = nc * perExample
+    // V and M of at most nc examples, the points `Winograd.planeStride` apart.
+    let chunkSize = pts * (Winograd.planeStride(rows: kin, ld: nc * perTile) + Winograd.planeStride(rows: yc, ld: nc * perTile))
     let slots = Parallel.slots(for: chunks)
     let uCount = pts * yc * kin
     let buf = ctx.scratch.pointer(count: uCount + slots * chunkSize)
@@ -395,7 +396,9 @@ public final class Conv2D: LeafLayer, Layer {
       let n0 = c * nc, cnt = min(nc, n - n0)
       let tiles = cnt * perTile
       let v = work + slot * chunkSize
-      let mt = v + pts * kin * tiles
+      // The transforms space the points by `planeStride` of this chunk's own tile count.
+      let vs = Winograd.planeStride(rows: kin, ld: tiles), ms = Winograd.planeStride(rows: yc, ld: tiles)
+      let mt = v + pts * vs
       for (t, x) in inputs.enumerated() {
         plan.transformInput(
           x, channels: xc, n: n, n0: n0, count: cnt, h: h, w: w, padding: p, oh: oh, ow: ow, into: v,
@@ -403,7 +406,7 @@ public final class Conv2D: LeafLayer, Layer {
       }
       for xi in 0..<pts {
         BLAS.gemm(
-          m: yc, n: tiles, k: kin, a: u + xi * yc * kin, b: v + xi * kin * tiles, c: mt + xi * yc * tiles,
+          m: yc, n: tiles, k: kin, a: u + xi * yc * kin, b: v + xi * vs, c: mt + xi * ms,
           parallel: chunks == 1)
       }
       plan.transformOutput(
@@ -425,7 +428,8 @@ public final class Conv2D: LeafLayer, Layer {
     let fewest = Conv2D.minimumChunks
     let nc = max(1, min(n, Conv2D.winogradBudget / max(perExample, 1), (n + fewest - 1) / fewest))
     let chunks = (n + nc - 1) / nc
-    let chunkSize = nc * perExample
+    // V and D of at most nc examples, the points `Winograd.planeStride` apart.
+    let chunkSize = pts * (Winograd.planeStride(rows: cin, ld: nc * perTile) + Winograd.planeStride(rows: cout, ld: nc * perTile))
     let slots = Parallel.slots(for: chunks)
     let zSize = pts * cout * cin
     let buf = ctx.scratch.pointer(count: chunks * zSize + slots * chunkSize)
@@ -434,14 +438,15 @@ public final class Conv2D: LeafLayer, Layer {
       let n0 = c * nc, cnt = min(nc, n - n0)
       let tiles = cnt * perTile
       let v = work + slot * chunkSize
-      let d = v + pts * cin * tiles
+      let vs = Winograd.planeStride(rows: cin, ld: tiles), ds = Winograd.planeStride(rows: cout, ld: tiles)
+      let d = v + pts * vs
       plan.transformInput(
         x, channels: cin, n: n, n0: n0, count: cnt, h: h, w: w, padding: p, oh: oh, ow: ow, into: v,
         rows: cin, ld: tiles, rowOffset: 0)
       plan.transformOutputGradient(dy, channels: cout, n: n, n0: n0, count: cnt, oh: oh, ow: ow, into: d, ld: tiles)
       for xi in 0..<pts {
         BLAS.gemm(
-          transB: true, m: cout, n: cin, k: tiles, a: d + xi * cout * tiles, b: v + xi * cin * tiles,
+          transB: true, m: cout, n: cin, k: tiles, a: d + xi * ds, b: v + xi * vs,
           c: buf + c * zSize + xi * cout * cin, parallel: chunks == 1)
       }
     }

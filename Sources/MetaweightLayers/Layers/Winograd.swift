@@ -75,6 +75,12 @@ package struct Winograd: Sendable {
   /// The plan for tile size `m` (2 or 4).
   package static func tile(_ m: Int) -> Winograd { m == 4 ? f4 : f2 }
 
+  /// Floats from one transform point's matrix [rows, ld] of transformed data to the next: the
+  /// matrix plus one cache line. The sixteen (or 36) points are read and written together, and
+  /// with matrices a multiple of 4 KiB apart (ResNet's shapes make them exactly 16 KiB) every
+  /// point would land in the same L1 cache set and evict the others.
+  @inline(__always) package static func planeStride(rows: Int, ld: Int) -> Int { rows * ld + 16 }
+
   /// Number of transform points α².
   package var points: Int { alpha * alpha }
 
@@ -169,7 +175,7 @@ package struct Winograd: Sendable {
     let a = alpha, mm = m
     let th = tiles(oh), tw = tiles(ow)
     let width = tw * mm + 2  // padded input row covering every tile of a tile row
-    let plane = rows * ld
+    let plane = Winograd.planeStride(rows: rows, ld: ld)
     bt.withUnsafeBufferPointer { bp in
       let B = bp.baseAddress!
       withUnsafeTemporaryAllocation(of: Float.self, capacity: a * width + 2 * a * a * tw) { tmp in
@@ -241,7 +247,7 @@ package struct Winograd: Sendable {
     let a = alpha, mm = m
     let th = tiles(oh), tw = tiles(ow)
     let width = tw * mm
-    let plane = channels * ld
+    let plane = Winograd.planeStride(rows: channels, ld: ld)
     at.withUnsafeBufferPointer { ap in
       let A = ap.baseAddress!  // Aᵀ [m, α]
       withUnsafeTemporaryAllocation(of: Float.self, capacity: mm * width + mm * a * tw + a * a * tw) { tmp in
@@ -308,7 +314,7 @@ package struct Winograd: Sendable {
     }
     let a = alpha, mm = m
     let th = tiles(oh), tw = tiles(ow)
-    let plane = channels * ld
+    let plane = Winograd.planeStride(rows: channels, ld: ld)
     let width = tw * mm
     at.withUnsafeBufferPointer { ap in
       let A = ap.baseAddress!
@@ -382,156 +388,179 @@ extension Layer {
 
 // MARK: - F(2×2, 3×3) transforms
 
-// Written as plain loops over the tiles of one tile row (unit-stride stores per transform point,
-// stride-2 loads), which LLVM vectorises; explicit SIMD values spilled to the stack.
+// A tile's columns 2j … 2j + 3 are the even and odd columns j, j + 1 of its rows, so each input
+// row is split once into its even and odd columns (`deinterleave`); every transform is then a few
+// unit-stride passes over the tiles of a tile row, four tiles per vector (`Quad`), and the output
+// transform interleaves its two columns back.
 
 extension Winograd {
+  /// Four floats, the vector the F(2×2) transforms run on.
+  typealias Quad = SIMD4<Float>
+
+  @inline(__always)
+  static func ld4(_ p: UnsafePointer<Float>) -> Quad { UnsafeRawPointer(p).loadUnaligned(as: Quad.self) }
+
+  @inline(__always)
+  static func ld4(_ p: UnsafeMutablePointer<Float>) -> Quad { UnsafeRawPointer(p).loadUnaligned(as: Quad.self) }
+
+  @inline(__always)
+  static func st4(_ v: Quad, _ p: UnsafeMutablePointer<Float>) {
+    UnsafeMutableRawPointer(p).storeBytes(of: v, as: Quad.self)
+  }
+
+  /// even[i] = src[2i], odd[i] = src[2i + 1] for the `count` columns of `src`, four pairs per
+  /// step while whole quads fit.
+  @inline(__always)
+  static func deinterleave(
+    _ src: UnsafePointer<Float>, count: Int, even: UnsafeMutablePointer<Float>, odd: UnsafeMutablePointer<Float>
+  ) {
+    let pairs = count / 2
+    var i = 0
+    while i + 4 <= pairs {
+      let a = ld4(src + 2 &* i), b = ld4(src + (2 &* i &+ 4))
+      st4(Quad(a[0], a[2], b[0], b[2]), even + i)
+      st4(Quad(a[1], a[3], b[1], b[3]), odd + i)
+      i += 4
+    }
+    while i < pairs {
+      even[i] = src[2 &* i]
+      odd[i] = src[2 &* i &+ 1]
+      i += 1
+    }
+    if count % 2 == 1 { even[pairs] = src[count - 1] }
+  }
+
   /// `transformInput` for m = 2: Bᵀ d B with Bᵀ = [1 0 −1 0; 0 1 1 0; 0 −1 1 0; 0 1 0 −1],
   /// additions only.
+  ///
+  /// Per image: its rows, padded by `p`, split once into even columns E_r and odd columns O_r
+  /// (padded column X of a row is E[X/2] or O[X/2]). Per tile row, down the columns Bᵀ combines
+  /// its four rows, c₀ = r₀ − r₂, c₁ = r₁ + r₂, c₂ = r₂ − r₁, c₃ = r₁ − r₃ (E and O alike); along
+  /// the rows each cₖ gives the points 4k … 4k + 3 of tile j as E[j] − E[j+1], O[j] + E[j+1],
+  /// E[j+1] − O[j], O[j] − O[j+1].
   func transformInput2(
     _ src: UnsafePointer<Float>, channels: Int, n: Int, n0: Int, count: Int, h: Int, w: Int, padding p: Int,
     oh: Int, ow: Int, into v: UnsafeMutablePointer<Float>, rows: Int, ld: Int, rowOffset: Int
   ) {
     let th = tiles(oh), tw = tiles(ow)
-    let width = 16 * ((tw + 7) / 8) + 2  // padded row: band[x] = input[x − p], zero outside
-    let plane = rows * ld
-    let lo = min(width, p), hi = max(lo, min(width, w + p))
-    withUnsafeTemporaryAllocation(of: Float.self, capacity: 4 * width) { tmp in
-      let band = tmp.baseAddress!
-      band.update(repeating: 0, count: 4 * width)
+    let half = (tw + 4) & ~3  // ≥ tw + 1 even (odd) padded columns, whole quads
+    let padded = 2 * th + 2  // padded rows the tile rows read: image row i is padded row i + p
+    let plane = Winograd.planeStride(rows: rows, ld: ld)
+    // Image column x goes to padded column x + p: E[(x + p)/2] when x + p is even, else O.
+    let evenTo = p % 2 == 0 ? (odd: false, at: p / 2) : (odd: true, at: (p - 1) / 2)
+    let oddTo = p % 2 == 0 ? (odd: true, at: p / 2) : (odd: false, at: (p + 1) / 2)
+    let cols = max(0, min(w, 2 * (tw + 1) - p))  // image columns the tiles read
+    let firstRow = min(p, padded), lastRow = max(firstRow, min(padded, h + p))  // padded rows with image data
+    let quads = tw / 4
+    withUnsafeTemporaryAllocation(of: Float.self, capacity: 2 * half * (padded + 4)) { tmp in
+      let band = tmp.baseAddress!  // padded row r: E at band + 2r·half, O at band + (2r + 1)·half
+      let comb = band + 2 * half * padded  // cE_k at comb + 2k·half, cO_k at comb + (2k + 1)·half
+      // Rows outside the image and padding columns are never written below, so they stay zero.
+      band.update(repeating: 0, count: 2 * half * padded)
       for c in 0..<channels {
         for e in 0..<count {
           let img = src + ((c * n + n0 + e) * h) * w
           let dst = v + (rowOffset + c) * ld + e * th * tw
+          for r in firstRow..<lastRow {
+            let er = band + 2 * r * half, or = er + half
+            Winograd.deinterleave(
+              img + (r - p) * w, count: cols, even: (evenTo.odd ? or : er) + evenTo.at,
+              odd: (oddTo.odd ? or : er) + oddTo.at)
+          }
           for ti in 0..<th {
-            for r in 0..<4 {
-              let ih = 2 * ti - p + r
-              let row = band + r * width + lo
-              if ih < 0 || ih >= h {
-                row.update(repeating: 0, count: hi - lo)
-              } else {
-                row.update(from: img + ih * w + (lo - p), count: hi - lo)
+            // Down the columns, E and O alike (2·half floats per padded row).
+            let rows4 = UnsafePointer(band + 4 * ti * half), step = 2 * half
+            var j = 0
+            while j < step {
+              let r0 = Winograd.ld4(rows4 + j), r1 = Winograd.ld4(rows4 + step + j)
+              let r2 = Winograd.ld4(rows4 + 2 * step + j), r3 = Winograd.ld4(rows4 + 3 * step + j)
+              Winograd.st4(r0 - r2, comb + j)
+              Winograd.st4(r1 + r2, comb + step + j)
+              Winograd.st4(r2 - r1, comb + 2 * step + j)
+              Winograd.st4(r1 - r3, comb + 3 * step + j)
+              j += 4
+            }
+            let o = dst + ti * tw
+            for k in 0..<4 {
+              let ev = UnsafePointer(comb + k * step), od = ev + half
+              let q0 = o + 4 * k * plane, q1 = q0 + plane, q2 = q1 + plane, q3 = q2 + plane
+              for u in 0..<quads {
+                let jj = 4 * u
+                let e0 = Winograd.ld4(ev + jj), e1 = Winograd.ld4(ev + jj + 1)
+                let o0 = Winograd.ld4(od + jj), o1 = Winograd.ld4(od + jj + 1)
+                Winograd.st4(e0 - e1, q0 + jj)
+                Winograd.st4(o0 + e1, q1 + jj)
+                Winograd.st4(e1 - o0, q2 + jj)
+                Winograd.st4(o0 - o1, q3 + jj)
+              }
+              for jj in (4 * quads)..<tw {
+                q0[jj] = ev[jj] - ev[jj + 1]
+                q1[jj] = od[jj] + ev[jj + 1]
+                q2[jj] = ev[jj + 1] - od[jj]
+                q3[jj] = od[jj] - od[jj + 1]
               }
             }
-            Winograd.inputRow2(band, width, dst + ti * tw, plane, tw)
           }
         }
       }
     }
   }
 
-  /// The 16 transform points of the tiles j ∈ 0..<tw of one tile row from its 4 padded input rows
-  /// (`width` ≥ 16·⌈tw/8⌉ + 2 floats each), eight tiles at a time: the even and odd columns of a
-  /// row are the tiles' d₀, d₁ and (shifted by one tile) d₂, d₃.
-  @inline(__always)
-  static func inputRow2(
-    _ band: UnsafeMutablePointer<Float>, _ width: Int, _ o: UnsafeMutablePointer<Float>, _ plane: Int, _ tw: Int
-  ) {
-    var j0 = 0
-    while j0 < tw {
-      let cnt = min(8, tw - j0)
-      @inline(__always) func rowT(_ r: Int) -> (SIMD8<Float>, SIMD8<Float>, SIMD8<Float>, SIMD8<Float>) {
-        let a = load16(band + r * width + 2 * j0)
-        let b = load16(band + r * width + 2 * j0 + 2)
-        let d0 = a.evenHalf, d1 = a.oddHalf, d2 = b.evenHalf, d3 = b.oddHalf
-        return (d0 - d2, d1 + d2, d2 - d1, d1 - d3)
-      }
-      let r1 = rowT(1), r2 = rowT(2)
-      let p = o + j0
-      do {
-        let r0 = rowT(0)
-        store(r0.0 - r2.0, p, cnt)
-        store(r0.1 - r2.1, p + plane, cnt)
-        store(r0.2 - r2.2, p + 2 * plane, cnt)
-        store(r0.3 - r2.3, p + 3 * plane, cnt)
-      }
-      store(r1.0 + r2.0, p + 4 * plane, cnt)
-      store(r1.1 + r2.1, p + 5 * plane, cnt)
-      store(r1.2 + r2.2, p + 6 * plane, cnt)
-      store(r1.3 + r2.3, p + 7 * plane, cnt)
-      store(r2.0 - r1.0, p + 8 * plane, cnt)
-      store(r2.1 - r1.1, p + 9 * plane, cnt)
-      store(r2.2 - r1.2, p + 10 * plane, cnt)
-      store(r2.3 - r1.3, p + 11 * plane, cnt)
-      do {
-        let r3 = rowT(3)
-        store(r1.0 - r3.0, p + 12 * plane, cnt)
-        store(r1.1 - r3.1, p + 13 * plane, cnt)
-        store(r1.2 - r3.2, p + 14 * plane, cnt)
-        store(r1.3 - r3.3, p + 15 * plane, cnt)
-      }
-      j0 += 8
-    }
-  }
-
-  /// Stores the first `count` (≤ 8) lanes of `v` at `p`.
-  @inline(__always)
-  static func store(_ v: SIMD8<Float>, _ p: UnsafeMutablePointer<Float>, _ count: Int) {
-    if count >= 8 {
-      UnsafeMutableRawPointer(p).storeBytes(of: v, as: SIMD8<Float>.self)
-    } else if count == 4 {
-      UnsafeMutableRawPointer(p).storeBytes(of: v.lowHalf, as: SIMD4<Float>.self)
-    } else {
-      for k in 0..<count { p[k] = v[k] }
-    }
-  }
-
-  @inline(__always)
-  static func load16(_ p: UnsafePointer<Float>) -> SIMD16<Float> {
-    UnsafeRawPointer(p).loadUnaligned(as: SIMD16<Float>.self)
-  }
-
-  @inline(__always)
-  static func load16(_ p: UnsafeMutablePointer<Float>) -> SIMD16<Float> {
-    UnsafeRawPointer(p).loadUnaligned(as: SIMD16<Float>.self)
-  }
-
-  /// `transformOutput` for m = 2: Aᵀ M A with Aᵀ = [1 1 1 0; 0 1 −1 −1].
+  /// `transformOutput` for m = 2: Aᵀ M A with Aᵀ = [1 1 1 0; 0 1 −1 −1]: four tiles at a time,
+  /// down the columns (t₀ = m₀ + m₁ + m₂, t₁ = m₁ − m₂ − m₃ of the tile's rows of M) and along the
+  /// rows likewise, the two output columns then interleaved into the image rows.
   func transformOutput2(
     _ mt: UnsafePointer<Float>, channels: Int, ld: Int, bias: UnsafePointer<Float>?,
     into y: UnsafeMutablePointer<Float>, n: Int, n0: Int, count: Int, oh: Int, ow: Int
   ) {
     let th = tiles(oh), tw = tiles(ow)
-    let plane = channels * ld
-    let full = ow / 2  // tiles whose two columns are both inside the output
-    do {
+    let plane = Winograd.planeStride(rows: channels, ld: ld)
+    let quads = tw / 4
+    let span = 4 * ((tw + 3) / 4)
+    withUnsafeTemporaryAllocation(of: Float.self, capacity: 4 * span) { tmp in
+      let out = tmp.baseAddress!  // output row r's even columns at 2r·span, odd at (2r + 1)·span
       for c in 0..<channels {
-        let b0: Float = bias.map { $0[c] } ?? 0
+        let bias0: Float = bias.map { $0[c] } ?? 0
+        let b = Quad(repeating: bias0)
         for e in 0..<count {
           let img = y + ((c * n + n0 + e) * oh) * ow
           let src = mt + c * ld + e * th * tw
           for ti in 0..<th {
-            let row0 = img + 2 * ti * ow
-            let twoRows = 2 * ti + 1 < oh
             let s = src + ti * tw
-            @inline(__always) func tile(_ j: Int) -> (Float, Float, Float, Float) {
-              @inline(__always) func m(_ xi: Int) -> Float { s[xi &* plane &+ j] }
+            for u in 0..<quads {
+              let jj = 4 * u
+              @inline(__always) func m(_ xi: Int) -> Quad { Winograd.ld4(s + (xi &* plane &+ jj)) }
               let t00 = m(0) + m(4) + m(8), t01 = m(1) + m(5) + m(9), t02 = m(2) + m(6) + m(10)
               let t03 = m(3) + m(7) + m(11)
               let t10 = m(4) - m(8) - m(12), t11 = m(5) - m(9) - m(13), t12 = m(6) - m(10) - m(14)
               let t13 = m(7) - m(11) - m(15)
-              return (t00 + t01 + t02 + b0, t01 - t02 - t03 + b0, t10 + t11 + t12 + b0, t11 - t12 - t13 + b0)
+              Winograd.st4(t00 + t01 + t02 + b, out + jj)
+              Winograd.st4(t01 - t02 - t03 + b, out + span + jj)
+              Winograd.st4(t10 + t11 + t12 + b, out + 2 * span + jj)
+              Winograd.st4(t11 - t12 - t13 + b, out + 3 * span + jj)
             }
-            if twoRows {
-              let row1 = row0 + ow
-              for j in 0..<full {
-                let (y00, y01, y10, y11) = tile(j)
-                row0[2 &* j] = y00
-                row0[2 &* j &+ 1] = y01
-                row1[2 &* j] = y10
-                row1[2 &* j &+ 1] = y11
-              }
-            } else {
-              for j in 0..<full {
-                let (y00, y01, _, _) = tile(j)
-                row0[2 &* j] = y00
-                row0[2 &* j &+ 1] = y01
-              }
+            for jj in (4 * quads)..<tw {
+              @inline(__always) func m(_ xi: Int) -> Float { s[xi &* plane &+ jj] }
+              let t00 = m(0) + m(4) + m(8), t01 = m(1) + m(5) + m(9), t02 = m(2) + m(6) + m(10)
+              let t03 = m(3) + m(7) + m(11)
+              let t10 = m(4) - m(8) - m(12), t11 = m(5) - m(9) - m(13), t12 = m(6) - m(10) - m(14)
+              let t13 = m(7) - m(11) - m(15)
+              out[jj] = t00 + t01 + t02 + bias0
+              out[span + jj] = t01 - t02 - t03 + bias0
+              out[2 * span + jj] = t10 + t11 + t12 + bias0
+              out[3 * span + jj] = t11 - t12 - t13 + bias0
             }
-            if full < tw {  // odd width: the last tile's first column only
-              let (y00, _, y10, _) = tile(full)
-              row0[2 * full] = y00
-              if twoRows { row0[ow + 2 * full] = y10 }
+            let full = ow / 2  // tiles whose two columns are both inside the output
+            for r in 0..<2 {
+              let i = 2 * ti + r
+              if i >= oh { break }
+              let row = img + i * ow
+              let ev = out + 2 * r * span, od = ev + span
+              for j in 0..<full {
+                row[2 &* j] = ev[j]
+                row[2 &* j &+ 1] = od[j]
+              }
+              if full < tw { row[2 * full] = ev[full] }  // odd width: the last tile's first column
             }
           }
         }
@@ -539,67 +568,70 @@ extension Winograd {
     }
   }
 
-  /// `transformOutputGradient` for m = 2: A dY Aᵀ with A = (Aᵀ)ᵀ (dY zero past the edge).
+  /// `transformOutputGradient` for m = 2: A dY Aᵀ with A = (Aᵀ)ᵀ (dY zero past the edge). Along
+  /// a tile's rows a = (a₀, a₁), b = (b₀, b₁): R(a) = (a₀, a₀ + a₁, a₀ − a₁, −a₁); down the
+  /// columns the points are R(a), R(a) + R(b), R(a) − R(b), −R(b).
   func transformOutputGradient2(
     _ src: UnsafePointer<Float>, channels: Int, n: Int, n0: Int, count: Int, oh: Int, ow: Int,
     into d: UnsafeMutablePointer<Float>, ld: Int
   ) {
     let th = tiles(oh), tw = tiles(ow)
-    let width = 16 * ((tw + 7) / 8)
-    let plane = channels * ld
-    withUnsafeTemporaryAllocation(of: Float.self, capacity: 2 * width) { tmp in
-      let band = tmp.baseAddress!
-      band.update(repeating: 0, count: 2 * width)
+    let plane = Winograd.planeStride(rows: channels, ld: ld)
+    let quads = tw / 4
+    let span = 4 * ((tw + 3) / 4)
+    withUnsafeTemporaryAllocation(of: Float.self, capacity: 4 * span) { tmp in
+      let a0 = tmp.baseAddress!, a1 = a0 + span, b0 = a1 + span, b1 = b0 + span
+      // Past the edge (an odd width's last half tile) dY is zero; deinterleave never writes there.
+      a0.update(repeating: 0, count: 4 * span)
       for c in 0..<channels {
         for e in 0..<count {
           let img = src + ((c * n + n0 + e) * oh) * ow
           let dst = d + c * ld + e * th * tw
           for ti in 0..<th {
-            // Rows of dY read in place when inside the output and a multiple of 16 wide (the
-            // loads then stay inside the row pair), else from the zero-padded band.
             let i0 = 2 * ti
-            let a: UnsafePointer<Float>, b: UnsafePointer<Float>
-            if ow == width && i0 + 1 < oh {
-              a = img + i0 * ow
-              b = a + ow
+            Winograd.deinterleave(img + i0 * ow, count: ow, even: a0, odd: a1)
+            if i0 + 1 < oh {
+              Winograd.deinterleave(img + (i0 + 1) * ow, count: ow, even: b0, odd: b1)
             } else {
-              for r in 0..<2 {
-                if i0 + r < oh {
-                  (band + r * width).update(from: img + (i0 + r) * ow, count: ow)
-                } else {
-                  (band + r * width).update(repeating: 0, count: ow)
-                }
-              }
-              a = UnsafePointer(band)
-              b = UnsafePointer(band + width)
+              b0.update(repeating: 0, count: 2 * span)
             }
             let o = dst + ti * tw
-            var j0 = 0
-            while j0 < tw {
-              let cnt = min(8, tw - j0)
-              let av = Winograd.load16(a + 2 * j0), bv = Winograd.load16(b + 2 * j0)
-              // Along the rows: (d₀, d₀ + d₁, d₀ − d₁, −d₁); down the columns the same.
-              let a0 = av.evenHalf, a1 = av.oddHalf, b0 = bv.evenHalf, b1 = bv.oddHalf
-              let ra1 = a0 + a1, ra2 = a0 - a1
-              let rb1 = b0 + b1, rb2 = b0 - b1
-              let q = o + j0
-              Winograd.store(a0, q, cnt)
-              Winograd.store(ra1, q + plane, cnt)
-              Winograd.store(ra2, q + 2 * plane, cnt)
-              Winograd.store(-a1, q + 3 * plane, cnt)
-              Winograd.store(a0 + b0, q + 4 * plane, cnt)
-              Winograd.store(ra1 + rb1, q + 5 * plane, cnt)
-              Winograd.store(ra2 + rb2, q + 6 * plane, cnt)
-              Winograd.store(-a1 - b1, q + 7 * plane, cnt)
-              Winograd.store(a0 - b0, q + 8 * plane, cnt)
-              Winograd.store(ra1 - rb1, q + 9 * plane, cnt)
-              Winograd.store(ra2 - rb2, q + 10 * plane, cnt)
-              Winograd.store(b1 - a1, q + 11 * plane, cnt)
-              Winograd.store(-b0, q + 12 * plane, cnt)
-              Winograd.store(-rb1, q + 13 * plane, cnt)
-              Winograd.store(-rb2, q + 14 * plane, cnt)
-              Winograd.store(b1, q + 15 * plane, cnt)
-              j0 += 8
+            @inline(__always) func points(_ ra: (Quad, Quad, Quad, Quad), _ rb: (Quad, Quad, Quad, Quad), _ q: UnsafeMutablePointer<Float>) {
+              Winograd.st4(ra.0, q)
+              Winograd.st4(ra.1, q + plane)
+              Winograd.st4(ra.2, q + 2 * plane)
+              Winograd.st4(ra.3, q + 3 * plane)
+              Winograd.st4(ra.0 + rb.0, q + 4 * plane)
+              Winograd.st4(ra.1 + rb.1, q + 5 * plane)
+              Winograd.st4(ra.2 + rb.2, q + 6 * plane)
+              Winograd.st4(ra.3 + rb.3, q + 7 * plane)
+              Winograd.st4(ra.0 - rb.0, q + 8 * plane)
+              Winograd.st4(ra.1 - rb.1, q + 9 * plane)
+              Winograd.st4(ra.2 - rb.2, q + 10 * plane)
+              Winograd.st4(ra.3 - rb.3, q + 11 * plane)
+              Winograd.st4(-rb.0, q + 12 * plane)
+              Winograd.st4(-rb.1, q + 13 * plane)
+              Winograd.st4(-rb.2, q + 14 * plane)
+              Winograd.st4(-rb.3, q + 15 * plane)
+            }
+            for u in 0..<quads {
+              let jj = 4 * u
+              let x0 = Winograd.ld4(a0 + jj), x1 = Winograd.ld4(a1 + jj)
+              let z0 = Winograd.ld4(b0 + jj), z1 = Winograd.ld4(b1 + jj)
+              points((x0, x0 + x1, x0 - x1, -x1), (z0, z0 + z1, z0 - z1, -z1), o + jj)
+            }
+            for jj in (4 * quads)..<tw {
+              let x0 = a0[jj], x1 = a1[jj], z0 = b0[jj], z1 = b1[jj]
+              @inline(__always) func put(_ v: Int, _ ra: Float, _ rb: Float) {
+                o[jj + v * plane] = ra
+                o[jj + (4 + v) * plane] = ra + rb
+                o[jj + (8 + v) * plane] = ra - rb
+                o[jj + (12 + v) * plane] = -rb
+              }
+              put(0, x0, z0)
+              put(1, x0 + x1, z0 + z1)
+              put(2, x0 - x1, z0 - z1)
+              put(3, -x1, -z1)
             }
           }
         }
