@@ -268,11 +268,13 @@ def pass_of(frames: Sequence[Frame]) -> tuple[str, int | None]:
         if _has(n, "MetaStep", "takeVirtualStep"):
             return VIRTUAL_STEP, None
         if method is not None:
-            # Inlined helpers: the network's passes called from the method's step itself. The
-            # small `Trainer.backwardLogits` is inlined across modules (GDW's two train backward
-            # passes); `MetaStep.metaPass` keeps its frame, so a direct forward is its inlined copy.
+            # The network's passes without a Trainer or MetaStep frame above them. The small
+            # `Trainer.backwardLogits` is inlined across modules: a backward pass the method's step
+            # calls itself is the train batch's (GDW's two). Through an unnamed frame (a stripped
+            # build's internal `MetaStep.metaPass`) it is the meta batch's, as is a forward pass
+            # (the train forward keeps its public `Trainer` frames).
             if _has(n, "Network", "backward"):
-                return TRAIN_BACKWARD, site
+                return (TRAIN_BACKWARD, site) if k == 0 else (META_BACKWARD, None)
             if _has(n, "Network", "forward"):
                 return META_FORWARD, None
             if ".WeightNet.forward" in "." + n:

@@ -166,6 +166,10 @@ def test_pass_of_reads_the_swift_call_chain() -> None:
     assert ps.pass_of(_frames(step_chain(CONV_FWD, NET_BWD, META_PASS)))[0] == ps.META_BACKWARD
     # Trainer.backwardLogits inlined into the method's step (GDW): a train backward at its call site.
     assert ps.pass_of(_frames(step_chain(CONV_FWD, NET_BWD, site=0x777))) == (ps.TRAIN_BACKWARD, 0x777)
+    # A stripped build: MetaStep.metaPass (internal) is unnamed; the backward below it is the meta pass.
+    unnamed = ("[unknown]", 0, CORE)
+    assert ps.pass_of(_frames(step_chain(CONV_FWD, NET_BWD, unnamed)))[0] == ps.META_BACKWARD
+    assert ps.pass_of(_frames(step_chain(CONV_FWD, NET_FWD, unnamed)))[0] == ps.META_FORWARD
     assert ps.pass_of(_frames(step_chain(CONV_FWD, NET_JVP, PROJECTED)))[0] == ps.TANGENT
     assert ps.pass_of(_frames([OPT_UPDATE, APPLY, WEIGHTED_STEP, CABI]))[0] == ps.UPDATE
     assert ps.pass_of(_frames([SGEMM, ("[unknown]", 0, "[unknown]")]))[0] == ps.OUTSIDE
