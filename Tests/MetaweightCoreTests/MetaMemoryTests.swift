@@ -65,7 +65,8 @@ final class MetaMemoryTests: XCTestCase {
     ("conv2d(out=4,k=3,p=1);batchnorm;relu;dropout(p=0.3);maxpool(k=2);flatten;linear(out=6);dropout(p=0.2);linear(out=3)",
      .image(c: 2, h: 6, w: 6)),
     ("resnet(classes=3,n=1)", .image(c: 3, h: 8, w: 8)),
-    ("linear(out=12);batchnorm;relu;dropout(p=0.5);linear(out=4)", .flat(7)),
+    // The second linear layer's output is dead (batch norm's, fused with its ReLU, is not stored).
+    ("linear(out=12);batchnorm;relu;dropout(p=0.5);linear(out=12);relu;linear(out=4)", .flat(7)),
     ("linear(out=12);relu;linear(out=12);relu;linear(out=4)", .flat(7)),
     ("wrn(classes=3,depth=10,widen=1,dropout=0.3)", .image(c: 3, h: 8, w: 8)),
     ("conv2d(out=4,k=3,p=1);relu;avgpool(k=2);conv2d(out=6,k=3,p=1);batchnorm;relu;gap;linear(out=3)", .image(c: 2, h: 6, w: 6)),
@@ -123,8 +124,10 @@ final class MetaMemoryTests: XCTestCase {
   /// L2RW keeps one activation tape; MW-Net/GDW's meta tape shares the train tape's scratch
   /// areas, and with `memory = .low` borrows only the train tape's dead activation buffers (never
   /// one a later pass reads, never its input copy), each at most once, keeps its own dead
-  /// activations in the shared gradient/tangent pool, and on a small ResNet allocates under a
-  /// sixth of the activation bytes a tape of its own would.
+  /// activations in the shared gradient/tangent pool, and on a small ResNet allocates under two
+  /// fifths of the activation bytes a tape of its own would (36%: the batch norms fused with their
+  /// ReLUs store no output, in either tape, so the train tape lends two buffers per block, not
+  /// three; the two tapes together hold what they held unfused: `BatchNormReLUFusionTests`).
   func testLowMemoryMetaTapeBorrowsOnlyDeadTrainActivations() throws {
     let (spec, input) = Self.cases[1]
     let b = batches(input, classes: 3, n: 5, m: 5, count: 1)[0]
@@ -157,7 +160,7 @@ final class MetaMemoryTests: XCTestCase {
       XCTAssertFalse(laneIDs.isEmpty, "\(label): no lanes in the pool")
       XCTAssertEqual(Set(laneIDs).count, laneIDs.count, "\(label): a pool buffer used for two lanes")
       XCTAssertTrue(Set(laneIDs).isDisjoint(with: Set(borrowedIDs)), "\(label): a lane is also a borrowed buffer")
-      XCTAssertLessThan(Double(mt.ownedActivationBytes), Double(own) / 6, "\(label): owns \(mt.ownedActivationBytes) of \(own)")
+      XCTAssertLessThan(Double(mt.ownedActivationBytes), Double(own) * 2 / 5, "\(label): owns \(mt.ownedActivationBytes) of \(own)")
     }
   }
 

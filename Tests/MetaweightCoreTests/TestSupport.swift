@@ -284,7 +284,8 @@ final class LayerHarness {
 
   /// The kink pattern (ReLU signs, max-pool arg-maxes) of a recorded pass.
   func pattern(_ pass: LayerPass) -> [Int32] {
-    KinkPattern.collect(layer, input: UnsafePointer(pass.x.pointer), tape: pass.tape, batch: batch)
+    KinkPattern.collect(
+      layer, input: UnsafePointer(pass.x.pointer), output: UnsafePointer(pass.y.pointer), tape: pass.tape, batch: batch)
   }
 
   /// Central difference of f along a path, at the first step of `FiniteDifference.steps(from:)`
@@ -548,25 +549,33 @@ enum FiniteDifference {
 /// every max-pool window, read from the layer tapes. Within one pattern the function is smooth,
 /// so a central difference whose two ends share the centre's pattern crosses no kink, and
 /// finite differences stay meaningful for ReLU networks with thousands of units.
+///
+/// A ReLU's sign is read from its output ([y > 0] = [x > 0] exactly): a batch norm fused with the
+/// ReLU after it stores no output (`Sequential.Tape.stores`), so the ReLU's input is not kept.
 enum KinkPattern {
-  static func collect(_ layer: Layer, input: UnsafePointer<Float>, tape: LayerTape, batch: Int) -> [Int32] {
+  static func collect(
+    _ layer: Layer, input: UnsafePointer<Float>, output: UnsafePointer<Float>, tape: LayerTape, batch: Int
+  ) -> [Int32] {
     var out: [Int32] = []
-    walk(layer, input, tape, batch, &out)
+    walk(layer, input, output, tape, batch, &out)
     return out
   }
 
   private static func walk(
-    _ layer: Layer, _ input: UnsafePointer<Float>, _ tape: LayerTape, _ batch: Int, _ out: inout [Int32]
+    _ layer: Layer, _ input: UnsafePointer<Float>, _ output: UnsafePointer<Float>, _ tape: LayerTape, _ batch: Int,
+    _ out: inout [Int32]
   ) {
     if let s = layer as? Sequential, let t = tape as? Sequential.Tape {
       for (i, l) in s.layers.enumerated() {
-        walk(l, i == 0 ? input : UnsafePointer(t.acts[i - 1].pointer), t.tapes[i], batch, &out)
+        let x = i == 0 ? input : UnsafePointer(t.acts[i - 1].pointer)
+        let y = i == s.layers.count - 1 ? output : UnsafePointer(t.acts[i].pointer)
+        walk(l, x, y, t.tapes[i], batch, &out)
       }
     } else if let r = layer as? Residual, let t = tape as? Residual.Tape {
-      walk(r.body, input, t.body, batch, &out)
-      if let s = r.shortcut, let st = t.short { walk(s, input, st, batch, &out) }
+      walk(r.body, input, UnsafePointer(t.bodyOut.pointer), t.body, batch, &out)
+      if let s = r.shortcut, let st = t.short, let so = t.shortOut { walk(s, input, UnsafePointer(so.pointer), st, batch, &out) }
     } else if let relu = layer as? ReLU {
-      for i in 0..<(batch * relu.layout.size) { out.append(input[i] > 0 ? 1 : 0) }
+      for i in 0..<(batch * relu.layout.size) { out.append(output[i] > 0 ? 1 : 0) }
     } else if let mp = layer as? MaxPool2D,
       case .image(let c, let h, let w) = mp.inputLayout, case .image(_, let oh, let ow) = mp.outputLayout
     {
@@ -631,7 +640,8 @@ final class NetworkHarness {
 
   /// The kink pattern of the pass in the tape.
   func pattern() -> [Int32] {
-    KinkPattern.collect(net.root, input: tape.inputPointer, tape: tape.root, batch: batch)
+    KinkPattern.collect(
+      net.root, input: tape.inputPointer, output: UnsafePointer(tape.logits.pointer), tape: tape.root, batch: batch)
   }
 
   /// Mean cross-entropy of `logits` (evaluated in double precision from the float logits, so

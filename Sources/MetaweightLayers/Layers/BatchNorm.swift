@@ -112,16 +112,40 @@ public final class BatchNorm: LeafLayer, Layer {
     return (sum, sq)
   }
 
+  /// `v`, or v·[z > 0] over lanes `i..<i+16` of `z` when batch norm runs fused with the ReLU whose
+  /// output `z` is (`ReLU.gate`): how the fused backward and tangent sweeps apply the ReLU's mask.
+  @inline(__always)
+  private static func masked(_ v: SIMD16<Float>, _ z: UnsafePointer<Float>?, _ i: Int) -> SIMD16<Float> {
+    guard let z else { return v }
+    return ReLU.gate(v, by: Kernels.load(z + i))
+  }
+
+  /// `masked` on 8 lanes.
+  @inline(__always)
+  private static func masked(_ v: SIMD8<Float>, _ z: UnsafePointer<Float>?, _ i: Int) -> SIMD8<Float> {
+    guard let z else { return v }
+    return ReLU.gate(v, by: UnsafeRawPointer(z + i).loadUnaligned(as: SIMD8<Float>.self))
+  }
+
+  /// `masked` on one value.
+  @inline(__always)
+  private static func masked(_ v: Float, _ z: UnsafePointer<Float>?, _ i: Int) -> Float {
+    guard let z else { return v }
+    return ReLU.gate(v, by: z[i])
+  }
+
   /// (Σ g, Σ g·x̂) with x̂ = (x − μ)·s over a contiguous channel, accumulated in double precision
-  /// (these sums cancel heavily, and dx and the tangent depend on them directly).
+  /// (these sums cancel heavily, and dx and the tangent depend on them directly); g = g·[z > 0]
+  /// on the fly when `z` (a fused ReLU's output) is given.
   @inline(__always)
   private static func projections(
-    _ g: UnsafePointer<Float>, _ x: UnsafePointer<Float>, _ mu: Float, _ s: Float, _ m: Int
+    _ g: UnsafePointer<Float>, _ x: UnsafePointer<Float>, _ mu: Float, _ s: Float, _ m: Int,
+    gate z: UnsafePointer<Float>? = nil
   ) -> (Double, Double) {
     var a = SIMD8<Double>.zero, b = SIMD8<Double>.zero
     var i = 0
     while i + 8 <= m {
-      let gv = UnsafeRawPointer(g + i).loadUnaligned(as: SIMD8<Float>.self)
+      let gv = BatchNorm.masked(UnsafeRawPointer(g + i).loadUnaligned(as: SIMD8<Float>.self), z, i)
       let xv = UnsafeRawPointer(x + i).loadUnaligned(as: SIMD8<Float>.self)
       a += SIMD8<Double>(gv)
       b += SIMD8<Double>(gv * ((xv - mu) * s))
@@ -129,8 +153,9 @@ public final class BatchNorm: LeafLayer, Layer {
     }
     var sg = a.sum(), sgx = b.sum()
     while i < m {
-      sg += Double(g[i])
-      sgx += Double(g[i] * ((x[i] - mu) * s))
+      let gi = BatchNorm.masked(g[i], z, i)
+      sg += Double(gi)
+      sgx += Double(gi * ((x[i] - mu) * s))
       i += 1
     }
     return (sg, sgx)
@@ -154,13 +179,34 @@ public final class BatchNorm: LeafLayer, Layer {
     return (mu, s)
   }
 
+  // MARK: - Passes
+  //
+  // Each pass also runs fused with a ReLU that follows batch norm (`Sequential` does this for a
+  // `BatchNorm` → `ReLU` pair; see its `fusesBatchNormReLU`): the forward pass then writes
+  // z = max(0, γ x̂ + β) straight into the ReLU's output, and the backward and tangent passes apply
+  // the ReLU's mask [z > 0] on the fly (to dz before the projections and dx, to the tangent before
+  // it is stored), so neither batch norm's output nor its output gradient or tangent is ever
+  // materialised. The float32 operations are those of the two layers run apart, in the same order,
+  // so the results are the same bits. The synchronised passes (`BatchNormSync.swift`) keep the
+  // unfused route: the ReLU runs in place on their output, its mask in place on the gradient.
+
   /// y = γ x̂ + β.
   public func forward(
     _ x: UnsafePointer<Float>, _ y: UnsafeMutablePointer<Float>, _ ctx: inout PassContext,
     _ tape: LayerTape
   ) {
+    forward(x, y, &ctx, tape, rectify: false)
+  }
+
+  /// y = γ x̂ + β, or with `rectify` max(0, γ x̂ + β) (batch norm fused with the ReLU after it).
+  func forward(
+    _ x: UnsafePointer<Float>, _ y: UnsafeMutablePointer<Float>, _ ctx: inout PassContext,
+    _ tape: LayerTape, rectify: Bool
+  ) {
     if let sync = ctx.batchNormSync, ctx.mode.usesBatchStatistics {
-      return forwardSynchronized(x, y, &ctx, tape, sync: sync)
+      forwardSynchronized(x, y, &ctx, tape, sync: sync)
+      if rectify { ReLU.rectify(UnsafePointer(y), y, count: ctx.batch * layout.size) }
+      return
     }
     let t = tape as! Tape
     let m = perChannel(ctx.batch)
@@ -216,7 +262,10 @@ public final class BatchNorm: LeafLayer, Layer {
               }
               for r in 0..<m {
                 let xr = x + r * cn + c0, yr = y + r * cn + c0
-                for j in 0..<width { yr[j] = xr[j] * a[j] + b[j] }
+                for j in 0..<width {
+                  let v = xr[j] * a[j] + b[j]
+                  yr[j] = rectify ? ReLU.rectify(v) : v
+                }
               }
             }
             return
@@ -239,11 +288,13 @@ public final class BatchNorm: LeafLayer, Layer {
             let b = beta[c] - mu * a
             var i = 0
             while i + 16 <= m {
-              Kernels.store(Kernels.load(xc + i) * a + b, yc + i)
+              let v = Kernels.load(xc + i) * a + b
+              Kernels.store(rectify ? ReLU.rectify(v) : v, yc + i)
               i += 16
             }
             while i < m {
-              yc[i] = xc[i] * a + b
+              let v = xc[i] * a + b
+              yc[i] = rectify ? ReLU.rectify(v) : v
               i += 1
             }
           }
@@ -257,8 +308,26 @@ public final class BatchNorm: LeafLayer, Layer {
     _ x: UnsafePointer<Float>, _ y: UnsafePointer<Float>, _ dy: UnsafePointer<Float>,
     _ dx: UnsafeMutablePointer<Float>?, _ ctx: inout PassContext, _ tape: LayerTape
   ) {
+    backward(x, dy, dx, &ctx, tape, gate: nil)
+  }
+
+  /// dγ, dβ and dx; with `gate` (the output z of a ReLU fused after batch norm, `dy` then the
+  /// ReLU's output gradient dz) from dy = dz·[z > 0], formed on the fly in both sweeps.
+  func backward(
+    _ x: UnsafePointer<Float>, _ dy: UnsafePointer<Float>, _ dx: UnsafeMutablePointer<Float>?,
+    _ ctx: inout PassContext, _ tape: LayerTape, gate z: UnsafePointer<Float>?
+  ) {
     if let sync = ctx.batchNormSync, (tape as! Tape).batchStats {
-      return backwardSynchronized(x, dy, dx, &ctx, tape, sync: sync)
+      var g = dy
+      if let z {
+        // The unfused route: dz·[z > 0] into dx (which the synchronised pass may overwrite in
+        // place: it reads each dy before writing that dx), or into the scratch area.
+        let count = ctx.batch * layout.size
+        let buffer = dx ?? ctx.scratch.pointer(count: count)
+        ReLU.mask(z, dy, buffer, count: count)
+        g = UnsafePointer(buffer)
+      }
+      return backwardSynchronized(x, g, dx, &ctx, tape, sync: sync)
     }
     let t = tape as! Tape
     let m = perChannel(ctx.batch)
@@ -278,9 +347,9 @@ public final class BatchNorm: LeafLayer, Layer {
               let sdy = acc.baseAddress!, sdyx = sdy + width
               sdy.update(repeating: 0, count: 2 * width)
               for r in 0..<m {
-                let xr = x + r * cn + c0, gr = dy + r * cn + c0
+                let xr = x + r * cn + c0, gr = dy + r * cn + c0, zr = z.map { $0 + r * cn + c0 }
                 for j in 0..<width {
-                  let g = gr[j]
+                  let g = BatchNorm.masked(gr[j], zr, j)
                   sdy[j] += Double(g)
                   sdyx[j] += Double(g * ((xr[j] - meanB[c0 + j]) * invB[c0 + j]))
                 }
@@ -301,13 +370,14 @@ public final class BatchNorm: LeafLayer, Layer {
                 }
                 for r in 0..<m {
                   let xr = x + r * cn + c0, gr = dy + r * cn + c0, dr = d + r * cn + c0
+                  let zr = z.map { $0 + r * cn + c0 }
                   if batchStats {
                     for j in 0..<width {
                       let xh = (xr[j] - meanB[c0 + j]) * invB[c0 + j]
-                      dr[j] = a[j] * (gr[j] - mdy[j] - xh * mdyx[j])
+                      dr[j] = a[j] * (BatchNorm.masked(gr[j], zr, j) - mdy[j] - xh * mdyx[j])
                     }
                   } else {
-                    for j in 0..<width { dr[j] = a[j] * gr[j] }
+                    for j in 0..<width { dr[j] = a[j] * BatchNorm.masked(gr[j], zr, j) }
                   }
                 }
               }
@@ -315,9 +385,9 @@ public final class BatchNorm: LeafLayer, Layer {
             return
           }
           for c in c0..<c1 {
-            let xc = x + c * m, dyc = dy + c * m
+            let xc = x + c * m, dyc = dy + c * m, zc = z.map { $0 + c * m }
             let mu = meanB[c], s = invB[c]
-            let (sdy, sdyx) = BatchNorm.projections(dyc, xc, mu, s, m)
+            let (sdy, sdyx) = BatchNorm.projections(dyc, xc, mu, s, m, gate: zc)
             if let g = grads {
               g[c] = Float(sdyx)
               g[cn + c] = Float(sdy)
@@ -330,21 +400,21 @@ public final class BatchNorm: LeafLayer, Layer {
               let mdy = Float(sdy) * invM, mdyx = Float(sdyx) * invM
               while i + 16 <= m {
                 let xh = (Kernels.load(xc + i) - mu) * s
-                Kernels.store(a * (Kernels.load(dyc + i) - mdy - xh * mdyx), dc + i)
+                Kernels.store(a * (BatchNorm.masked(Kernels.load(dyc + i), zc, i) - mdy - xh * mdyx), dc + i)
                 i += 16
               }
               while i < m {
                 let xh = (xc[i] - mu) * s
-                dc[i] = a * (dyc[i] - mdy - xh * mdyx)
+                dc[i] = a * (BatchNorm.masked(dyc[i], zc, i) - mdy - xh * mdyx)
                 i += 1
               }
             } else {
               while i + 16 <= m {
-                Kernels.store(a * Kernels.load(dyc + i), dc + i)
+                Kernels.store(a * BatchNorm.masked(Kernels.load(dyc + i), zc, i), dc + i)
                 i += 16
               }
               while i < m {
-                dc[i] = a * dyc[i]
+                dc[i] = a * BatchNorm.masked(dyc[i], zc, i)
                 i += 1
               }
             }
@@ -359,8 +429,19 @@ public final class BatchNorm: LeafLayer, Layer {
     _ x: UnsafePointer<Float>, _ y: UnsafePointer<Float>, _ tx: UnsafePointer<Float>?,
     _ ty: UnsafeMutablePointer<Float>, _ ctx: inout PassContext, _ tape: LayerTape
   ) {
+    tangent(x, tx, ty, &ctx, tape, gate: nil)
+  }
+
+  /// ty = γ tx̂ + tγ x̂ + tβ; with `gate` (the output z of a ReLU fused after batch norm) the
+  /// ReLU's tangent [z > 0]·(γ tx̂ + tγ x̂ + tβ) instead, masked before it is stored.
+  func tangent(
+    _ x: UnsafePointer<Float>, _ tx: UnsafePointer<Float>?, _ ty: UnsafeMutablePointer<Float>,
+    _ ctx: inout PassContext, _ tape: LayerTape, gate z: UnsafePointer<Float>?
+  ) {
     if let sync = ctx.batchNormSync, (tape as! Tape).batchStats {
-      return tangentSynchronized(x, tx, ty, &ctx, tape, sync: sync)
+      tangentSynchronized(x, tx, ty, &ctx, tape, sync: sync)
+      if let z { ReLU.mask(z, UnsafePointer(ty), ty, count: ctx.batch * layout.size) }
+      return
     }
     let t = tape as! Tape
     let m = perChannel(ctx.batch)
@@ -405,29 +486,31 @@ public final class BatchNorm: LeafLayer, Layer {
                 }
               }
               for r in 0..<m {
-                let xr = x + r * cn + c0, yr = ty + r * cn + c0
+                let xr = x + r * cn + c0, yr = ty + r * cn + c0, zr = z.map { $0 + r * cn + c0 }
                 if let txp = tx {
                   let tr = txp + r * cn + c0
                   if batchStats {
                     for j in 0..<width {
                       let xh = (xr[j] - meanB[c0 + j]) * invB[c0 + j]
-                      yr[j] = a[j] * (tr[j] - mt[j] - xh * mtx[j]) + tg[j] * xh + tb[j]
+                      yr[j] = BatchNorm.masked(a[j] * (tr[j] - mt[j] - xh * mtx[j]) + tg[j] * xh + tb[j], zr, j)
                     }
                   } else {
                     for j in 0..<width {
                       let xh = (xr[j] - meanB[c0 + j]) * invB[c0 + j]
-                      yr[j] = a[j] * tr[j] + tg[j] * xh + tb[j]
+                      yr[j] = BatchNorm.masked(a[j] * tr[j] + tg[j] * xh + tb[j], zr, j)
                     }
                   }
                 } else {
-                  for j in 0..<width { yr[j] = tg[j] * ((xr[j] - meanB[c0 + j]) * invB[c0 + j]) + tb[j] }
+                  for j in 0..<width {
+                    yr[j] = BatchNorm.masked(tg[j] * ((xr[j] - meanB[c0 + j]) * invB[c0 + j]) + tb[j], zr, j)
+                  }
                 }
               }
             }
             return
           }
           for c in c0..<c1 {
-            let xc = x + c * m, tyc = ty + c * m
+            let xc = x + c * m, tyc = ty + c * m, zc = z.map { $0 + c * m }
             let mu = meanB[c], s = invB[c]
             let tg = pt?[c] ?? 0
             let tb = pt?[cn + c] ?? 0
@@ -440,33 +523,34 @@ public final class BatchNorm: LeafLayer, Layer {
                 let mt = Float(st) * invM, mtx = Float(stx) * invM
                 while i + 16 <= m {
                   let xh = (Kernels.load(xc + i) - mu) * s
-                  Kernels.store(a * (Kernels.load(txc + i) - mt - xh * mtx) + tg * xh + tb, tyc + i)
+                  let v = a * (Kernels.load(txc + i) - mt - xh * mtx) + tg * xh + tb
+                  Kernels.store(BatchNorm.masked(v, zc, i), tyc + i)
                   i += 16
                 }
                 while i < m {
                   let xh = (xc[i] - mu) * s
-                  tyc[i] = a * (txc[i] - mt - xh * mtx) + tg * xh + tb
+                  tyc[i] = BatchNorm.masked(a * (txc[i] - mt - xh * mtx) + tg * xh + tb, zc, i)
                   i += 1
                 }
               } else {
                 while i + 16 <= m {
                   let xh = (Kernels.load(xc + i) - mu) * s
-                  Kernels.store(a * Kernels.load(txc + i) + tg * xh + tb, tyc + i)
+                  Kernels.store(BatchNorm.masked(a * Kernels.load(txc + i) + tg * xh + tb, zc, i), tyc + i)
                   i += 16
                 }
                 while i < m {
                   let xh = (xc[i] - mu) * s
-                  tyc[i] = a * txc[i] + tg * xh + tb
+                  tyc[i] = BatchNorm.masked(a * txc[i] + tg * xh + tb, zc, i)
                   i += 1
                 }
               }
             } else {
               while i + 16 <= m {
-                Kernels.store(tg * ((Kernels.load(xc + i) - mu) * s) + tb, tyc + i)
+                Kernels.store(BatchNorm.masked(tg * ((Kernels.load(xc + i) - mu) * s) + tb, zc, i), tyc + i)
                 i += 16
               }
               while i < m {
-                tyc[i] = tg * ((xc[i] - mu) * s) + tb
+                tyc[i] = BatchNorm.masked(tg * ((xc[i] - mu) * s) + tb, zc, i)
                 i += 1
               }
             }

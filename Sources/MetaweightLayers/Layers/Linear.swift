@@ -133,39 +133,64 @@ public final class ReLU: LeafLayer, Layer {
   /// False: the derivatives use the output's sign.
   public var derivativesReadInput: Bool { false }
 
-  /// y = max(x, 0).
-  public func forward(
-    _ x: UnsafePointer<Float>, _ y: UnsafeMutablePointer<Float>, _ ctx: inout PassContext,
-    _ tape: LayerTape
-  ) {
-    Parallel.forRange(ctx.batch * layout.size) { s, e in
+  /// max(v, 0) lane by lane: the one definition of the forward map (NaN stays NaN, −0 becomes
+  /// +0), shared with batch norm's fused sweep (`BatchNorm.forward(_:_:_:_:rectify:)`).
+  @inline(__always)
+  static func rectify(_ v: SIMD16<Float>) -> SIMD16<Float> { v.replacing(with: 0, where: v .<= 0) }
+
+  /// max(v, 0) for one value, equal to a lane of `rectify(_: SIMD16<Float>)`.
+  @inline(__always)
+  static func rectify(_ v: Float) -> Float { max(v, 0) }
+
+  /// g·[y > 0] lane by lane, `y` the forward output: the one definition of the backward and
+  /// tangent map, shared with batch norm's fused sweep.
+  @inline(__always)
+  static func gate(_ g: SIMD16<Float>, by y: SIMD16<Float>) -> SIMD16<Float> { g.replacing(with: 0, where: .!(y .> 0)) }
+
+  /// `gate(_:by:)` on 8 lanes (batch norm's double-precision projections take 8 at a time).
+  @inline(__always)
+  static func gate(_ g: SIMD8<Float>, by y: SIMD8<Float>) -> SIMD8<Float> { g.replacing(with: 0, where: .!(y .> 0)) }
+
+  /// `gate(_:by:)` for one value.
+  @inline(__always)
+  static func gate(_ g: Float, by y: Float) -> Float { y > 0 ? g : 0 }
+
+  /// y = max(x, 0) over `count` elements (`y` may be `x`).
+  static func rectify(_ x: UnsafePointer<Float>, _ y: UnsafeMutablePointer<Float>, count: Int) {
+    Parallel.forRange(count) { s, e in
       var i = s
       while i + 16 <= e {
-        let v = Kernels.load(x + i)
-        Kernels.store(v.replacing(with: 0, where: v .<= 0), y + i)
+        Kernels.store(rectify(Kernels.load(x + i)), y + i)
         i += 16
       }
       while i < e {
-        y[i] = max(x[i], 0)
+        y[i] = rectify(x[i])
         i += 1
       }
     }
   }
 
-  /// out = g·[y > 0] (the backward and tangent map; `y` the forward output).
-  @inline(__always)
-  private static func mask(
-    _ x: UnsafePointer<Float>, _ g: UnsafePointer<Float>, _ out: UnsafeMutablePointer<Float>, count: Int
+  /// y = max(x, 0).
+  public func forward(
+    _ x: UnsafePointer<Float>, _ y: UnsafeMutablePointer<Float>, _ ctx: inout PassContext,
+    _ tape: LayerTape
+  ) {
+    ReLU.rectify(x, y, count: ctx.batch * layout.size)
+  }
+
+  /// out = g·[y > 0] over `count` elements (the backward and tangent map; `y` the forward output;
+  /// `out` may be `g`).
+  static func mask(
+    _ y: UnsafePointer<Float>, _ g: UnsafePointer<Float>, _ out: UnsafeMutablePointer<Float>, count: Int
   ) {
     Parallel.forRange(count) { s, e in
       var i = s
       while i + 16 <= e {
-        let v = Kernels.load(g + i)
-        Kernels.store(v.replacing(with: 0, where: .!(Kernels.load(x + i) .> 0)), out + i)
+        Kernels.store(gate(Kernels.load(g + i), by: Kernels.load(y + i)), out + i)
         i += 16
       }
       while i < e {
-        out[i] = x[i] > 0 ? g[i] : 0
+        out[i] = gate(g[i], by: y[i])
         i += 1
       }
     }

@@ -5,6 +5,13 @@ import MetaweightTensor
 /// Its tape keeps every intermediate activation (needed by backward and tangent passes). The
 /// gradients and tangents flowing between its layers ping-pong between two `ScratchPool` slots of
 /// its nesting depth, shared with every other block of that depth and between the two passes.
+///
+/// A `BatchNorm` immediately followed by a `ReLU` runs as one step (`Step`): one sweep writes the
+/// ReLU's output straight from batch norm's input, and the backward and tangent sweeps apply the
+/// ReLU's mask on the fly (`BatchNorm.forward(_:_:_:_:rectify:)`). Batch norm's output is then
+/// never stored, so the tape does not allocate it. This is an execution detail, like a
+/// convolution's algorithm: the layers, parameters, names and signature stay those of the two
+/// layers, and the results are the same bits.
 public final class Sequential: LeafLayer, Layer {
   /// The layers in order.
   public let layers: [Layer]
@@ -39,23 +46,74 @@ public final class Sequential: LeafLayer, Layer {
     self.layers = layers
     inputLayout = first.inputLayout
     outputLayout = last.outputLayout
+    fusible = layers.indices.map { i in
+      i + 1 < layers.count && layers[i + 1] is ReLU ? layers[i] as? BatchNorm : nil
+    }
   }
 
+  /// One step of a pass: the layers `first...last` run as one sweep, a single layer or (`fused`
+  /// non-nil) a batch norm at `first` with the ReLU after it at `last = first + 1`.
+  struct Step {
+    /// Index of the step's first layer.
+    let first: Int
+    /// Index of the step's last layer (its output is the step's output).
+    let last: Int
+    /// The batch norm run fused with the ReLU at `last`, or nil for a single layer.
+    let fused: BatchNorm?
+  }
+
+  /// At each index, the batch norm there when a ReLU immediately follows it (else nil).
+  private let fusible: [BatchNorm?]
+
+  /// Whether tapes made from now on run each batch norm that a ReLU follows fused with it (true);
+  /// false runs the two layers apart, with batch norm's output stored (tests compare the two
+  /// routes). A tape keeps the steps it was made with (`Tape.steps`).
+  var fusesBatchNormReLU = true
+
+  /// The steps of the passes over a tape made now.
+  func steps() -> [Step] {
+    var out: [Step] = []
+    var i = 0
+    while i < layers.count {
+      if fusesBatchNormReLU, let bn = fusible[i] {
+        out.append(Step(first: i, last: i + 1, fused: bn))
+        i += 2
+      } else {
+        out.append(Step(first: i, last: i, fused: nil))
+        i += 1
+      }
+    }
+    return out
+  }
+
+  /// Whether a tape whose passes run `steps` stores layer `i`'s output: every layer's but that of
+  /// a batch norm fused with its ReLU, which no pass writes or reads.
+  static func stores(_ i: Int, steps: [Step]) -> Bool { !steps.contains { $0.fused != nil && $0.first == i } }
+
   final class Tape: LayerTape {
+    /// Output of layer i (i < last): an empty buffer for a batch norm fused with its ReLU.
     var acts: [FloatBuffer]
     var tapes: [LayerTape]
-    init(acts: [FloatBuffer], tapes: [LayerTape]) {
+    /// The steps its passes run (`Sequential.steps()` when it was made).
+    let steps: [Step]
+    init(acts: [FloatBuffer], tapes: [LayerTape], steps: [Step]) {
       self.acts = acts
       self.tapes = tapes
+      self.steps = steps
     }
+    /// Whether layer `i`'s output is stored (false for a batch norm fused with its ReLU).
+    func stores(_ i: Int) -> Bool { Sequential.stores(i, steps: steps) }
     override var bytes: Int { acts.reduce(0) { $0 + $1.count * 4 } + tapes.reduce(0) { $0 + $1.bytes } }
   }
 
-  /// Allocates activations for `batch` examples.
+  /// Allocates activations for `batch` examples (none for a batch norm fused with its ReLU).
   public func makeTape(batch: Int) -> LayerTape {
+    let steps = steps()
     var acts: [FloatBuffer] = []
-    for i in 0..<(layers.count - 1) { acts.append(FloatBuffer(count: batch * layers[i].outputLayout.size)) }
-    return Tape(acts: acts, tapes: layers.map { $0.makeTape(batch: batch) })
+    for i in 0..<(layers.count - 1) {
+      acts.append(FloatBuffer(count: Sequential.stores(i, steps: steps) ? batch * layers[i].outputLayout.size : 0))
+    }
+    return Tape(acts: acts, tapes: layers.map { $0.makeTape(batch: batch) }, steps: steps)
   }
 
   @inline(__always)
@@ -72,9 +130,13 @@ public final class Sequential: LeafLayer, Layer {
     var input = x
     ctx.depth += 1
     defer { ctx.depth -= 1 }
-    for i in 0..<layers.count {
-      let out = output(i, t, y)
-      layers[i].forward(input, out, &ctx, t.tapes[i])
+    for step in t.steps {
+      let out = output(step.last, t, y)
+      if let bn = step.fused {
+        bn.forward(input, out, &ctx, t.tapes[step.first], rectify: true)
+      } else {
+        layers[step.first].forward(input, out, &ctx, t.tapes[step.first])
+      }
       input = UnsafePointer(out)
     }
   }
@@ -91,9 +153,10 @@ public final class Sequential: LeafLayer, Layer {
     let depth = ctx.depth
     ctx.depth += 1
     defer { ctx.depth -= 1 }
-    for i in stride(from: layers.count - 1, through: 0, by: -1) {
+    for step in t.steps.reversed() {
+      let i = step.first
       let lx: UnsafePointer<Float> = i == 0 ? x : UnsafePointer(t.acts[i - 1].pointer)
-      let ly: UnsafePointer<Float> = i == layers.count - 1 ? y : UnsafePointer(t.acts[i].pointer)
+      let ly: UnsafePointer<Float> = step.last == layers.count - 1 ? y : UnsafePointer(t.acts[step.last].pointer)
       var down: UnsafeMutablePointer<Float>? = nil
       if i > 0 {
         down = ctx.buffers.pointer(ScratchPool.slot(depth: depth, role: role), count: n * layers[i].inputLayout.size)
@@ -101,7 +164,11 @@ public final class Sequential: LeafLayer, Layer {
       } else {
         down = dx
       }
-      layers[i].backward(lx, ly, upstream, down, &ctx, t.tapes[i])
+      if let bn = step.fused {
+        bn.backward(lx, upstream, down, &ctx, t.tapes[i], gate: ly)
+      } else {
+        layers[i].backward(lx, ly, upstream, down, &ctx, t.tapes[i])
+      }
       if let d = down { upstream = UnsafePointer(d) }
     }
   }
@@ -118,18 +185,23 @@ public final class Sequential: LeafLayer, Layer {
     let depth = ctx.depth
     ctx.depth += 1
     defer { ctx.depth -= 1 }
-    for i in 0..<layers.count {
+    for step in t.steps {
+      let i = step.first, last = step.last
       let lx: UnsafePointer<Float> = i == 0 ? x : UnsafePointer(t.acts[i - 1].pointer)
-      let ly: UnsafePointer<Float> = i == layers.count - 1 ? y : UnsafePointer(t.acts[i].pointer)
+      let ly: UnsafePointer<Float> = last == layers.count - 1 ? y : UnsafePointer(t.acts[last].pointer)
       let out: UnsafeMutablePointer<Float>
-      if i == layers.count - 1 {
+      if last == layers.count - 1 {
         out = ty
       } else {
-        out = ctx.buffers.pointer(ScratchPool.slot(depth: depth, role: role), count: n * layers[i].outputLayout.size)
+        out = ctx.buffers.pointer(ScratchPool.slot(depth: depth, role: role), count: n * layers[last].outputLayout.size)
         role = 1 - role
       }
       // A layer without parameters and a zero input tangent has a zero output tangent.
-      layers[i].tangent(lx, ly, tin, out, &ctx, t.tapes[i])
+      if let bn = step.fused {
+        bn.tangent(lx, tin, out, &ctx, t.tapes[i], gate: ly)
+      } else {
+        layers[i].tangent(lx, ly, tin, out, &ctx, t.tapes[i])
+      }
       tin = UnsafePointer(out)
     }
   }

@@ -6,8 +6,9 @@ import MetaweightTensor
 /// its activations: those that a layer's derivatives read as its output, or its successor's as
 /// their input (`derivativesReadOutput`, `derivativesReadInput`): a convolution's input, a
 /// ReLU's output, a batch norm's input. The others are *dead* once the forward pass is over: a
-/// convolution's output that only a batch norm reads (it keeps its input), a batch norm's output
-/// that only a ReLU reads (it keeps its output), a residual block's branch outputs and their sum.
+/// linear layer's output that only a ReLU reads (it keeps its output), a residual block's branch
+/// outputs and their sum. (A batch norm's output that only a ReLU reads is not even stored:
+/// `Sequential` runs the two as one step.)
 ///
 /// A tape for a second batch (MW-Net's and GDW's meta batch) can therefore be built over the
 /// first tape's dead buffers without disturbing any later pass over the first tape. `TapePlanner`
@@ -23,12 +24,15 @@ import MetaweightTensor
 /// walk builds the tape.
 
 /// The dead activation buffers of `tape` (made by `layer.makeTape`): what no backward or tangent
-/// pass over it reads once its forward pass is done.
+/// pass over it reads once its forward pass is done. (A batch norm fused with the ReLU after it
+/// has no output buffer at all: `Sequential.Tape.stores`.)
 func deadActivations(of layer: Layer, _ tape: LayerTape, into out: inout [FloatBuffer]) {
   if let s = layer as? Sequential {
     let t = tape as! Sequential.Tape
     for (i, child) in s.layers.enumerated() {
-      if i < s.layers.count - 1 && !child.derivativesReadOutput && !s.layers[i + 1].derivativesReadInput {
+      if i < s.layers.count - 1 && !child.derivativesReadOutput && !s.layers[i + 1].derivativesReadInput
+        && t.stores(i)
+      {
         out.append(t.acts[i])
       }
       deadActivations(of: child, t.tapes[i], into: &out)
@@ -46,21 +50,23 @@ func deadActivations(of layer: Layer, _ tape: LayerTape, into out: inout [FloatB
 
 /// The floats each `ScratchPool` slot holds once the backward and tangent passes of `layer` (run at
 /// nesting depth `depth` on up to `batch` examples) have run: a `Sequential` ping-pongs between
-/// roles 0 and 1 of its depth (backward: layer i's input gradient in role (last − i) mod 2;
-/// tangent: layer i's output tangent in role i mod 2), a `Residual` keeps its shortcut's result in
-/// role 2 of its own depth and runs its body at that depth.
+/// roles 0 and 1 of its depth, one role per step (`Sequential.steps()`: a layer, or a batch norm
+/// fused with its ReLU; backward: step k's input gradient in role (last − k) mod 2; tangent: step
+/// k's output tangent in role k mod 2), a `Residual` keeps its shortcut's result in role 2 of its
+/// own depth and runs its body at that depth.
 func poolSlotSizes(of layer: Layer, depth: Int, batch: Int, into sizes: inout [Int: Int]) {
   func need(_ role: Int, _ count: Int) {
     let slot = ScratchPool.slot(depth: depth, role: role)
     sizes[slot] = max(sizes[slot] ?? 0, count)
   }
   if let s = layer as? Sequential {
-    let last = s.layers.count - 1
-    for i in 0..<s.layers.count {
-      if i > 0 { need((last - i) % 2, batch * s.layers[i].inputLayout.size) }
-      if i < last { need(i % 2, batch * s.layers[i].outputLayout.size) }
-      poolSlotSizes(of: s.layers[i], depth: depth + 1, batch: batch, into: &sizes)
+    let steps = s.steps()
+    let last = steps.count - 1
+    for (k, step) in steps.enumerated() {
+      if k > 0 { need((last - k) % 2, batch * s.layers[step.first].inputLayout.size) }
+      if k < last { need(k % 2, batch * s.layers[step.last].outputLayout.size) }
     }
+    for child in s.layers { poolSlotSizes(of: child, depth: depth + 1, batch: batch, into: &sizes) }
   } else if let r = layer as? Residual {
     poolSlotSizes(of: r.body, depth: depth, batch: batch, into: &sizes)
     if let sc = r.shortcut {
@@ -202,19 +208,26 @@ final class TapePlanner {
 }
 
 extension Sequential {
-  /// A tape for `batch` examples whose activations `planner` places (see `TapePlanner`).
+  /// A tape for `batch` examples whose activations `planner` places (see `TapePlanner`); a batch
+  /// norm fused with its ReLU requests no buffer (its output is never stored).
   func makeTape(batch: Int, planner: TapePlanner) -> LayerTape {
-    var requests: [Int] = []
+    let steps = steps()
+    var requests: [Int?] = []
     var tapes: [LayerTape] = []
     for (i, layer) in layers.enumerated() {
       if i < layers.count - 1 {
-        let live = layer.derivativesReadOutput || layers[i + 1].derivativesReadInput
-        requests.append(planner.request(count: batch * layer.outputLayout.size, live: live))
+        if Sequential.stores(i, steps: steps) {
+          let live = layer.derivativesReadOutput || layers[i + 1].derivativesReadInput
+          requests.append(planner.request(count: batch * layer.outputLayout.size, live: live))
+        } else {
+          requests.append(nil)
+        }
       }
       tapes.append(plannedTape(layer, batch: batch, planner: planner))
-      if i > 0 { planner.readUntilNow(requests[i - 1]) }  // layer i has read its input
+      if i > 0, let r = requests[i - 1] { planner.readUntilNow(r) }  // layer i has read its input
     }
-    return Tape(acts: requests.map { planner.buffer($0) }, tapes: tapes)
+    let acts = requests.map { $0.map { planner.buffer($0) } ?? FloatBuffer(count: 0) }
+    return Tape(acts: acts, tapes: tapes, steps: steps)
   }
 }
 
