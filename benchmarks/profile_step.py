@@ -27,7 +27,8 @@ The samples' call chains (`perf script`) are attributed here, with no other tool
   threading/sync (the pools, pthread, futex, OpenBLAS's thread server). memmove/memset, page
   faults, the Swift runtime and the elementwise helpers take the category of their nearest caller
   that has one; "memory" is what is left of memmove/memset/malloc/page faults, "other" the rest;
-  "unnamed" is code in a library that has no symbol for it (a stripped extension).
+  "unnamed" is code in a library that has no symbol for it (a stripped extension). A batch norm
+  fused with the ReLU after it runs inside `BatchNorm`, so that ReLU counts as batch norm.
 
 It prints, per run, a table with one row per pass (in the order the step runs them): ms of CPU
 per step (samples × period / steps, all threads), % of the step's samples, and the % of the step
