@@ -517,6 +517,7 @@ extension Winograd {
     let plane = Winograd.planeStride(rows: channels, ld: ld)
     let quads = tw / 4
     let span = 4 * ((tw + 3) / 4)
+    let direct = ow == 2 * tw && oh == 2 * th  // every tile whole: quads go straight to the image
     withUnsafeTemporaryAllocation(of: Float.self, capacity: 4 * span) { tmp in
       let out = tmp.baseAddress!  // output row r's even columns at 2r·span, odd at (2r + 1)·span
       for c in 0..<channels {
@@ -534,11 +535,23 @@ extension Winograd {
               let t03 = m(3) + m(7) + m(11)
               let t10 = m(4) - m(8) - m(12), t11 = m(5) - m(9) - m(13), t12 = m(6) - m(10) - m(14)
               let t13 = m(7) - m(11) - m(15)
-              Winograd.st4(t00 + t01 + t02 + b, out + jj)
-              Winograd.st4(t01 - t02 - t03 + b, out + span + jj)
-              Winograd.st4(t10 + t11 + t12 + b, out + 2 * span + jj)
-              Winograd.st4(t11 - t12 - t13 + b, out + 3 * span + jj)
+              let e0 = t00 + t01 + t02 + b, o0 = t01 - t02 - t03 + b
+              let e1 = t10 + t11 + t12 + b, o1 = t11 - t12 - t13 + b
+              if direct {
+                // Both rows and both columns of the four tiles are inside: interleave in place.
+                let r0 = img + 2 * ti * ow + 2 * jj, r1 = r0 + ow
+                Winograd.st4(Quad(e0[0], o0[0], e0[1], o0[1]), r0)
+                Winograd.st4(Quad(e0[2], o0[2], e0[3], o0[3]), r0 + 4)
+                Winograd.st4(Quad(e1[0], o1[0], e1[1], o1[1]), r1)
+                Winograd.st4(Quad(e1[2], o1[2], e1[3], o1[3]), r1 + 4)
+              } else {
+                Winograd.st4(e0, out + jj)
+                Winograd.st4(o0, out + span + jj)
+                Winograd.st4(e1, out + 2 * span + jj)
+                Winograd.st4(o1, out + 3 * span + jj)
+              }
             }
+            if direct && 4 * quads == tw { continue }
             for jj in (4 * quads)..<tw {
               @inline(__always) func m(_ xi: Int) -> Float { s[xi &* plane &+ jj] }
               let t00 = m(0) + m(4) + m(8), t01 = m(1) + m(5) + m(9), t02 = m(2) + m(6) + m(10)
@@ -556,7 +569,7 @@ extension Winograd {
               if i >= oh { break }
               let row = img + i * ow
               let ev = out + 2 * r * span, od = ev + span
-              for j in 0..<full {
+              for j in (direct ? 4 * quads : 0)..<full {
                 row[2 &* j] = ev[j]
                 row[2 &* j &+ 1] = od[j]
               }
