@@ -260,9 +260,14 @@ private func harness(
 
 final class WinogradTests: XCTestCase {
   /// Shapes: every padding Winograd accepts, odd sizes (partial tiles on the right and bottom), a
-  /// batch cut into several chunks, non-square images and unequal channel counts.
+  /// batch cut into several chunks, non-square images and unequal channel counts, and rows of
+  /// several four-tile vectors (16 wide: whole tiles written in place; 17 wide: a partial tile
+  /// after two vectors).
   private let shapes: [WinoRef.Shape] = [
     .init(cin: 3, cout: 5, n: 2, h: 7, w: 9, p: 1),
+    .init(cin: 2, cout: 3, n: 2, h: 16, w: 16, p: 1),
+    .init(cin: 3, cout: 2, n: 2, h: 10, w: 17, p: 1),
+    .init(cin: 2, cout: 2, n: 1, h: 9, w: 18, p: 0),
     .init(cin: 4, cout: 3, n: 3, h: 6, w: 6, p: 0),
     .init(cin: 2, cout: 4, n: 2, h: 5, w: 4, p: 2),
     .init(cin: 5, cout: 6, n: 11, h: 8, w: 8, p: 1),
