@@ -380,7 +380,8 @@ public final class Conv2D: LeafLayer, Layer {
     let nc = max(1, min(n, Conv2D.winogradBudget / max(perExample, 1), (n + fewest - 1) / fewest))
     let chunks = (n + nc - 1) / nc
     // V and M of at most nc examples, the points `Winograd.planeStride` apart.
-    let chunkSize = pts * (Winograd.planeStride(rows: kin, ld: nc * perTile) + Winograd.planeStride(rows: yc, ld: nc * perTile))
+    let chunkSize =
+      pts * (Winograd.planeStride(rows: kin, ld: nc * perTile) + Winograd.planeStride(rows: yc, ld: nc * perTile))
     let slots = Parallel.slots(for: chunks)
     let uCount = pts * yc * kin
     let buf = ctx.scratch.pointer(count: uCount + slots * chunkSize)
@@ -429,7 +430,8 @@ public final class Conv2D: LeafLayer, Layer {
     let nc = max(1, min(n, Conv2D.winogradBudget / max(perExample, 1), (n + fewest - 1) / fewest))
     let chunks = (n + nc - 1) / nc
     // V and D of at most nc examples, the points `Winograd.planeStride` apart.
-    let chunkSize = pts * (Winograd.planeStride(rows: cin, ld: nc * perTile) + Winograd.planeStride(rows: cout, ld: nc * perTile))
+    let chunkSize =
+      pts * (Winograd.planeStride(rows: cin, ld: nc * perTile) + Winograd.planeStride(rows: cout, ld: nc * perTile))
     let slots = Parallel.slots(for: chunks)
     let zSize = pts * cout * cin
     let buf = ctx.scratch.pointer(count: chunks * zSize + slots * chunkSize)

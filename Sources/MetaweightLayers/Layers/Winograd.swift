@@ -99,22 +99,25 @@ package struct Winograd: Sendable {
     let plane = rows * ld
     g.withUnsafeBufferPointer { gp in
       let G = gp.baseAddress!
-      withUnsafeTemporaryAllocation(of: Float.self, capacity: 9 + 3 * a) { tmp in
-        let f = tmp.baseAddress!, t = f + 9  // t = G·f [α, 3]
-        for r in 0..<rows {
-          for c in 0..<cols {
-            let src = filter(r, c)
-            for i in 0..<9 { f[i] = flipped ? src[8 - i] : src[i] }
-            for u in 0..<a {
-              for j in 0..<3 {
-                t[u * 3 + j] = G[u * 3] * f[j] + G[u * 3 + 1] * f[3 + j] + G[u * 3 + 2] * f[6 + j]
+      // Rows in parallel (each filter is independent; a serial loop here idles the other threads).
+      Parallel.forRange(rows, costPerItem: cols * 12 * a * a) { r0, r1 in
+        withUnsafeTemporaryAllocation(of: Float.self, capacity: 9 + 3 * a) { tmp in
+          let f = tmp.baseAddress!, t = f + 9  // t = G·f [α, 3]
+          for r in r0..<r1 {
+            for c in 0..<cols {
+              let src = filter(r, c)
+              for i in 0..<9 { f[i] = flipped ? src[8 - i] : src[i] }
+              for u in 0..<a {
+                for j in 0..<3 {
+                  t[u * 3 + j] = G[u * 3] * f[j] + G[u * 3 + 1] * f[3 + j] + G[u * 3 + 2] * f[6 + j]
+                }
               }
-            }
-            let dst = u + r * ld + coff + c
-            for i in 0..<a {
-              for v in 0..<a {
-                dst[(i * a + v) * plane] =
-                  t[i * 3] * G[v * 3] + t[i * 3 + 1] * G[v * 3 + 1] + t[i * 3 + 2] * G[v * 3 + 2]
+              let dst = u + r * ld + coff + c
+              for i in 0..<a {
+                for v in 0..<a {
+                  dst[(i * a + v) * plane] =
+                    t[i * 3] * G[v * 3] + t[i * 3 + 1] * G[v * 3 + 1] + t[i * 3 + 2] * G[v * 3 + 2]
+                }
               }
             }
           }
@@ -131,24 +134,26 @@ package struct Winograd: Sendable {
     let plane = rows * cols
     g.withUnsafeBufferPointer { gp in
       let G = gp.baseAddress!
-      withUnsafeTemporaryAllocation(of: Float.self, capacity: 3 * a) { tmp in
-        let t = tmp.baseAddress!  // t = Gᵀ Z [3, α]
-        for r in 0..<rows {
-          for c in 0..<cols {
-            let src = z + r * cols + c
-            for i in 0..<3 {
-              for v in 0..<a {
-                var s: Float = 0
-                for u in 0..<a { s += G[u * 3 + i] * src[(u * a + v) * plane] }
-                t[i * a + v] = s
+      Parallel.forRange(rows, costPerItem: cols * 12 * a * a) { r0, r1 in
+        withUnsafeTemporaryAllocation(of: Float.self, capacity: 3 * a) { tmp in
+          let t = tmp.baseAddress!  // t = Gᵀ Z [3, α]
+          for r in r0..<r1 {
+            for c in 0..<cols {
+              let src = z + r * cols + c
+              for i in 0..<3 {
+                for v in 0..<a {
+                  var s: Float = 0
+                  for u in 0..<a { s += G[u * 3 + i] * src[(u * a + v) * plane] }
+                  t[i * a + v] = s
+                }
               }
-            }
-            let dst = out(r, c)
-            for i in 0..<3 {
-              for j in 0..<3 {
-                var s: Float = 0
-                for v in 0..<a { s += t[i * a + v] * G[v * 3 + j] }
-                dst[i * 3 + j] = s
+              let dst = out(r, c)
+              for i in 0..<3 {
+                for j in 0..<3 {
+                  var s: Float = 0
+                  for v in 0..<a { s += t[i * a + v] * G[v * 3 + j] }
+                  dst[i * 3 + j] = s
+                }
               }
             }
           }
@@ -609,7 +614,9 @@ extension Winograd {
               b0.update(repeating: 0, count: 2 * span)
             }
             let o = dst + ti * tw
-            @inline(__always) func points(_ ra: (Quad, Quad, Quad, Quad), _ rb: (Quad, Quad, Quad, Quad), _ q: UnsafeMutablePointer<Float>) {
+            @inline(__always) func points(
+              _ ra: (Quad, Quad, Quad, Quad), _ rb: (Quad, Quad, Quad, Quad), _ q: UnsafeMutablePointer<Float>
+            ) {
               Winograd.st4(ra.0, q)
               Winograd.st4(ra.1, q + plane)
               Winograd.st4(ra.2, q + 2 * plane)
