@@ -49,6 +49,7 @@ public final class Sequential: LeafLayer, Layer {
     fusible = layers.indices.map { i in
       i + 1 < layers.count && layers[i + 1] is ReLU ? layers[i] as? BatchNorm : nil
     }
+    steps = Sequential.plan(fusible, fuse: true)
   }
 
   /// One step of a pass: the layers `first...last` run as one sweep, a single layer or (`fused`
@@ -68,14 +69,19 @@ public final class Sequential: LeafLayer, Layer {
   /// Whether tapes made from now on run each batch norm that a ReLU follows fused with it (true);
   /// false runs the two layers apart, with batch norm's output stored (tests compare the two
   /// routes). A tape keeps the steps it was made with (`Tape.steps`).
-  var fusesBatchNormReLU = true
+  var fusesBatchNormReLU = true {
+    didSet { steps = Sequential.plan(fusible, fuse: fusesBatchNormReLU) }
+  }
 
-  /// The steps of the passes over a tape made now.
-  func steps() -> [Step] {
+  /// The steps of the passes over a tape made now (one array, shared by every tape).
+  private(set) var steps: [Step]
+
+  /// The steps over layers whose fusible batch norms are `fusible` (`fuse`: run them fused).
+  private static func plan(_ fusible: [BatchNorm?], fuse: Bool) -> [Step] {
     var out: [Step] = []
     var i = 0
-    while i < layers.count {
-      if fusesBatchNormReLU, let bn = fusible[i] {
+    while i < fusible.count {
+      if fuse, let bn = fusible[i] {
         out.append(Step(first: i, last: i + 1, fused: bn))
         i += 2
       } else {
@@ -86,15 +92,18 @@ public final class Sequential: LeafLayer, Layer {
     return out
   }
 
+  /// The empty buffer a tape keeps in place of a fused batch norm's output (one for all tapes).
+  static let unstored = FloatBuffer(count: 0)
+
   /// Whether a tape whose passes run `steps` stores layer `i`'s output: every layer's but that of
   /// a batch norm fused with its ReLU, which no pass writes or reads.
   static func stores(_ i: Int, steps: [Step]) -> Bool { !steps.contains { $0.fused != nil && $0.first == i } }
 
   final class Tape: LayerTape {
-    /// Output of layer i (i < last): an empty buffer for a batch norm fused with its ReLU.
+    /// Output of layer i (i < last): `Sequential.unstored` for a batch norm fused with its ReLU.
     var acts: [FloatBuffer]
     var tapes: [LayerTape]
-    /// The steps its passes run (`Sequential.steps()` when it was made).
+    /// The steps its passes run (`Sequential.steps` when it was made).
     let steps: [Step]
     init(acts: [FloatBuffer], tapes: [LayerTape], steps: [Step]) {
       self.acts = acts
@@ -108,10 +117,10 @@ public final class Sequential: LeafLayer, Layer {
 
   /// Allocates activations for `batch` examples (none for a batch norm fused with its ReLU).
   public func makeTape(batch: Int) -> LayerTape {
-    let steps = steps()
     var acts: [FloatBuffer] = []
     for i in 0..<(layers.count - 1) {
-      acts.append(FloatBuffer(count: Sequential.stores(i, steps: steps) ? batch * layers[i].outputLayout.size : 0))
+      acts.append(
+        Sequential.stores(i, steps: steps) ? FloatBuffer(count: batch * layers[i].outputLayout.size) : Sequential.unstored)
     }
     return Tape(acts: acts, tapes: layers.map { $0.makeTape(batch: batch) }, steps: steps)
   }

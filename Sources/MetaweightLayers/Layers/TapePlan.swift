@@ -50,7 +50,7 @@ func deadActivations(of layer: Layer, _ tape: LayerTape, into out: inout [FloatB
 
 /// The floats each `ScratchPool` slot holds once the backward and tangent passes of `layer` (run at
 /// nesting depth `depth` on up to `batch` examples) have run: a `Sequential` ping-pongs between
-/// roles 0 and 1 of its depth, one role per step (`Sequential.steps()`: a layer, or a batch norm
+/// roles 0 and 1 of its depth, one role per step (`Sequential.steps`: a layer, or a batch norm
 /// fused with its ReLU; backward: step k's input gradient in role (last − k) mod 2; tangent: step
 /// k's output tangent in role k mod 2), a `Residual` keeps its shortcut's result in role 2 of its
 /// own depth and runs its body at that depth.
@@ -60,7 +60,7 @@ func poolSlotSizes(of layer: Layer, depth: Int, batch: Int, into sizes: inout [I
     sizes[slot] = max(sizes[slot] ?? 0, count)
   }
   if let s = layer as? Sequential {
-    let steps = s.steps()
+    let steps = s.steps
     let last = steps.count - 1
     for (k, step) in steps.enumerated() {
       if k > 0 { need((last - k) % 2, batch * s.layers[step.first].inputLayout.size) }
@@ -211,7 +211,6 @@ extension Sequential {
   /// A tape for `batch` examples whose activations `planner` places (see `TapePlanner`); a batch
   /// norm fused with its ReLU requests no buffer (its output is never stored).
   func makeTape(batch: Int, planner: TapePlanner) -> LayerTape {
-    let steps = steps()
     var requests: [Int?] = []
     var tapes: [LayerTape] = []
     for (i, layer) in layers.enumerated() {
@@ -226,7 +225,7 @@ extension Sequential {
       tapes.append(plannedTape(layer, batch: batch, planner: planner))
       if i > 0, let r = requests[i - 1] { planner.readUntilNow(r) }  // layer i has read its input
     }
-    let acts = requests.map { $0.map { planner.buffer($0) } ?? FloatBuffer(count: 0) }
+    let acts = requests.map { $0.map { planner.buffer($0) } ?? Sequential.unstored }
     return Tape(acts: acts, tapes: tapes, steps: steps)
   }
 }
