@@ -205,6 +205,9 @@ final class BatchNormReLUFusionTests: XCTestCase {
       ("resnet(classes=3,n=1)", .image(c: 3, h: 8, w: 8)),
       ("wrn(classes=3,depth=10,widen=1)", .image(c: 3, h: 8, w: 8)),
       ("linear(out=12);batchnorm;relu;linear(out=12);batchnorm;relu;linear(out=4)", .flat(7)),
+      // Pairs that end a residual body and a shortcut (their output is the block's branch buffer).
+      ("conv(out=4,k=3,p=1);residual{conv(out=4,k=3,p=1);batchnorm;relu | conv(out=4,k=1);batchnorm;relu};gap;linear(out=3)",
+       .image(c: 2, h: 6, w: 6)),
     ]
     for (spec, input) in cases {
       let unfusedRoot = try SpecParser.parse(spec, input: input)
@@ -366,6 +369,8 @@ final class BatchNormReLUFusionTests: XCTestCase {
       ("resnet(classes=3,n=1)", .image(c: 3, h: 8, w: 8)),
       ("wrn(classes=3,depth=10,widen=1)", .image(c: 3, h: 8, w: 8)),
       ("linear(out=12);batchnorm;relu;linear(out=4)", .flat(7)),
+      ("conv(out=4,k=3,p=1);residual{conv(out=4,k=3,p=1);batchnorm;relu | conv(out=4,k=1);batchnorm;relu};gap;linear(out=3)",
+       .image(c: 2, h: 6, w: 6)),
     ]
     for (spec, input) in cases {
       var totals: [Int] = []
