@@ -60,10 +60,11 @@ public final class Conv2D: LeafLayer, Layer {
   public var winogradEligible: Bool { kernel == 3 && stride == 1 && padding <= 2 }
 
   /// What `.auto` picks on an eligible layer: Winograd when both channel counts are at least 32.
-  /// Measured per layer shape (`benchmarks/bench_conv_algorithms.py`, one thread, batch 100): with
-  /// 16 channels each transform point's product has an inner dimension of 16, too short for the
-  /// GEMM to pay for the transforms (Winograd 0.8× GEMM's speed on ResNet-32's 16-channel 32×32
-  /// layers); from 32 channels on it wins.
+  /// Measured per layer shape (`benchmarks/bench_conv_algorithms.py --rounds 6`, batch 100, AMD
+  /// Zen 5, OpenBLAS Cooperlake kernels; GEMM time / Winograd time, one thread and two): 16
+  /// channels 1.03 and 0.94, 32 channels 0.97 and 1.00, 64 channels 1.24 and 1.40. With 16
+  /// channels each transform point's product has an inner dimension of 16, too short for the GEMM
+  /// to pay for the transforms; from 32 channels on Winograd is at least even, and ahead at 64.
   public var prefersWinograd: Bool { inChannels >= 32 && outChannels >= 32 }
 
   /// The Winograd plan the passes use, or nil for the GEMM path.
