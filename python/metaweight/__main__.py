@@ -71,6 +71,25 @@ def cpu_info() -> dict[str, str]:
     return info
 
 
+def _kernel_source_line() -> str:
+    """Where the OpenBLAS core type came from (and, when the environment overrode it, the pick)."""
+    from metaweight import _blas
+
+    source, pick = _blas.coretype_source()
+    if source == "environment":
+        user = _blas.chosen_coretype()
+        if pick and pick.lower() != str(user).lower():
+            return (f"OpenBLAS kernel choice: OPENBLAS_CORETYPE={user} from the environment; metaweight's "
+                    f"choice for this CPU is {pick} (benchmarks/README.md, 'The kernel table'; unset "
+                    "OPENBLAS_CORETYPE to use it)")
+        return f"OpenBLAS kernel choice: OPENBLAS_CORETYPE={user} from the environment"
+    if source == "table":
+        return "OpenBLAS kernel choice: the measured table's entry for this CPU family"
+    if source == "flags":
+        return "OpenBLAS kernel choice: by instruction set (this CPU family is not in the measured table)"
+    return "OpenBLAS kernel choice: OpenBLAS's own detection"
+
+
 def info_lines() -> list[str]:
     """The lines ``python -m metaweight info`` prints."""
     import metaweight as mw
@@ -81,6 +100,7 @@ def info_lines() -> list[str]:
         f"python {platform.python_version()} ({sys.executable})",
         f"numpy {_distribution_version('numpy') or 'not installed'}",
         f"OpenBLAS kernel: {mw.blas_core()}  threads: {mw.get_threads()}",
+        _kernel_source_line(),
         f"OpenBLAS config: {mw.blas_config()}",
         f"CPU: {cpu['model name']} (vendor {cpu['vendor'] or '?'}, family {cpu['family'] or '?'}, "
         f"model {cpu['model'] or '?'}; {platform.machine()})",

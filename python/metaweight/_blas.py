@@ -12,9 +12,10 @@ from __future__ import annotations
 
 import os
 
-__all__ = ["KERNEL_TABLE", "chosen_coretype", "configure_openblas"]
+__all__ = ["KERNEL_TABLE", "chosen_coretype", "configure_openblas", "coretype_source"]
 
 _CHOSEN: str | None = None
+_SOURCE: tuple[str, str | None] = ("unknown", None)
 
 # (vendor_id, cpu family) -> OPENBLAS_CORETYPE with the lowest summed time over ResNet-32's nine
 # convolution GEMM shapes (forward, dW and dcol of the 16-, 32- and 64-channel stages, which
@@ -70,16 +71,32 @@ def configure_openblas() -> str | None:
     Returns:
         The core type in effect (the user's own value when set), or None when unknown.
     """
-    global _CHOSEN
+    global _CHOSEN, _SOURCE
     user = os.environ.get("OPENBLAS_CORETYPE")
+    vendor, family, flags = _cpu_info()
+    core = _pick(vendor, family, flags)
+    how = "table" if family is not None and (vendor, family) in KERNEL_TABLE else "flags"
     if user:
         _CHOSEN = user
+        _SOURCE = ("environment", core)
         return user
-    core = _pick(*_cpu_info())
     if core:
         os.environ["OPENBLAS_CORETYPE"] = core
     _CHOSEN = core
+    _SOURCE = (how if core else "openblas", core)
     return core
+
+
+def coretype_source() -> tuple[str, str | None]:
+    """Where the core type in effect came from, and what the package would pick for this CPU.
+
+    Returns:
+        ``(source, pick)``: source is ``"environment"`` (``OPENBLAS_CORETYPE`` was set before
+        import and wins), ``"table"`` (``KERNEL_TABLE``'s entry for this CPU family), ``"flags"``
+        (the instruction-set fallback) or ``"openblas"`` (nothing picked: OpenBLAS's own
+        detection); pick is the table's or the flags' choice for this CPU (None if neither).
+    """
+    return _SOURCE
 
 
 def chosen_coretype() -> str | None:

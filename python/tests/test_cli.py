@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import importlib.metadata
+import os
 import re
 import subprocess
 import sys
@@ -43,6 +44,19 @@ def test_info_reports_version_blas_threads_cpu_and_every_declared_extra():
     for extra in extras():
         assert f"[{extra}]" in out
     assert info_lines()[0].startswith("metaweight ")
+
+
+def test_info_says_where_the_kernel_choice_came_from():
+    env = {k: v for k, v in os.environ.items() if k != "OPENBLAS_CORETYPE"}
+    env["OPENBLAS_CORETYPE"] = "Haswell"
+    out = subprocess.run([sys.executable, "-m", "metaweight", "info"], check=True, capture_output=True,
+                         text=True, env=env).stdout
+    assert "OpenBLAS kernel choice: OPENBLAS_CORETYPE=Haswell from the environment" in out
+    del env["OPENBLAS_CORETYPE"]
+    out = subprocess.run([sys.executable, "-m", "metaweight", "info"], check=True, capture_output=True,
+                         text=True, env=env).stdout
+    assert "OpenBLAS kernel choice: " in out
+    assert "from the environment" not in out
 
 
 def test_extras_come_from_the_installed_metadata_as_declared_in_pyproject():
