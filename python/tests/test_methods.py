@@ -93,13 +93,17 @@ def _mnist_4v9(seed: int, ratio: float):
 
 @pytest.mark.skipif(not _mnist_dir().exists(), reason="shared MNIST t10k files not found")
 def test_l2rw_test_error_is_clearly_below_erm_on_mnist_4v9_at_100_to_1():
+    # lr 0.02 with momentum 0.9: the README's rule for L2RW on a network without batch norm,
+    # lr/(1 − μ) ≲ 0.3. At lr 0.05 (0.5) single seeds fall back to ERM's error (seeds 2 and 3 of six:
+    # 0.38-0.49 under the Haswell and Cooperlake kernels alike), which made the mean over three seeds
+    # depend on the OpenBLAS kernel; at 0.02 all six seeds stay at 0.15-0.32 under both.
     errs = {"erm": [], "l2rw": []}
     for seed in range(3):
         x, y, xm, ym, xt, yt = _mnist_4v9(seed, 100)
         assert (y == 0).sum() * 50 < (y == 1).sum()  # strongly imbalanced
         for name, errors in errs.items():
             model = mw.mlp(784, hidden=(100,), num_classes=2, seed=seed)
-            tr = mw.Trainer(model, mw.SGD(lr=0.05, momentum=0.9, weight_decay=1e-4), method=name, seed=seed)
+            tr = mw.Trainer(model, mw.SGD(lr=0.02, momentum=0.9, weight_decay=1e-4), method=name, seed=seed)
             tr.fit(x, y, epochs=15, batch_size=100, meta=(xm, ym) if name == "l2rw" else None,
                    meta_batch_size=20, progress=False)
             errors.append(1 - tr.evaluate(xt, yt)["accuracy"])
