@@ -360,6 +360,30 @@ final class WinogradTests: XCTestCase {
     }
   }
 
+  /// The GEMM path's implicit form (nine accumulating products over shifted views of the padded
+  /// input, `Conv2D.implicitConvolve`), forced on for every shape and kernel set, against the
+  /// float64 reference: forward and input gradient within γ_(9·C + 1)·Σ|w||x| (any summation order
+  /// of the 9·C products and the bias), and the column-matrix path (forced off) within the same.
+  func testImplicitGEMMForwardAndInputGradientWithinBoundOfFloat64Reference() throws {
+    for s in shapes + [.init(cin: 16, cout: 16, n: 9, h: 12, w: 10, p: 1)] {
+      for implicit in [true, false] {
+        let (h, conv) = try harness(s, bias: true, algorithm: .gemm)
+        conv.implicitGEMM = implicit
+        XCTAssertEqual(conv.effectiveAlgorithm, .gemm)
+        let w = Array(h.params[0..<(s.cout * s.cin * 9)])
+        let b = Array(h.params[(s.cout * s.cin * 9)...])
+        let pass = h.forward()
+        let ref = WinoRef.forward(s, x: h.x, w: w, bias: b)
+        assertWithinBound(pass.output, ref.y, ref.abs, depth: 9 * s.cin + 1, "implicit \(implicit) forward \(s)")
+        var rng = RNG(seed: 22)
+        let dy = rng.gaussianArray(s.cout * s.n * s.oh * s.ow)
+        let (_, gx) = h.backward(pass, dy: dy)
+        let rdx = WinoRef.inputGradient(s, dy: dy, w: w)
+        assertWithinBound(gx, rdx.dx, rdx.abs, depth: 9 * s.cout, "implicit \(implicit) dx \(s)")
+      }
+    }
+  }
+
   func testInputAndWeightGradientsWithinDerivedBoundOfFloat64Reference() throws {
     let plan = Winograd.f2
     for s in shapes {

@@ -16,7 +16,10 @@ import MetaweightTensor
 /// `Parallel`'s threads, each with its own column buffer and a single-threaded GEMM. The chunks
 /// depend only on the layer and the batch size, and dW sums the per-chunk products in chunk
 /// order, so which thread ran which chunk never changes a result.
-/// 1×1 stride-1 convolutions without padding use x directly.
+/// 1×1 stride-1 convolutions without padding use x directly. 3×3 stride-1 products with 12–24 input
+/// channels (ResNet's 16-channel stage) run as an implicit GEMM instead where OpenBLAS has its
+/// small-matrix kernels (`implicitConvolve`: nine accumulating products over shifted views of a
+/// once-padded input, no column matrix) for the forward pass and the input gradient.
 ///
 /// 3×3 stride-1 convolutions (padding ≤ 2) can instead run all three passes through Winograd's
 /// F(m×m, 3×3) (see `Winograd`), chosen per layer by `algorithm`: the results agree with the GEMM
@@ -302,6 +305,113 @@ public final class Conv2D: LeafLayer, Layer {
     }
   }
 
+  /// Whether the GEMM path runs 3×3 stride-1 products as an implicit GEMM (`implicitConvolve`):
+  /// nil (default) where `prefersImplicit` measured it faster; tests force it on (any channel
+  /// count and kernel set) or off to compare it with the column-matrix path.
+  package var implicitGEMM: Bool? = nil
+
+  /// Whether a 3×3 stride-1 product from `channels` to `outChannels` channels on padded planes of
+  /// `plane` pixels runs as an implicit GEMM (`implicitConvolve`): with OpenBLAS's small-matrix
+  /// kernels (the AVX-512 kernel sets), 12–24 input channels, and a product of three examples
+  /// within those kernels. Measured on a 3-example chunk of a 16-channel 32×32 layer (Zen 5, one
+  /// thread, `benchmarks/README.md`): the nine K = 16 products take 0.135 ms against 0.174 ms for
+  /// the K = 144 product over the column matrix, which must also be written first. Under the AVX2
+  /// kernels (no small-matrix kernels) the nine products take 0.227 ms against 0.165 ms; with one
+  /// example per product they lose to their call overhead (0.082 against 0.058 ms), and with more
+  /// channels the column matrix's longer inner dimension wins.
+  private func prefersImplicit(channels: Int, outChannels yc: Int, plane: Int) -> Bool {
+    guard kernel == 3, stride == 1 else { return false }
+    if let forced = implicitGEMM { return forced }
+    guard channels >= 12, channels <= 24, let limit = BLAS.smallKernelLimit else { return false }
+    return 3 * yc * channels * plane <= limit
+  }
+
+  /// y = Σ_t Σ_(a,b) T_t[a, b] · shift_(a,b)(pad(x_t)) (+ bias): a stride-1 k×k convolution of
+  /// one or two inputs (`xc` channels each, h × w, padding p, output oh × ow with `yc` channels)
+  /// without a column matrix. Per chunk of examples the inputs are copied once into a zero-padded
+  /// buffer, rows (input t, channel c) of `ld` floats holding the chunk's padded planes
+  /// (h + 2p) × (w + 2p) back to back; output pixel (i, j) of the padded grid is position
+  /// q = i·(w + 2p) + j, and tap (a, b) reads position q + a·(w + 2p) + b, so each tap is one GEMM
+  /// [yc, t·xc] · [t·xc, chunk's grid] over a shifted view (ldb = ld), accumulated into the grid,
+  /// whose valid part is then cropped into y. `taps` is [k·k, yc, t·xc] (tap-major).
+  private func implicitConvolve(
+    _ inputs: [UnsafePointer<Float>], channels xc: Int, outChannels yc: Int, h: Int, w: Int, padding p: Int,
+    oh: Int, ow: Int, taps fillTaps: (UnsafeMutablePointer<Float>) -> Void, bias: UnsafePointer<Float>?,
+    _ y: UnsafeMutablePointer<Float>, _ ctx: inout PassContext
+  ) {
+    let n = ctx.batch, k = kernel
+    let kin = inputs.count * xc
+    let wp = w + 2 * p, hp = h + 2 * p
+    let plane = hp * wp
+    // Examples per chunk: each tap's product within the small-matrix kernels' size, and at least
+    // `minimumChunks` chunks, like `chunkExamples`.
+    let limit = BLAS.smallKernelLimit ?? Conv2D.columnBudget
+    let fewest = Conv2D.minimumChunks
+    let nc = max(1, min(n, limit / max(yc * kin * plane, 1), (n + fewest - 1) / fewest))
+    let chunks = (n + nc - 1) / nc
+    let ld = nc * plane + (k - 1) * wp + (k - 1)  // a padded input row, with the last tap's overhang
+    let grid = nc * plane
+    let slotSize = kin * ld + yc * grid
+    let slots = Parallel.slots(for: chunks)
+    let tapCount = k * k * yc * kin
+    let buf = ctx.scratch.pointer(count: tapCount + slots * slotSize) + tapCount
+    let taps = UnsafePointer(buf - tapCount)
+    fillTaps(buf - tapCount)
+    // Padding and overhang are never written below, so zero them (and everything) once.
+    Parallel.forRange(slots * slotSize, costPerItem: 1) { s0, s1 in Kernels.zero(buf + s0, count: s1 - s0) }
+    let ohw = oh * ow
+    Parallel.forEach(chunks, slots: slots) { slot, c in
+      let n0 = c * nc, cnt = min(nc, n - n0)
+      let xpad = buf + slot * slotSize, ypad = xpad + kin * ld
+      for (t, x) in inputs.enumerated() {
+        for ch in 0..<xc {
+          let row = xpad + (t * xc + ch) * ld
+          for e in 0..<cnt {
+            let src = x + ((ch * n + n0 + e) * h) * w
+            let dst = row + e * plane + p * wp + p
+            for i in 0..<h { Kernels.copy(src + i * w, to: dst + i * wp, count: w) }
+          }
+        }
+      }
+      let len = cnt * plane
+      for tap in 0..<(k * k) {
+        let (a, b) = (tap / k, tap % k)
+        BLAS.gemm(
+          m: yc, n: len, k: kin, a: taps + tap * yc * kin, b: UnsafePointer(xpad + a * wp + b), ldb: ld,
+          beta: tap == 0 ? 0 : 1, c: ypad, ldc: grid, parallel: false)
+      }
+      for co in 0..<yc {
+        let b0: Float = bias.map { $0[co] } ?? 0
+        for e in 0..<cnt {
+          let out = y + (co * n + n0 + e) * ohw
+          let src = UnsafePointer(ypad + co * grid + e * plane)
+          for i in 0..<oh {
+            if b0 == 0 {
+              Kernels.copy(src + i * wp, to: out + i * ow, count: ow)
+            } else {
+              for j in 0..<ow { out[i * ow + j] = src[i * wp + j] + b0 }
+            }
+          }
+        }
+      }
+    }
+  }
+
+  /// The taps [k·k, Cout, t·Cin] of one or two filter banks for `implicitConvolve`:
+  /// taps[(a, b), co, t·Cin + ci] = F_t[co, ci, a, b].
+  private func forwardTaps(_ filters: [UnsafePointer<Float>], into taps: UnsafeMutablePointer<Float>) {
+    let (cout, cin, kk) = (outChannels, inChannels, kernel * kernel)
+    let kin = filters.count * cin
+    for (t, f) in filters.enumerated() {
+      for co in 0..<cout {
+        for ci in 0..<cin {
+          let src = f + (co * cin + ci) * kk
+          for tap in 0..<kk { taps[(tap * cout + co) * kin + t * cin + ci] = src[tap] }
+        }
+      }
+    }
+  }
+
   /// y = Σ_t W_t · col(x_t) (+ bias) for one or two terms (W₁, x₁) and (W₂, x₂): two terms run
   /// as one GEMM over the stacked weights [W₁ | W₂] and columns [col(x₁); col(x₂)].
   private func convolve(
@@ -474,6 +584,13 @@ public final class Conv2D: LeafLayer, Layer {
         oh: outHeight, ow: outWidth, bias: bias, y, &ctx)
       return
     }
+    let padded = (height + 2 * padding) * (width + 2 * padding)
+    if padding <= kernel - 1, prefersImplicit(channels: inChannels, outChannels: outChannels, plane: padded) {
+      implicitConvolve(
+        [x], channels: inChannels, outChannels: outChannels, h: height, w: width, padding: padding, oh: outHeight,
+        ow: outWidth, taps: { self.forwardTaps([w], into: $0) }, bias: bias, y, &ctx)
+      return
+    }
     convolve(w, x, nil, nil, bias: bias, y, &ctx)
   }
 
@@ -514,14 +631,34 @@ public final class Conv2D: LeafLayer, Layer {
     }
     let (h, wd, k, s, p, oh, ow) = (height, width, kernel, stride, padding, outHeight, outWidth)
     let viaConvolution = transposedIsConvolution
+    var dxLeft = dx  // the input gradient, unless the implicit GEMM below already wrote it
+    let pt = k - 1 - p  // the input gradient's padding as a convolution of dy
+    if let d = dx, viaConvolution,
+      prefersImplicit(channels: cout, outChannels: cin, plane: (oh + 2 * pt) * (ow + 2 * pt))
+    {
+      // dx = conv(dy, W̃) with padding k − 1 − p: taps[(a, b), ci, co] = W[co, ci, k−1−a, k−1−b].
+      implicitConvolve(
+        [dy], channels: cout, outChannels: cin, h: oh, w: ow, padding: pt, oh: h, ow: wd,
+        taps: { taps in
+          let kk = k * k
+          for co in 0..<cout {
+            for ci in 0..<cin {
+              let src = w + (co * cin + ci) * kk
+              for tap in 0..<kk { taps[(tap * cin + ci) * cout + co] = src[kk - 1 - tap] }
+            }
+          }
+        }, bias: nil, d, &ctx)
+      dxLeft = nil
+      if gw == nil { return }
+    }
     let kt = cout * k * k  // rows of col′(dy)
-    let perExample = max(gw == nil ? 0 : kd * ohw, dx == nil ? 0 : (viaConvolution ? kt * hw : kd * ohw))
+    let perExample = max(gw == nil ? 0 : kd * ohw, dxLeft == nil ? 0 : (viaConvolution ? kt * hw : kd * ohw))
     let nc = chunkExamples(n, perExample: perExample)
     let chunks = (n + nc - 1) / nc
     let colSize = nc * perExample
     let slots = Parallel.slots(for: chunks)
     let partialCount = gw != nil ? chunks * cout * kd : 0
-    let flipCount = dx != nil && viaConvolution ? cin * kt : 0
+    let flipCount = dxLeft != nil && viaConvolution ? cin * kt : 0
     let buf = ctx.scratch.pointer(count: slots * colSize + partialCount + flipCount)
     let partials = buf + slots * colSize
     let flipped = partials + partialCount
@@ -549,7 +686,7 @@ public final class Conv2D: LeafLayer, Layer {
           transB: true, m: kd, n: cout, k: len, a: col, lda: len, b: dyc, ldb: total,
           c: partials + c * cout * kd, parallel: chunks == 1)
       }
-      if let d = dx {
+      if let d = dxLeft {
         if viaConvolution {
           Conv2D.im2col(
             dy, channels: cout, n: n, n0: n0, count: cnt, h: oh, w: ow, kernel: k, stride: 1,
