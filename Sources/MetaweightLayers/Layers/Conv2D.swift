@@ -314,7 +314,7 @@ public final class Conv2D: LeafLayer, Layer {
   /// `plane` pixels runs as an implicit GEMM (`implicitConvolve`): with OpenBLAS's small-matrix
   /// kernels (the AVX-512 kernel sets), 12–24 input channels, and a product of three examples
   /// within those kernels. Measured on a 3-example chunk of a 16-channel 32×32 layer (Zen 5, one
-  /// thread, `benchmarks/README.md`): the nine K = 16 products take 0.135 ms against 0.174 ms for
+  /// thread, `benchmarks/bench_implicit_gemm.py`): the nine K = 16 products take 0.135 ms against 0.174 ms for
   /// the K = 144 product over the column matrix, which must also be written first. Under the AVX2
   /// kernels (no small-matrix kernels) the nine products take 0.227 ms against 0.165 ms; with one
   /// example per product they lose to their call overhead (0.082 against 0.058 ms), and with more
