@@ -40,6 +40,19 @@ extension BatchNorm {
   @inline(__always) private func index(_ c: Int, _ i: Int, m: Int, flat: Bool) -> Int {
     flat ? i * channels + c : c * m + i
   }
+  /// (Σ g, Σ g·x̂) over channel c's local elements, x̂ = (x − μ)·s, accumulated in double precision
+  /// (the local parts of the sums the collective adds up; backward and tangent alike).
+  private func localProjections(
+    _ g: UnsafePointer<Float>, _ x: UnsafePointer<Float>, channel c: Int, mu: Float, s: Float, m: Int, flat: Bool
+  ) -> (Double, Double) {
+    var sg: Double = 0, sgx: Double = 0
+    for i in 0..<m {
+      let k = index(c, i, m: m, flat: flat)
+      sg += Double(g[k])
+      sgx += Double(g[k] * ((x[k] - mu) * s))
+    }
+    return (sg, sgx)
+  }
 
   /// Forward pass with global batch statistics; updates the running statistics in `.train` mode
   /// with the global (unbiased) variance.
@@ -104,13 +117,7 @@ extension BatchNorm {
     let gamma = ctx.params + paramOffset
     var sums = [Float](repeating: 0, count: 2 * cn)
     for c in 0..<cn {
-      let mu = t.mean[c], s = t.invstd[c]
-      var sdy: Double = 0, sdyx: Double = 0
-      for i in 0..<m {
-        let k = index(c, i, m: m, flat: flat)
-        sdy += Double(dy[k])
-        sdyx += Double(dy[k] * ((x[k] - mu) * s))
-      }
+      let (sdy, sdyx) = localProjections(dy, x, channel: c, mu: t.mean[c], s: t.invstd[c], m: m, flat: flat)
       if let g = ctx.grads.map({ $0 + paramOffset }) {
         g[c] = Float(sdyx)
         g[cn + c] = Float(sdy)
@@ -144,13 +151,7 @@ extension BatchNorm {
     var sums = [Float](repeating: 0, count: 2 * cn)
     if let txp = tx {
       for c in 0..<cn {
-        let mu = t.mean[c], s = t.invstd[c]
-        var st: Double = 0, stx: Double = 0
-        for i in 0..<m {
-          let k = index(c, i, m: m, flat: flat)
-          st += Double(txp[k])
-          stx += Double(txp[k] * ((x[k] - mu) * s))
-        }
+        let (st, stx) = localProjections(txp, x, channel: c, mu: t.mean[c], s: t.invstd[c], m: m, flat: flat)
         sums[c] = Float(st)
         sums[cn + c] = Float(stx)
       }

@@ -326,58 +326,72 @@ public final class Conv2D: LeafLayer, Layer {
     return 3 * yc * channels * plane <= limit
   }
 
-  /// y = Σ_t Σ_(a,b) T_t[a, b] · shift_(a,b)(pad(x_t)) (+ bias): a stride-1 k×k convolution of
-  /// one or two inputs (`xc` channels each, h × w, padding p, output oh × ow with `yc` channels)
-  /// without a column matrix. Per chunk of examples the inputs are copied once into a zero-padded
-  /// buffer, rows (input t, channel c) of `ld` floats holding the chunk's padded planes
-  /// (h + 2p) × (w + 2p) back to back; output pixel (i, j) of the padded grid is position
-  /// q = i·(w + 2p) + j, and tap (a, b) reads position q + a·(w + 2p) + b, so each tap is one GEMM
-  /// [yc, t·xc] · [t·xc, chunk's grid] over a shifted view (ldb = ld), accumulated into the grid,
-  /// whose valid part is then cropped into y. `taps` is [k·k, yc, t·xc] (tap-major).
+  /// y = Σ_(a,b) T[a, b] · shift_(a,b)(pad(x)) (+ bias): a stride-1 k×k convolution of `x` (`xc`
+  /// channels, h × w, padding p; output oh × ow with `yc` channels) without a column matrix: the
+  /// layer's forward pass, or with `transposed` its input gradient (x = dy, filters W̃). Per chunk of
+  /// examples x is copied once into a zero-padded buffer, rows (channel c) of `ld` floats holding
+  /// the chunk's padded planes (h + 2p) × (w + 2p) back to back; output pixel (i, j) of the padded
+  /// grid is position q = i·(w + 2p) + j, and tap (a, b) reads position q + a·(w + 2p) + b, so each
+  /// tap is one GEMM [yc, xc] · [xc, chunk's grid] over a shifted view (ldb = ld), accumulated into
+  /// the grid, whose valid part is then cropped into y.
   private func implicitConvolve(
-    _ inputs: [UnsafePointer<Float>], channels xc: Int, outChannels yc: Int, h: Int, w: Int, padding p: Int,
-    oh: Int, ow: Int, taps fillTaps: (UnsafeMutablePointer<Float>) -> Void, bias: UnsafePointer<Float>?,
-    _ y: UnsafeMutablePointer<Float>, _ ctx: inout PassContext
+    _ x: UnsafePointer<Float>, transposed: Bool, h: Int, w: Int, padding p: Int, oh: Int, ow: Int,
+    bias: UnsafePointer<Float>?, _ y: UnsafeMutablePointer<Float>, _ ctx: inout PassContext
   ) {
-    let n = ctx.batch, k = kernel
-    let kin = inputs.count * xc
+    let n = ctx.batch, k = kernel, kk = kernel * kernel
+    let xc = transposed ? outChannels : inChannels, yc = transposed ? inChannels : outChannels
     let wp = w + 2 * p, hp = h + 2 * p
     let plane = hp * wp
     // Examples per chunk: each tap's product within the small-matrix kernels' size, and at least
     // `minimumChunks` chunks, like `chunkExamples`.
     let limit = BLAS.smallKernelLimit ?? Conv2D.columnBudget
     let fewest = Conv2D.minimumChunks
-    let nc = max(1, min(n, limit / max(yc * kin * plane, 1), (n + fewest - 1) / fewest))
+    let nc = max(1, min(n, limit / max(yc * xc * plane, 1), (n + fewest - 1) / fewest))
     let chunks = (n + nc - 1) / nc
     let ld = nc * plane + (k - 1) * wp + (k - 1)  // a padded input row, with the last tap's overhang
     let grid = nc * plane
-    let slotSize = kin * ld + yc * grid
+    let slotSize = xc * ld + yc * grid
     let slots = Parallel.slots(for: chunks)
-    let tapCount = k * k * yc * kin
-    let buf = ctx.scratch.pointer(count: tapCount + slots * slotSize) + tapCount
-    let taps = UnsafePointer(buf - tapCount)
-    fillTaps(buf - tapCount)
-    // Padding and overhang are never written below, so zero them (and everything) once.
-    Parallel.forRange(slots * slotSize, costPerItem: 1) { s0, s1 in Kernels.zero(buf + s0, count: s1 - s0) }
-    let ohw = oh * ow
-    Parallel.forEach(chunks, slots: slots) { slot, c in
-      let n0 = c * nc, cnt = min(nc, n - n0)
-      let xpad = buf + slot * slotSize, ypad = xpad + kin * ld
-      for (t, x) in inputs.enumerated() {
-        for ch in 0..<xc {
-          let row = xpad + (t * xc + ch) * ld
-          for e in 0..<cnt {
-            let src = x + ((ch * n + n0 + e) * h) * w
-            let dst = row + e * plane + p * wp + p
-            for i in 0..<h { Kernels.copy(src + i * w, to: dst + i * wp, count: w) }
+    let tapCount = kk * yc * xc
+    let taps = ctx.scratch.pointer(count: tapCount + slots * slotSize)
+    let buf = taps + tapCount
+    // taps[(a, b), r, c] = W[r, c, a, b], or W̃[r, c, a, b] = W[c, r, k−1−a, k−1−b] (the input
+    // gradient: rows r = input channels, columns c = output channels).
+    let wts = ctx.params + paramOffset
+    for co in 0..<outChannels {
+      for ci in 0..<inChannels {
+        let src = wts + (co * inChannels + ci) * kk
+        for tap in 0..<kk {
+          if transposed {
+            taps[(tap * yc + ci) * xc + co] = src[kk - 1 - tap]
+          } else {
+            taps[(tap * yc + co) * xc + ci] = src[tap]
           }
         }
       }
+    }
+    // Each slot's padding and overhang are never written below, so zero its padded input once (the
+    // grid is overwritten by the first tap's product).
+    Parallel.forRange(slots, costPerItem: xc * ld) { s0, s1 in
+      for slot in s0..<s1 { Kernels.zero(buf + slot * slotSize, count: xc * ld) }
+    }
+    let ohw = oh * ow
+    Parallel.forEach(chunks, slots: slots) { slot, c in
+      let n0 = c * nc, cnt = min(nc, n - n0)
+      let xpad = buf + slot * slotSize, ypad = xpad + xc * ld
+      for ch in 0..<xc {
+        let row = xpad + ch * ld
+        for e in 0..<cnt {
+          let src = x + ((ch * n + n0 + e) * h) * w
+          let dst = row + e * plane + p * wp + p
+          for i in 0..<h { Kernels.copy(src + i * w, to: dst + i * wp, count: w) }
+        }
+      }
       let len = cnt * plane
-      for tap in 0..<(k * k) {
+      for tap in 0..<kk {
         let (a, b) = (tap / k, tap % k)
         BLAS.gemm(
-          m: yc, n: len, k: kin, a: taps + tap * yc * kin, b: UnsafePointer(xpad + a * wp + b), ldb: ld,
+          m: yc, n: len, k: xc, a: taps + tap * yc * xc, b: UnsafePointer(xpad + a * wp + b), ldb: ld,
           beta: tap == 0 ? 0 : 1, c: ypad, ldc: grid, parallel: false)
       }
       for co in 0..<yc {
@@ -392,21 +406,6 @@ public final class Conv2D: LeafLayer, Layer {
               for j in 0..<ow { out[i * ow + j] = src[i * wp + j] + b0 }
             }
           }
-        }
-      }
-    }
-  }
-
-  /// The taps [k·k, Cout, t·Cin] of one or two filter banks for `implicitConvolve`:
-  /// taps[(a, b), co, t·Cin + ci] = F_t[co, ci, a, b].
-  private func forwardTaps(_ filters: [UnsafePointer<Float>], into taps: UnsafeMutablePointer<Float>) {
-    let (cout, cin, kk) = (outChannels, inChannels, kernel * kernel)
-    let kin = filters.count * cin
-    for (t, f) in filters.enumerated() {
-      for co in 0..<cout {
-        for ci in 0..<cin {
-          let src = f + (co * cin + ci) * kk
-          for tap in 0..<kk { taps[(tap * cout + co) * kin + t * cin + ci] = src[tap] }
         }
       }
     }
@@ -587,8 +586,8 @@ public final class Conv2D: LeafLayer, Layer {
     let padded = (height + 2 * padding) * (width + 2 * padding)
     if padding <= kernel - 1, prefersImplicit(channels: inChannels, outChannels: outChannels, plane: padded) {
       implicitConvolve(
-        [x], channels: inChannels, outChannels: outChannels, h: height, w: width, padding: padding, oh: outHeight,
-        ow: outWidth, taps: { self.forwardTaps([w], into: $0) }, bias: bias, y, &ctx)
+        x, transposed: false, h: height, w: width, padding: padding, oh: outHeight, ow: outWidth, bias: bias, y,
+        &ctx)
       return
     }
     convolve(w, x, nil, nil, bias: bias, y, &ctx)
@@ -636,18 +635,8 @@ public final class Conv2D: LeafLayer, Layer {
     if let d = dx, viaConvolution,
       prefersImplicit(channels: cout, outChannels: cin, plane: (oh + 2 * pt) * (ow + 2 * pt))
     {
-      // dx = conv(dy, W̃) with padding k − 1 − p: taps[(a, b), ci, co] = W[co, ci, k−1−a, k−1−b].
-      implicitConvolve(
-        [dy], channels: cout, outChannels: cin, h: oh, w: ow, padding: pt, oh: h, ow: wd,
-        taps: { taps in
-          let kk = k * k
-          for co in 0..<cout {
-            for ci in 0..<cin {
-              let src = w + (co * cin + ci) * kk
-              for tap in 0..<kk { taps[(tap * cin + ci) * cout + co] = src[kk - 1 - tap] }
-            }
-          }
-        }, bias: nil, d, &ctx)
+      // dx = conv(dy, W̃) with padding k − 1 − p.
+      implicitConvolve(dy, transposed: true, h: oh, w: ow, padding: pt, oh: h, ow: wd, bias: nil, d, &ctx)
       dxLeft = nil
       if gw == nil { return }
     }
