@@ -1131,6 +1131,151 @@ static PyObject *py_trainer_strategy_state(PyObject *self, PyObject *args) {
   return Py_BuildValue("(iddL)", (int)stage, loss, acc, (long long)nw);
 }
 
+
+/* ---- Hold: one object's lock held for one call, released in C ----------------------------------
+ *
+ * Hold(lock, on_busy, owner=None, on_closed=None) is the context manager around every native call of
+ * a Network or Trainer. __enter__ takes `lock` (a threading.Lock) without blocking; when another
+ * thread holds it, it raises on_busy() (a BusyError naming the call). With an owner it then reads
+ * owner._handle: None (closed meanwhile) releases the lock and raises on_closed(); otherwise
+ * __enter__ returns the handle. __exit__ releases the lock.
+ *
+ * Both are C, so no Python bytecode runs between a call's end and the release: a KeyboardInterrupt
+ * (whose handler runs only between bytecodes) can land before or after the with block, never inside
+ * its exit with the lock still held. A generator context manager's __exit__ is Python code, and an
+ * interrupt landing there left the lock held and every later call of the object failing with
+ * BusyError.
+ */
+typedef struct {
+  PyObject_HEAD
+  PyObject *lock, *on_busy, *owner, *on_closed;
+  int held;
+} HoldObject;
+
+static void hold_dealloc(HoldObject *self) {
+  PyObject_GC_UnTrack(self);
+  Py_CLEAR(self->lock);
+  Py_CLEAR(self->on_busy);
+  Py_CLEAR(self->owner);
+  Py_CLEAR(self->on_closed);
+  Py_TYPE(self)->tp_free((PyObject *)self);
+}
+
+static int hold_traverse(HoldObject *self, visitproc visit, void *arg) {
+  Py_VISIT(self->lock);
+  Py_VISIT(self->on_busy);
+  Py_VISIT(self->owner);
+  Py_VISIT(self->on_closed);
+  return 0;
+}
+
+static int hold_clear(HoldObject *self) {
+  Py_CLEAR(self->lock);
+  Py_CLEAR(self->on_busy);
+  Py_CLEAR(self->owner);
+  Py_CLEAR(self->on_closed);
+  return 0;
+}
+
+static int hold_init(HoldObject *self, PyObject *args, PyObject *kwds) {
+  static char *kwlist[] = {"lock", "on_busy", "owner", "on_closed", NULL};
+  PyObject *lock, *on_busy, *owner = Py_None, *on_closed = Py_None;
+  if (!PyArg_ParseTupleAndKeywords(args, kwds, "OO|OO:Hold", kwlist, &lock, &on_busy, &owner, &on_closed)) return -1;
+  if (!PyCallable_Check(on_busy)) {
+    PyErr_SetString(PyExc_TypeError, "Hold: on_busy must be callable");
+    return -1;
+  }
+  if (owner != Py_None && !PyCallable_Check(on_closed)) {
+    PyErr_SetString(PyExc_TypeError, "Hold: on_closed must be callable when an owner is given");
+    return -1;
+  }
+  if (self->held) {
+    PyErr_SetString(PyExc_RuntimeError, "Hold: cannot re-initialise a held lock");
+    return -1;
+  }
+  Py_INCREF(lock); Py_XSETREF(self->lock, lock);
+  Py_INCREF(on_busy); Py_XSETREF(self->on_busy, on_busy);
+  Py_INCREF(owner); Py_XSETREF(self->owner, owner);
+  Py_INCREF(on_closed); Py_XSETREF(self->on_closed, on_closed);
+  return 0;
+}
+
+/* Raises the exception factory() returns (a TypeError when it returns something else). */
+static PyObject *raise_made(PyObject *factory) {
+  PyObject *e = PyObject_CallNoArgs(factory);
+  if (e == NULL) return NULL;
+  if (PyExceptionInstance_Check(e)) PyErr_SetObject((PyObject *)Py_TYPE(e), e);
+  else PyErr_SetString(PyExc_TypeError, "Hold: the error factory did not return an exception");
+  Py_DECREF(e);
+  return NULL;
+}
+
+static int hold_release(HoldObject *self) {
+  if (!self->held) return 0;
+  PyObject *r = PyObject_CallMethod(self->lock, "release", NULL);
+  if (r == NULL) return -1;
+  Py_DECREF(r);
+  self->held = 0;
+  return 0;
+}
+
+static PyObject *hold_enter(HoldObject *self, PyObject *unused) {
+  if (self->lock == NULL) {
+    PyErr_SetString(PyExc_RuntimeError, "Hold: not initialised");
+    return NULL;
+  }
+  if (self->held) {
+    PyErr_SetString(PyExc_RuntimeError, "Hold: already entered");
+    return NULL;
+  }
+  PyObject *got = PyObject_CallMethod(self->lock, "acquire", "O", Py_False);
+  if (got == NULL) return NULL;
+  int ok = PyObject_IsTrue(got);
+  Py_DECREF(got);
+  if (ok < 0) return NULL;
+  if (!ok) return raise_made(self->on_busy);
+  self->held = 1;
+  if (self->owner == Py_None) Py_RETURN_NONE;
+  PyObject *h = PyObject_GetAttrString(self->owner, "_handle");
+  if (h != NULL && h != Py_None) return h;
+  /* Closed meanwhile (or the attribute failed): release first, then raise. */
+  PyObject *type, *value, *tb;
+  PyErr_Fetch(&type, &value, &tb);
+  Py_XDECREF(h);
+  if (hold_release(self) < 0) {
+    Py_XDECREF(type); Py_XDECREF(value); Py_XDECREF(tb);
+    return NULL;
+  }
+  if (type != NULL) {
+    PyErr_Restore(type, value, tb);
+    return NULL;
+  }
+  return raise_made(self->on_closed);
+}
+
+static PyObject *hold_exit(HoldObject *self, PyObject *args) {
+  if (hold_release(self) < 0) return NULL;
+  Py_RETURN_FALSE;
+}
+
+static PyMethodDef hold_methods[] = {
+    {"__enter__", (PyCFunction)hold_enter, METH_NOARGS, "Takes the lock (BusyError when taken); returns the handle."},
+    {"__exit__", (PyCFunction)hold_exit, METH_VARARGS, "Releases the lock."},
+    {NULL, NULL, 0, NULL}};
+
+static PyTypeObject HoldType = {
+    PyVarObject_HEAD_INIT(NULL, 0).tp_name = "metaweight._core.Hold",
+    .tp_basicsize = sizeof(HoldObject),
+    .tp_dealloc = (destructor)hold_dealloc,
+    .tp_flags = Py_TPFLAGS_DEFAULT | Py_TPFLAGS_HAVE_GC,
+    .tp_doc = "Hold(lock, on_busy, owner=None, on_closed=None): one object's lock for one call, released in C.",
+    .tp_traverse = (traverseproc)hold_traverse,
+    .tp_clear = (inquiry)hold_clear,
+    .tp_methods = hold_methods,
+    .tp_init = (initproc)hold_init,
+    .tp_new = PyType_GenericNew,
+};
+
 static PyMethodDef methods[] = {
     {"version", py_version, METH_NOARGS, "Library version."},
     {"blas_core", py_blas_core, METH_NOARGS, "OpenBLAS core in use."},
@@ -1280,5 +1425,6 @@ PyMODINIT_FUNC PyInit__core(void) {
   if (!InvalidArgumentError || !ShapeError || !LabelError || !NonFiniteError || !DTypeError || !StateError ||
       !ClosedError || !BusyError || !CheckpointError || !ResourceError)
     return NULL;
+  if (PyType_Ready(&HoldType) < 0 || PyModule_AddObjectRef(m, "Hold", (PyObject *)&HoldType) < 0) return NULL;
   return m;
 }

@@ -22,9 +22,10 @@ from __future__ import annotations
 import contextlib
 import functools
 import threading
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from typing import TYPE_CHECKING, Any, ClassVar, NoReturn, TypeVar
 
+from . import _core
 from .errors import BusyError, NotCopyableError, StateError
 
 if TYPE_CHECKING:
@@ -56,17 +57,20 @@ class NativeHandle:
         obj._lock = threading.Lock()
         return obj
 
-    @contextlib.contextmanager
-    def _hold(self, what: str) -> Iterator[None]:
-        """Holds this object's lock for one call; BusyError when another thread holds it."""
-        if not self._lock.acquire(blocking=False):
-            raise BusyError(
-                f"{what}: the {self._noun} is in use by another thread{self._busy_detail}; {self._busy_advice}"
-            )
-        try:
-            yield
-        finally:
-            self._lock.release()
+    def _hold(self, what: str) -> contextlib.AbstractContextManager[None]:
+        """Holds this object's lock for one call; BusyError when another thread holds it.
+
+        The holder is :class:`metaweight._core.Hold`, whose enter and exit are C: no Python bytecode
+        runs between the end of the call and the release, so a KeyboardInterrupt can never leave
+        the lock held (as it could inside a generator context manager's ``__exit__``).
+        """
+        return _core.Hold(self._lock, functools.partial(self._busy_error, what))
+
+    def _busy_error(self, what: str) -> BusyError:
+        """The BusyError for ``what`` when another thread holds this object's lock."""
+        return BusyError(
+            f"{what}: the {self._noun} is in use by another thread{self._busy_detail}; {self._busy_advice}"
+        )
 
     def _free(self, handle: int) -> None:
         """Frees the native object (``_core.<kind>_free``)."""

@@ -30,9 +30,10 @@ from __future__ import annotations
 
 import contextlib
 import difflib
+import functools
 import numbers
 import os
-from collections.abc import Iterator, Mapping, Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any, Union
 
@@ -42,6 +43,12 @@ from . import _core
 from ._handle import NativeHandle
 from ._validate import as_bool, as_float, as_int, as_shape, as_text, check_finite, fmt_shape
 from .errors import ClosedError, DTypeError, InvalidArgumentError, ShapeError
+
+
+def _closed_network(what: str) -> ClosedError:
+    """The ClosedError for ``what`` on a closed network."""
+    return ClosedError(f"{what}: the network was closed; create a new one")
+
 
 __all__ = [
     "AvgPool2d",
@@ -426,16 +433,19 @@ class Network(NativeHandle):
 
     # -- lifetime ---------------------------------------------------------------------------------
 
-    @contextlib.contextmanager
-    def _use(self, what: str = "network") -> Iterator[int]:
-        """Holds the network for one call: ClosedError when closed, BusyError when in use."""
+    def _use(self, what: str = "network") -> contextlib.AbstractContextManager[int]:
+        """Holds the network for one call and gives its handle: ClosedError when closed, BusyError when in use.
+
+        The lock is released in C (:class:`metaweight._core.Hold`), so an interrupt cannot leave it held.
+        """
         if self._handle is None:
-            raise ClosedError(f"{what}: the network was closed; create a new one")
-        with self._hold(what):
-            h = self._handle
-            if h is None:
-                raise ClosedError(f"{what}: the network was closed; create a new one")
-            yield h
+            raise _closed_network(what)
+        return _core.Hold(
+            self._lock,
+            functools.partial(self._busy_error, what),
+            self,
+            functools.partial(_closed_network, what),
+        )
 
     def _free(self, handle: int) -> None:
         _core.network_free(handle)

@@ -32,10 +32,10 @@ One trainer, or one network, used from two threads at the same moment raises
 from __future__ import annotations
 
 import contextlib
+import functools
 import math
 import os
 import warnings
-from collections.abc import Iterator
 from dataclasses import dataclass
 from typing import Any, Callable, Union
 
@@ -57,6 +57,12 @@ from .methods import Method, resolve_method
 from .models import Network
 from .monitor import StepDiagnostics
 from .optim import SGD, Constant, Optimizer, Schedule
+
+
+def _closed_trainer(what: str) -> ClosedError:
+    """The ClosedError for ``what`` on a closed trainer."""
+    return ClosedError(f"{what}: the trainer was closed; create a new one")
+
 
 __all__ = ["Augment", "EpochRecord", "History", "SkippedStep", "StepResult", "Trainer", "WeightNet"]
 
@@ -239,16 +245,21 @@ class Trainer(NativeHandle):
                 raise
         return h
 
-    @contextlib.contextmanager
-    def _use(self, what: str) -> Iterator[int]:
-        """Holds the trainer (and its network) for one native call."""
+    def _use(self, what: str) -> contextlib.AbstractContextManager[int]:
+        """Holds the trainer (and its network) for one native call and gives the trainer's handle.
+
+        The network's lock is released in C (:class:`metaweight._core.Hold`), so an interrupt cannot
+        leave it held.
+        """
         if self._handle is None:
-            raise ClosedError(f"{what}: the trainer was closed; create a new one")
-        with self._model._hold(f"trainer.{what}"):
-            h = self._handle
-            if h is None:
-                raise ClosedError(f"{what}: the trainer was closed; create a new one")
-            yield h
+            raise _closed_trainer(what)
+        model = self._model
+        return _core.Hold(
+            model._lock,
+            functools.partial(model._busy_error, f"trainer.{what}"),
+            self,
+            functools.partial(_closed_trainer, what),
+        )
 
     def _prepare_fit(self, spe_fit: int, epochs: int) -> None:
         """Resolves an epoch-based schedule for a fit run of ``spe_fit`` steps per epoch."""
@@ -409,13 +420,15 @@ class Trainer(NativeHandle):
         with self._use("step") as h:
             if not names:
                 loss, acc, lr, step, meta_loss, diag = _core.trainer_step(
-                    h, x, y, weights, x_meta, y_meta, wout, cwout)
+                    h, x, y, weights, x_meta, y_meta, wout, cwout
+                )
             else:
                 # Recording is on for this one step only: off, a step copies nothing extra.
                 _core.trainer_set_step_diagnostics(h, True)
                 try:
                     loss, acc, lr, step, meta_loss, diag = _core.trainer_step(
-                        h, x, y, weights, x_meta, y_meta, wout, cwout)
+                        h, x, y, weights, x_meta, y_meta, wout, cwout
+                    )
                     for name in names:
                         length, rows = _core.trainer_step_diagnostics(h, name, None)
                         arr = np.empty(length, dtype=np.float32)
@@ -423,8 +436,17 @@ class Trainer(NativeHandle):
                         got[name] = arr if length == rows else arr.reshape(rows, length // rows)
                 finally:
                     _core.trainer_set_step_diagnostics(h, False)
-        return StepResult(loss, acc, lr, int(step), meta_loss, wout, cwout,
-                          diagnostics=StepDiagnostics.from_tuple(diag), raw=got if diagnostics else None)
+        return StepResult(
+            loss,
+            acc,
+            lr,
+            int(step),
+            meta_loss,
+            wout,
+            cwout,
+            diagnostics=StepDiagnostics.from_tuple(diag),
+            raw=got if diagnostics else None,
+        )
 
     def weight_function(self, losses: Any) -> np.ndarray:
         """Evaluates the learned loss → weight function V of MW-Net or GDW.
@@ -443,8 +465,10 @@ class Trainer(NativeHandle):
         if self._handle is None:
             raise ClosedError("weight_function: the trainer was closed; create a new one")
         if not self._method.has_weight_function:
-            raise StateError(f"weight_function: the {self._method.name!r} method has no weighting function "
-                             "(MW-Net and GDW learn one)")
+            raise StateError(
+                f"weight_function: the {self._method.name!r} method has no weighting function "
+                "(MW-Net and GDW learn one)"
+            )
         arr = np.asarray(losses)
         if arr.dtype.kind not in "fiu":
             raise DTypeError(f"losses: expected real numbers, got dtype {arr.dtype}")
@@ -469,8 +493,10 @@ class Trainer(NativeHandle):
         if self._handle is None:
             raise ClosedError("weight_net: the trainer was closed; create a new one")
         if not self._method.has_weight_function:
-            raise StateError(f"weight_net: the {self._method.name!r} method has no weighting net "
-                             "(MW-Net and GDW learn one)")
+            raise StateError(
+                f"weight_net: the {self._method.name!r} method has no weighting net "
+                "(MW-Net and GDW learn one)"
+            )
         return WeightNet(self)
 
     def _require_schedule(self, what: str) -> None:
@@ -535,7 +561,11 @@ class Trainer(NativeHandle):
         net = self._model
         xa = as_features(x, "x", net.input_shape, check_values=False)
         ya = as_labels(y, "y", n=len(xa))
-        w = None if sample_weights is None else as_weights(sample_weights, "sample_weights", len(xa), check_values=False)
+        w = (
+            None
+            if sample_weights is None
+            else as_weights(sample_weights, "sample_weights", len(xa), check_values=False)
+        )
         xm, ym = self._meta_batch_arrays(x_meta, y_meta)
         return self._checked_step(xa, ya, w, xm, ym, "", diagnostics)
 
@@ -560,17 +590,30 @@ class Trainer(NativeHandle):
             step = self.step_count + 1
             reason = f"{err} ({where})" if where else str(err)
             self.skipped_steps.append(SkippedStep(step, reason))
-            warnings.warn(f"step {step} skipped (on_nonfinite='skip'): {reason}", RuntimeWarning, stacklevel=3)
+            warnings.warn(
+                f"step {step} skipped (on_nonfinite='skip'): {reason}", RuntimeWarning, stacklevel=3
+            )
             n = len(y)
-            return StepResult(math.nan, math.nan, self.learning_rate, step - 1, math.nan,
-                              np.zeros(n, dtype=np.float32), None, skipped=True)
+            return StepResult(
+                math.nan,
+                math.nan,
+                self.learning_rate,
+                step - 1,
+                math.nan,
+                np.zeros(n, dtype=np.float32),
+                None,
+                skipped=True,
+            )
 
     def _meta_batch_arrays(self, x_meta: Any, y_meta: Any) -> tuple[np.ndarray | None, np.ndarray | None]:
         """The meta batch converted (whether the method takes one is the core's rule)."""
         net = self._model
         xm = None if x_meta is None else as_features(x_meta, "x_meta", net.input_shape, check_values=False)
-        ym = None if y_meta is None else as_labels(
-            y_meta, "y_meta", n=None if xm is None else len(xm), x_name="x_meta")
+        ym = (
+            None
+            if y_meta is None
+            else as_labels(y_meta, "y_meta", n=None if xm is None else len(xm), x_name="x_meta")
+        )
         return xm, ym
 
     fit = refuses_reentry("fit")(_fit.fit)

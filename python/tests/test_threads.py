@@ -4,7 +4,9 @@ used from two threads at once is refused with BusyError, never corrupted."""
 from __future__ import annotations
 
 import contextlib
+import dis
 import re
+import sys
 import threading
 from concurrent.futures import ThreadPoolExecutor
 
@@ -281,3 +283,162 @@ def test_independent_trainers_in_two_threads_overlap_inside_the_core(digits):
     assert _core.calls_in_flight_peak(False) >= 2, "the two trainers never ran inside the core at once"
     for s in (11, 12):
         np.testing.assert_array_equal(parallel[s], serial[s])
+
+
+_CALLS = {
+    dis.opmap[n]
+    for n in ("CALL", "CALL_FUNCTION", "CALL_METHOD", "CALL_FUNCTION_KW", "CALL_FUNCTION_EX")
+    if n in dis.opmap
+}
+
+
+class _InterruptAt:
+    """A tracer that raises KeyboardInterrupt at the n-th point where CPython runs a SIGINT handler:
+    on entering (or resuming) a Python function, and right after a call returns (the interpreter
+    checks for pending signals in RESUME and at the end of CALL, never between other bytecodes).
+    ``fired`` tells whether it got that far."""
+
+    def __init__(self, n: int) -> None:
+        self.n = n
+        self.seen = 0
+        self.fired = False
+        self.last: dict[int, int | None] = {}  # frame id -> offset of the call it runs, if one
+
+    def _maybe_fire(self) -> None:
+        self.seen += 1
+        if self.seen == self.n:
+            self.fired = True
+            raise KeyboardInterrupt
+
+    def __call__(self, frame, event, arg):
+        frame.f_trace_opcodes = True
+        if self.fired:
+            return self
+        if event == "call":
+            self._maybe_fire()
+        elif event == "opcode":
+            code, here = frame.f_code, frame.f_lasti
+            call_at = self.last.get(id(frame))
+            self.last[id(frame)] = here if code.co_code[here] in _CALLS else None
+            # A signal at the end of the call at `call_at` is handled as if raised there; raising it
+            # here instead is the same only where both offsets have the same exception handler.
+            if call_at is not None and _handler(code, call_at) == _handler(code, here):
+                self._maybe_fire()
+        return self
+
+
+def _handler(code, offset: int) -> int | None:
+    """The exception handler covering bytecode ``offset`` (3.11+ exception tables)."""
+    for entry in dis.Bytecode(code).exception_entries:
+        if entry.start <= offset < entry.end:
+            return entry.target
+    return None
+
+
+def _interrupt_everywhere(call, locked):
+    """Runs ``call`` once per bytecode boundary with a KeyboardInterrupt raised there; returns how
+    many boundaries left ``locked()`` true inside the ``except KeyboardInterrupt`` (where a script
+    would save its model)."""
+    stuck = 0
+    for n in range(1, 10_000):
+        tracer = _InterruptAt(n)
+        sys.settrace(tracer)
+        try:
+            call()
+        except KeyboardInterrupt:
+            sys.settrace(None)
+            stuck += locked()
+        finally:
+            sys.settrace(None)
+        if not tracer.fired:
+            return stuck
+    raise AssertionError("the call never finished without an interrupt")
+
+
+_NEEDS_311 = pytest.mark.skipif(
+    sys.version_info < (3, 11), reason="models CPython 3.11's signal check points and exception tables"
+)
+
+
+@_NEEDS_311
+def test_an_interrupt_wherever_a_signal_can_land_in_a_call_never_leaves_the_network_locked(digits):
+    """A KeyboardInterrupt landing anywhere in a trainer's or network's call (the with-statement's
+    exit included) leaves the lock free, so the script's `except KeyboardInterrupt: save()` works.
+    The lock is released by metaweight._core.Hold in C; a generator context manager's Python
+    __exit__ left it held when the interrupt landed inside it."""
+    x, y = digits
+    net = small_mlp()
+    trainer = mw.Trainer(net)
+
+    def step():
+        with trainer._use("step") as h:
+            assert h == trainer._handle
+
+    def get():
+        with net._use("get_flat") as h:
+            assert h == net._handle
+
+    for call in (step, get, lambda: trainer.step(x[:10], y[:10]), net.get_flat):
+        assert _interrupt_everywhere(call, net._lock.locked) == 0
+    assert not net._lock.locked()
+    before = trainer.step_count  # interrupts after the native call returned kept their step
+    trainer.step(x[:10], y[:10])  # still usable afterwards
+    assert trainer.step_count == before + 1
+
+
+@_NEEDS_311
+def test_the_old_generator_holder_is_what_an_interrupt_could_leave_locked():
+    """The test above can fail: the generator context manager it replaced leaves the lock held at
+    some bytecode boundary of its __exit__."""
+    state = {"lock": threading.Lock()}
+
+    @contextlib.contextmanager
+    def generator_hold():
+        lock = state["lock"]
+        if not lock.acquire(blocking=False):
+            raise mw.BusyError("busy")
+        try:
+            yield
+        finally:
+            lock.release()
+
+    def call():
+        with generator_hold():
+            pass
+
+    def check():
+        held = state["lock"].locked()
+        if held:  # the traceback keeps the suspended generator (and its lock) alive; start afresh
+            state["lock"] = threading.Lock()
+        return held
+
+    assert _interrupt_everywhere(call, check) > 0
+
+
+def test_hold_raises_the_factorys_errors_and_releases_on_closed(digits):
+    lock = threading.Lock()
+    with mw._core.Hold(lock, lambda: mw.BusyError("b")) as h:
+        assert h is None and lock.locked()
+        with pytest.raises(mw.BusyError, match="b"), mw._core.Hold(lock, lambda: mw.BusyError("b")):
+            pass
+    assert not lock.locked()
+
+    class Owner:
+        _handle = None
+
+    with (
+        pytest.raises(mw.ClosedError, match="gone"),
+        mw._core.Hold(lock, lambda: mw.BusyError("b"), Owner(), lambda: mw.ClosedError("gone")),
+    ):
+        pass
+    assert not lock.locked()
+    Owner._handle = 7  # type: ignore[assignment]
+    with (
+        pytest.raises(ValueError),
+        mw._core.Hold(lock, lambda: mw.BusyError("b"), Owner(), lambda: mw.ClosedError("c")) as h,
+    ):
+        assert h == 7 and lock.locked()
+        raise ValueError("body failed")
+    assert not lock.locked()
+    with pytest.raises(TypeError, match="on_busy"):
+        mw._core.Hold(lock, None)
