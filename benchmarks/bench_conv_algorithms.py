@@ -1,4 +1,4 @@
-"""Winograd F(2x2,3x3) against im2col + GEMM, per convolution shape: the measurement behind
+"""Winograd F(4x4,3x3) against im2col + GEMM, per convolution shape: the measurement behind
 ``Conv2D.prefersWinograd`` (what ``algorithm="auto"`` picks).
 
 For each of ResNet-32's 3x3 stride-1 layer shapes (16 channels at 32x32, 32 at 16x16, 64 at 8x8)

@@ -147,7 +147,7 @@ class Conv2d(Layer):
         padding: zero padding on each side.
         bias: whether the layer has a bias (off by default: convolutions are usually followed by
             batch normalisation).
-        algorithm: ``"auto"`` (Winograd F(2x2,3x3) on 3x3 stride-1 layers of at least 32 channels,
+        algorithm: ``"auto"`` (Winograd F(4x4,3x3) on 3x3 stride-1 layers of at least 16 channels,
             else im2col + GEMM), ``"gemm"`` or ``"winograd"`` (where eligible: 3x3, stride 1,
             padding <= 2). A preference only: results agree to float rounding, checkpoints load
             across algorithms.

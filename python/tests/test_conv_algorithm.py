@@ -1,4 +1,4 @@
-"""The per-layer convolution algorithm selector (Winograd F(2x2,3x3) or im2col + GEMM).
+"""The per-layer convolution algorithm selector (Winograd F(4x4,3x3) or im2col + GEMM).
 
 The algorithm is a preference, not part of the maths: the same parameters give the same logits to
 float32 rounding (tolerance below), checkpoints and state dicts load across algorithms, the
@@ -27,9 +27,9 @@ def test_auto_runs_winograd_only_on_eligible_wide_layers() -> None:
     net = mw.resnet32(input_shape=(3, 16, 16), num_classes=10)
     algos = net.conv_algorithms
     assert len(algos) == 31
-    # The stem and stage 1 (16 channels) stay on GEMM; stages 2 and 3 use Winograd except their
-    # first (stride-2) convolution.
-    assert algos[:11] == ["gemm"] * 11
+    # Every 3x3 stride-1 convolution from 16 channels on runs Winograd: all but the 3-channel stem and
+    # the two stride-2 convolutions that open stages 2 and 3.
+    assert algos[0] == "gemm" and algos[1:11] == ["winograd"] * 10
     assert algos[11] == "gemm" and algos[21] == "gemm"
     assert algos[12:21] == ["winograd"] * 9 and algos[22:] == ["winograd"] * 9
 
@@ -55,7 +55,7 @@ def test_unknown_algorithm_raises_naming_the_argument(bad: object) -> None:
     before = net.get_flat()
     with pytest.raises(InvalidArgumentError, match="algorithm"):
         net.set_conv_algorithm(bad)  # type: ignore[arg-type]
-    assert net.conv_algorithms.count("winograd") == 18
+    assert net.conv_algorithms.count("winograd") == 28
     np.testing.assert_array_equal(net.get_flat(), before)
     with pytest.raises(InvalidArgumentError, match="conv_algorithm"):
         mw.resnet32(conv_algorithm=bad)  # type: ignore[arg-type]

@@ -131,7 +131,7 @@ mw_status mw_network_activation_bytes(mw_network net, int64_t batch, int64_t *by
 /* The architecture signature (for checkpoints). */
 mw_status mw_network_signature(mw_network net, char *buf, int64_t capacity, int64_t *length);
 /* Sets the algorithm preference of every convolution: 0 auto (Winograd on 3x3 stride-1 layers of
- * at least 32 channels, else im2col + GEMM), 1 gemm, 2 winograd (where eligible: 3x3, stride 1,
+ * at least 16 channels, F(4x4,3x3), else im2col + GEMM), 1 gemm, 2 winograd (where eligible: 3x3, stride 1,
  * padding <= 2). The maths and parameters are unchanged; *count (optional) receives the number of
  * convolutions. The spec's `algo=0|1|2` on a conv layer or preset sets the same preference. */
 mw_status mw_network_set_conv_algorithm(mw_network net, int32_t algorithm, int64_t *count);

@@ -32,7 +32,7 @@ public final class Conv2D: LeafLayer, Layer {
     case auto = 0
     /// im2col + GEMM (or the direct product of a 1×1 convolution).
     case gemm = 1
-    /// Winograd F(2×2, 3×3) when eligible (3×3, stride 1, padding ≤ 2), else GEMM.
+    /// Winograd F(4×4, 3×3) when eligible (3×3, stride 1, padding ≤ 2), else GEMM.
     case winograd = 2
 
     /// `auto`, `gemm` or `winograd`.
@@ -48,12 +48,17 @@ public final class Conv2D: LeafLayer, Layer {
   /// The preferred algorithm (default `.auto`); changing it never changes the parameters.
   public var algorithm: Algorithm = .auto
 
-  /// Winograd output tile size: F(2×2, 3×3). F(4×4, 3×3) needs 1.8× fewer multiplies still, but its
-  /// transform constants (up to 8 in Aᵀ, 5 in Bᵀ) make its derived error bound 50× and its measured
-  /// error 24× larger than F(2×2)'s (`WinogradTests.testTileSizeErrorsAgainstFloat64`: 2.1e-6 vs
-  /// 9.0e-8 of Σ|w||x| on a 16-channel layer); F(2×2) stays at the GEMM path's 8.8e-8 (its
-  /// constants are 0, ±½, ±1), and its transforms, additions only, are the cheaper ones.
-  package static let defaultWinogradTile = 2
+  /// Winograd output tile size: F(4×4, 3×3), 4× fewer multiplies than the direct convolution (F(2×2):
+  /// 2.25×) and, at 2.25 transformed floats per output instead of 4, less memory traffic. Its
+  /// transform constants (up to 8 in Aᵀ, 5 in Bᵀ) make its error larger than F(2×2)'s
+  /// (`WinogradTests.testTileSizeErrorsAgainstFloat64`: 2.0e-6 vs 7.7e-8 of Σ|w||x| on a 16-channel
+  /// layer, within its derived bound), still far below the noise of float32 SGD, and the
+  /// meta-gradients stay within 1e-4 of the float64 reference. Measured (`benchmarks/
+  /// bench_conv_algorithms.py`, batch 100, one thread, AMD Zen 5, Cooperlake kernels), a 4-layer
+  /// step: 64 channels 8×8 18.1 vs 25.0 ms for F(2×2), 32 channels 16×16 22.2 vs 34.0 ms, 16
+  /// channels 32×32 35.3 ms vs 47.3 ms for the (implicit) GEMM path; a whole ResNet-32 step 22%
+  /// faster than with F(2×2) from 32 channels and GEMM below.
+  package static let defaultWinogradTile = 4
 
   /// The Winograd output tile size this layer uses (`defaultWinogradTile`; tests compare 4).
   package var winogradTile = Conv2D.defaultWinogradTile
@@ -62,13 +67,12 @@ public final class Conv2D: LeafLayer, Layer {
   /// gradient is itself a convolution with padding 2 − p ≥ 0).
   public var winogradEligible: Bool { kernel == 3 && stride == 1 && padding <= 2 }
 
-  /// What `.auto` picks on an eligible layer: Winograd when both channel counts are at least 32.
-  /// Measured per layer shape (`benchmarks/bench_conv_algorithms.py --rounds 6`, batch 100, AMD
-  /// Zen 5, OpenBLAS Cooperlake kernels; GEMM time / Winograd time, one thread and two): 16
-  /// channels 1.03 and 0.94, 32 channels 0.97 and 1.00, 64 channels 1.24 and 1.40. With 16
-  /// channels each transform point's product has an inner dimension of 16, too short for the GEMM
-  /// to pay for the transforms; from 32 channels on Winograd is at least even, and ahead at 64.
-  public var prefersWinograd: Bool { inChannels >= 32 && outChannels >= 32 }
+  /// What `.auto` picks on an eligible layer: Winograd when both channel counts are at least 16.
+  /// Measured per layer shape (a 4-layer step at 32×32, batch 100, one thread, AMD Zen 5,
+  /// Cooperlake kernels, F(4×4) against the GEMM path): 16 channels 35.3 vs 47.3 ms, 12 channels
+  /// 36.7 vs 40.4, 8 channels 16.1 vs 15.0, 4 channels 9.4 vs 4.8. Below 16 channels each
+  /// transform point's product has too short an inner dimension to pay for the transforms.
+  public var prefersWinograd: Bool { inChannels >= 16 && outChannels >= 16 }
 
   /// The Winograd plan the passes use, or nil for the GEMM path.
   package var winogradPlan: Winograd? {
@@ -160,9 +164,11 @@ public final class Conv2D: LeafLayer, Layer {
   /// Target size of one chunk's column matrix, in floats (2 MiB: a few examples, in L2/L3 cache).
   static let columnBudget = 524_288
 
-  /// Target floats of one Winograd chunk's transformed inputs and products (V and M): small enough
-  /// to stay in a core's L2 cache between the transforms and the products.
-  static let winogradBudget = 131_072
+  /// Target floats of one Winograd chunk's transformed inputs and products (V and M, 2 MiB). A
+  /// quarter of that kept ResNet-32's 8×8 stage at four examples per chunk, whose 16-column
+  /// products ran the GEMM far below its rate: a whole F(4×4) step took 5% longer (one thread, AMD
+  /// Zen 5).
+  static let winogradBudget = 524_288
 
   /// Fewest chunks a batch is cut into (when it has that many examples), so that the threads
   /// share the chunks evenly; fixed, not derived from the thread count, so results are not either.
@@ -468,6 +474,16 @@ public final class Conv2D: LeafLayer, Layer {
     }
   }
 
+  /// Examples per Winograd chunk when one example needs `perExample` floats of V and M (or D):
+  /// within `winogradBudget`, at most n / `minimumChunks` (rounded up), and a multiple of the
+  /// plan's example group where the batch allows (F(4×4)'s vectors carry four examples).
+  private func winogradChunk(_ plan: Winograd, n: Int, perExample: Int) -> Int {
+    let fewest = Conv2D.minimumChunks
+    let nc = max(1, min(n, Conv2D.winogradBudget / max(perExample, 1), (n + fewest - 1) / fewest))
+    let group = plan.exampleGroup
+    return min(n, max(group, nc - nc % group))
+  }
+
   /// y = Σ_t conv(x_t, F_t) (+ bias) through Winograd for one or two terms, one product per
   /// transform point over the stacked filters [U(F₁) | U(F₂)] and inputs [V(x₁); V(x₂)].
   ///
@@ -485,13 +501,11 @@ public final class Conv2D: LeafLayer, Layer {
     let kin = filters.count * xc
     let pts = plan.points
     let perTile = plan.tiles(oh) * plan.tiles(ow)
-    let perExample = pts * (kin + yc) * perTile
-    let fewest = Conv2D.minimumChunks
-    let nc = max(1, min(n, Conv2D.winogradBudget / max(perExample, 1), (n + fewest - 1) / fewest))
+    let nc = winogradChunk(plan, n: n, perExample: pts * (kin + yc) * perTile)
     let chunks = (n + nc - 1) / nc
     // V and M of at most nc examples, the points `Winograd.planeStride` apart.
-    let chunkSize =
-      pts * (Winograd.planeStride(rows: kin, ld: nc * perTile) + Winograd.planeStride(rows: yc, ld: nc * perTile))
+    let most = plan.columns(examples: nc, perTile: perTile)
+    let chunkSize = pts * (Winograd.planeStride(rows: kin, ld: most) + Winograd.planeStride(rows: yc, ld: most))
     let slots = Parallel.slots(for: chunks)
     let uCount = pts * yc * kin
     let buf = ctx.scratch.pointer(count: uCount + slots * chunkSize)
@@ -505,7 +519,7 @@ public final class Conv2D: LeafLayer, Layer {
     let work = buf + uCount
     Parallel.forEach(chunks, slots: slots) { slot, c in
       let n0 = c * nc, cnt = min(nc, n - n0)
-      let tiles = cnt * perTile
+      let tiles = plan.columns(examples: cnt, perTile: perTile)
       let v = work + slot * chunkSize
       // The transforms space the points by `planeStride` of this chunk's own tile count.
       let vs = Winograd.planeStride(rows: kin, ld: tiles), ms = Winograd.planeStride(rows: yc, ld: tiles)
@@ -535,20 +549,18 @@ public final class Conv2D: LeafLayer, Layer {
     let (cin, cout, h, w, p, oh, ow) = (inChannels, outChannels, height, width, padding, outHeight, outWidth)
     let pts = plan.points
     let perTile = plan.tiles(oh) * plan.tiles(ow)
-    let perExample = pts * (cin + cout) * perTile
-    let fewest = Conv2D.minimumChunks
-    let nc = max(1, min(n, Conv2D.winogradBudget / max(perExample, 1), (n + fewest - 1) / fewest))
+    let nc = winogradChunk(plan, n: n, perExample: pts * (cin + cout) * perTile)
     let chunks = (n + nc - 1) / nc
     // V and D of at most nc examples, the points `Winograd.planeStride` apart.
-    let chunkSize =
-      pts * (Winograd.planeStride(rows: cin, ld: nc * perTile) + Winograd.planeStride(rows: cout, ld: nc * perTile))
+    let most = plan.columns(examples: nc, perTile: perTile)
+    let chunkSize = pts * (Winograd.planeStride(rows: cin, ld: most) + Winograd.planeStride(rows: cout, ld: most))
     let slots = Parallel.slots(for: chunks)
     let zSize = pts * cout * cin
     let buf = ctx.scratch.pointer(count: chunks * zSize + slots * chunkSize)
     let work = buf + chunks * zSize
     Parallel.forEach(chunks, slots: slots) { slot, c in
       let n0 = c * nc, cnt = min(nc, n - n0)
-      let tiles = cnt * perTile
+      let tiles = plan.columns(examples: cnt, perTile: perTile)
       let v = work + slot * chunkSize
       let vs = Winograd.planeStride(rows: cin, ld: tiles), ds = Winograd.planeStride(rows: cout, ld: tiles)
       let d = v + pts * vs

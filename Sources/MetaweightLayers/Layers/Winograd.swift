@@ -90,7 +90,8 @@ package struct Winograd: Sendable {
   // MARK: - Filter transforms
 
   /// U[ξ, r, coff + c] = (G f Gᵀ)[ξ] for every filter f = `filter(r, c)` (a pointer to 3×3 values,
-  /// row-major, read `flipped` by 180° when asked); U is [α², rows, ld].
+  /// row-major, read `flipped` by 180° when asked); U is [α², rows, ld]. Four filters of a row
+  /// (columns c … c + 3) per vector, so each point's four values are one store.
   package func transformFilters(
     rows: Int, cols: Int, ld: Int, columnOffset coff: Int, flipped: Bool,
     filter: (_ r: Int, _ c: Int) -> UnsafePointer<Float>, into u: UnsafeMutablePointer<Float>
@@ -101,24 +102,35 @@ package struct Winograd: Sendable {
       let G = gp.baseAddress!
       // Rows in parallel (each filter is independent; a serial loop here idles the other threads).
       Parallel.forRange(rows, costPerItem: cols * 12 * a * a) { r0, r1 in
-        withUnsafeTemporaryAllocation(of: Float.self, capacity: 9 + 3 * a) { tmp in
+        withUnsafeTemporaryAllocation(of: Quad.self, capacity: 9 + 3 * a) { tmp in
           let f = tmp.baseAddress!, t = f + 9  // t = G·f [α, 3]
           for r in r0..<r1 {
-            for c in 0..<cols {
-              let src = filter(r, c)
-              for i in 0..<9 { f[i] = flipped ? src[8 - i] : src[i] }
-              for u in 0..<a {
-                for j in 0..<3 {
-                  t[u * 3 + j] = G[u * 3] * f[j] + G[u * 3 + 1] * f[3 + j] + G[u * 3 + 2] * f[6 + j]
-                }
+            var c = 0
+            while c < cols {
+              let lanes = min(4, cols - c)
+              let p0 = filter(r, c), p1 = lanes > 1 ? filter(r, c + 1) : p0
+              let p2 = lanes > 2 ? filter(r, c + 2) : p0, p3 = lanes > 3 ? filter(r, c + 3) : p0
+              for i in 0..<9 {
+                let k = flipped ? 8 - i : i
+                f[i] = Quad(p0[k], p1[k], p2[k], p3[k])
+              }
+              for uu in 0..<a {
+                let g0 = G[uu * 3], g1 = G[uu * 3 + 1], g2 = G[uu * 3 + 2]
+                for j in 0..<3 { t[uu * 3 + j] = g0 * f[j] + g1 * f[3 + j] + g2 * f[6 + j] }
               }
               let dst = u + r * ld + coff + c
               for i in 0..<a {
                 for v in 0..<a {
-                  dst[(i * a + v) * plane] =
-                    t[i * 3] * G[v * 3] + t[i * 3 + 1] * G[v * 3 + 1] + t[i * 3 + 2] * G[v * 3 + 2]
+                  let q = t[i * 3] * G[v * 3] + t[i * 3 + 1] * G[v * 3 + 1] + t[i * 3 + 2] * G[v * 3 + 2]
+                  let o = dst + (i * a + v) * plane
+                  if lanes == 4 {
+                    Winograd.st4(q, o)
+                  } else {
+                    for l in 0..<lanes { o[l] = q[l] }
+                  }
                 }
               }
+              c += 4
             }
           }
         }
@@ -126,7 +138,8 @@ package struct Winograd: Sendable {
     }
   }
 
-  /// dW[r, c] (3×3 at `out(r, c)`) = Gᵀ Z[·, r, c] G for Z [α², rows, cols].
+  /// dW[r, c] (3×3 at `out(r, c)`) = Gᵀ Z[·, r, c] G for Z [α², rows, cols], four columns c per
+  /// vector.
   package func filterGradients(
     _ z: UnsafePointer<Float>, rows: Int, cols: Int, out: (_ r: Int, _ c: Int) -> UnsafeMutablePointer<Float>
   ) {
@@ -135,26 +148,41 @@ package struct Winograd: Sendable {
     g.withUnsafeBufferPointer { gp in
       let G = gp.baseAddress!
       Parallel.forRange(rows, costPerItem: cols * 12 * a * a) { r0, r1 in
-        withUnsafeTemporaryAllocation(of: Float.self, capacity: 3 * a) { tmp in
+        withUnsafeTemporaryAllocation(of: Quad.self, capacity: 3 * a) { tmp in
           let t = tmp.baseAddress!  // t = Gᵀ Z [3, α]
           for r in r0..<r1 {
-            for c in 0..<cols {
+            var c = 0
+            while c < cols {
+              let lanes = min(4, cols - c)
               let src = z + r * cols + c
+              @inline(__always) func load(_ xi: Int) -> Quad {
+                let p = src + xi * plane
+                if lanes == 4 { return Winograd.ld4(p) }
+                var q = Quad()
+                for l in 0..<lanes { q[l] = p[l] }
+                return q
+              }
               for i in 0..<3 {
                 for v in 0..<a {
-                  var s: Float = 0
-                  for u in 0..<a { s += G[u * 3 + i] * src[(u * a + v) * plane] }
+                  var s = Quad()
+                  for uu in 0..<a { s += G[uu * 3 + i] * load(uu * a + v) }
                   t[i * a + v] = s
                 }
               }
-              let dst = out(r, c)
+              let d0 = out(r, c), d1 = lanes > 1 ? out(r, c + 1) : d0
+              let d2 = lanes > 2 ? out(r, c + 2) : d0, d3 = lanes > 3 ? out(r, c + 3) : d0
               for i in 0..<3 {
                 for j in 0..<3 {
-                  var s: Float = 0
+                  var s = Quad()
                   for v in 0..<a { s += t[i * a + v] * G[v * 3 + j] }
-                  dst[i * 3 + j] = s
+                  let k = i * 3 + j
+                  d0[k] = s[0]
+                  if lanes > 1 { d1[k] = s[1] }
+                  if lanes > 2 { d2[k] = s[2] }
+                  if lanes > 3 { d3[k] = s[3] }
                 }
               }
+              c += 4
             }
           }
         }
@@ -164,9 +192,10 @@ package struct Winograd: Sendable {
 
   // MARK: - Data transforms
 
-  /// V[ξ, rowOffset + c, e·tilesH·tilesW + tile] = (Bᵀ d B)[ξ] for the input tiles d of examples
-  /// n0..<n0+count of `src` [channels, n, h, w] (zero padding `p`), tiles of an oh×ow output;
-  /// V has `rows` rows of `ld` floats per transform point.
+  /// V[ξ, rowOffset + c, column] = (Bᵀ d B)[ξ] for the input tiles d of examples n0..<n0+count of
+  /// `src` [channels, n, h, w] (zero padding `p`), tiles of an oh×ow output; V has `rows` rows of
+  /// `ld` floats per transform point. A tile's column: e·tilesH·tilesW + tile for F(2×2); for
+  /// F(4×4), (e/4)·4·tilesH·tilesW + 4·tile + e mod 4 (see `columns(examples:perTile:)`).
   package func transformInput(
     _ src: UnsafePointer<Float>, channels: Int, n: Int, n0: Int, count: Int, h: Int, w: Int, padding p: Int,
     oh: Int, ow: Int, into v: UnsafeMutablePointer<Float>, rows: Int, ld: Int, rowOffset: Int
@@ -175,135 +204,24 @@ package struct Winograd: Sendable {
       transformInput2(
         src, channels: channels, n: n, n0: n0, count: count, h: h, w: w, padding: p, oh: oh, ow: ow, into: v,
         rows: rows, ld: ld, rowOffset: rowOffset)
-      return
-    }
-    let a = alpha, mm = m
-    let th = tiles(oh), tw = tiles(ow)
-    let width = tw * mm + 2  // padded input row covering every tile of a tile row
-    let plane = Winograd.planeStride(rows: rows, ld: ld)
-    bt.withUnsafeBufferPointer { bp in
-      let B = bp.baseAddress!
-      withUnsafeTemporaryAllocation(of: Float.self, capacity: a * width + 2 * a * a * tw) { tmp in
-        let band = tmp.baseAddress!  // α padded input rows
-        let rowT = band + a * width  // [α (input row), α (v), tw]
-        let colT = rowT + a * a * tw  // [α (u), α (v), tw]
-        for c in 0..<channels {
-          for e in 0..<count {
-            let img = src + ((c * n + n0 + e) * h) * w
-            for ti in 0..<th {
-              // The α input rows of this tile row, zero outside the image.
-              for r in 0..<a {
-                let row = band + r * width
-                let ih = ti * mm - p + r
-                if ih < 0 || ih >= h {
-                  row.update(repeating: 0, count: width)
-                  continue
-                }
-                let lo = min(width, max(0, p)), hi = max(lo, min(width, w + p))
-                if lo > 0 { row.update(repeating: 0, count: lo) }
-                (row + lo).update(from: img + ih * w + (lo - p), count: hi - lo)
-                if hi < width { (row + hi).update(repeating: 0, count: width - hi) }
-              }
-              // Along each row: rowT[r, v, j] = Σ_s Bᵀ[v, s] · band[r, j·m + s].
-              for r in 0..<a {
-                let row = band + r * width
-                for vv in 0..<a {
-                  let out = rowT + (r * a + vv) * tw
-                  for j in 0..<tw { out[j] = 0 }
-                  for s in 0..<a {
-                    let b = B[vv * a + s]
-                    if b == 0 { continue }
-                    for j in 0..<tw { out[j] += b * row[j * mm + s] }
-                  }
-                }
-              }
-              // Down the columns: V[u, v, j] = Σ_r Bᵀ[u, r] · rowT[r, v, j].
-              let base = (e * th + ti) * tw
-              for u in 0..<a {
-                for vv in 0..<a {
-                  let out = colT + (u * a + vv) * tw
-                  for j in 0..<tw { out[j] = 0 }
-                  for r in 0..<a {
-                    let b = B[u * a + r]
-                    if b == 0 { continue }
-                    let inp = rowT + (r * a + vv) * tw
-                    for j in 0..<tw { out[j] += b * inp[j] }
-                  }
-                  (v + (u * a + vv) * plane + (rowOffset + c) * ld + base).update(from: out, count: tw)
-                }
-              }
-            }
-          }
-        }
-      }
+    } else {
+      transformInput4(
+        src, channels: channels, n: n, n0: n0, count: count, h: h, w: w, padding: p, oh: oh, ow: ow, into: v,
+        rows: rows, ld: ld, rowOffset: rowOffset)
     }
   }
 
-  /// D[ξ, c, tile] = (A dY Aᵀ)[ξ] for the m×m output-gradient tiles dY of examples n0..<n0+count
-  /// of `src` [channels, n, oh, ow] (zero past the edge); D is [α², channels, ld].
+  /// D[ξ, c, column] = (A dY Aᵀ)[ξ] for the m×m output-gradient tiles dY of examples n0..<n0+count
+  /// of `src` [channels, n, oh, ow] (zero past the edge); D is [α², channels, ld], its columns
+  /// ordered like `transformInput`'s.
   package func transformOutputGradient(
     _ src: UnsafePointer<Float>, channels: Int, n: Int, n0: Int, count: Int, oh: Int, ow: Int,
     into d: UnsafeMutablePointer<Float>, ld: Int
   ) {
     if m == 2 {
       transformOutputGradient2(src, channels: channels, n: n, n0: n0, count: count, oh: oh, ow: ow, into: d, ld: ld)
-      return
-    }
-    let a = alpha, mm = m
-    let th = tiles(oh), tw = tiles(ow)
-    let width = tw * mm
-    let plane = Winograd.planeStride(rows: channels, ld: ld)
-    at.withUnsafeBufferPointer { ap in
-      let A = ap.baseAddress!  // Aᵀ [m, α]
-      withUnsafeTemporaryAllocation(of: Float.self, capacity: mm * width + mm * a * tw + a * a * tw) { tmp in
-        let band = tmp.baseAddress!  // m padded rows of dY
-        let rowT = band + mm * width  // [m (row), α (v), tw]
-        let colT = rowT + mm * a * tw
-        for c in 0..<channels {
-          for e in 0..<count {
-            let img = src + ((c * n + n0 + e) * oh) * ow
-            for ti in 0..<th {
-              for r in 0..<mm {
-                let row = band + r * width
-                let i = ti * mm + r
-                if i >= oh {
-                  row.update(repeating: 0, count: width)
-                  continue
-                }
-                row.update(from: img + i * ow, count: ow)
-                if width > ow { (row + ow).update(repeating: 0, count: width - ow) }
-              }
-              // rowT[r, v, j] = Σ_b Aᵀ[b, v] · dY[r, j·m + b].
-              for r in 0..<mm {
-                let row = band + r * width
-                for vv in 0..<a {
-                  let out = rowT + (r * a + vv) * tw
-                  for j in 0..<tw { out[j] = 0 }
-                  for b in 0..<mm {
-                    let coef = A[b * a + vv]
-                    if coef == 0 { continue }
-                    for j in 0..<tw { out[j] += coef * row[j * mm + b] }
-                  }
-                }
-              }
-              let base = (e * th + ti) * tw
-              for u in 0..<a {
-                for vv in 0..<a {
-                  let out = colT + (u * a + vv) * tw
-                  for j in 0..<tw { out[j] = 0 }
-                  for r in 0..<mm {
-                    let coef = A[r * a + u]
-                    if coef == 0 { continue }
-                    let inp = rowT + (r * a + vv) * tw
-                    for j in 0..<tw { out[j] += coef * inp[j] }
-                  }
-                  (d + (u * a + vv) * plane + c * ld + base).update(from: out, count: tw)
-                }
-              }
-            }
-          }
-        }
-      }
+    } else {
+      transformOutputGradient4(src, channels: channels, n: n, n0: n0, count: count, oh: oh, ow: ow, into: d, ld: ld)
     }
   }
 
@@ -315,55 +233,8 @@ package struct Winograd: Sendable {
   ) {
     if m == 2 {
       transformOutput2(mt, channels: channels, ld: ld, bias: bias, into: y, n: n, n0: n0, count: count, oh: oh, ow: ow)
-      return
-    }
-    let a = alpha, mm = m
-    let th = tiles(oh), tw = tiles(ow)
-    let plane = Winograd.planeStride(rows: channels, ld: ld)
-    let width = tw * mm
-    at.withUnsafeBufferPointer { ap in
-      let A = ap.baseAddress!
-      withUnsafeTemporaryAllocation(of: Float.self, capacity: mm * a * tw + width) { tmp in
-        let colT = tmp.baseAddress!  // [m (row), α (v), tw]
-        let line = colT + mm * a * tw
-        for c in 0..<channels {
-          let b0: Float = bias.map { $0[c] } ?? 0
-          for e in 0..<count {
-            let img = y + ((c * n + n0 + e) * oh) * ow
-            for ti in 0..<th {
-              let base = (e * th + ti) * tw
-              // colT[r, v, j] = Σ_u Aᵀ[r, u] · M[u, v, j].
-              for r in 0..<mm {
-                for vv in 0..<a {
-                  let out = colT + (r * a + vv) * tw
-                  for j in 0..<tw { out[j] = 0 }
-                  for u in 0..<a {
-                    let coef = A[r * a + u]
-                    if coef == 0 { continue }
-                    let inp = mt + (u * a + vv) * plane + c * ld + base
-                    for j in 0..<tw { out[j] += coef * inp[j] }
-                  }
-                }
-              }
-              // Y[r, j·m + b] = Σ_v colT[r, v, j] · Aᵀ[b, v].
-              for r in 0..<mm {
-                let i = ti * mm + r
-                if i >= oh { break }
-                for b in 0..<mm {
-                  for j in 0..<tw { line[j * mm + b] = b0 }
-                  for vv in 0..<a {
-                    let coef = A[b * a + vv]
-                    if coef == 0 { continue }
-                    let inp = colT + (r * a + vv) * tw
-                    for j in 0..<tw { line[j * mm + b] += coef * inp[j] }
-                  }
-                }
-                (img + i * ow).update(from: line, count: ow)
-              }
-            }
-          }
-        }
-      }
+    } else {
+      transformOutput4(mt, channels: channels, ld: ld, bias: bias, into: y, n: n, n0: n0, count: count, oh: oh, ow: ow)
     }
   }
 }
@@ -652,6 +523,273 @@ extension Winograd {
               put(1, x0 + x1, z0 + z1)
               put(2, x0 - x1, z0 - z1)
               put(3, -x1, -z1)
+            }
+          }
+        }
+      }
+    }
+  }
+}
+
+// MARK: - F(4×4, 3×3) transforms
+
+// On ResNet's 8×8 and 16×16 images a tile row has only two or four F(4×4) tiles, too few to fill
+// vectors across a row. These transforms instead carry four examples per vector: a chunk's
+// examples are taken in groups of four, each group's images interleaved once ([row][column]
+// [example], `interleave`), so every pixel of a tile is one aligned vector load. The columns of V,
+// D and M are ordered (group, tile, example) (`columns(examples:perTile:)`); a group short of four
+// examples is padded with zero images, whose columns are zero in V and D and skipped in the output.
+
+extension Winograd {
+  /// Columns of a chunk's V, D and M for `count` examples of `perTile` tiles each: one per tile for
+  /// F(2×2); whole groups of four examples for F(4×4).
+  package func columns(examples count: Int, perTile: Int) -> Int {
+    m == 4 ? (count + 3) / 4 * 4 * perTile : count * perTile
+  }
+
+  /// What a chunk's example count should be a multiple of (four for F(4×4)'s example vectors).
+  package var exampleGroup: Int { m == 4 ? 4 : 1 }
+
+  /// Quad (r + top)·pw + (x + left) of `dst` = pixel (r, x) of the `lanes` (≤ 4) images
+  /// `img + l·h·w` in lanes l, for the pixels that land inside [0, ph) × [0, pw); other quads and
+  /// lanes are left as they are.
+  @inline(__always)
+  static func interleave(
+    _ img: UnsafePointer<Float>, lanes: Int, h: Int, w: Int, top: Int, left: Int, ph: Int, pw: Int,
+    into dst: UnsafeMutablePointer<Float>
+  ) {
+    let stride = h * w
+    let r0 = max(0, -top), r1 = min(h, ph - top)
+    let x0 = max(0, -left), x1 = min(w, pw - left)
+    guard r0 < r1, x0 < x1 else { return }
+    for r in r0..<r1 {
+      let out = dst + 4 * ((r + top) * pw + left)  // pixel x's quad at out + 4x
+      let row = img + r * w
+      var x = x0
+      if lanes == 4 {
+        while x + 4 <= x1 {
+          let a = ld4(row + x), b = ld4(row + stride + x)
+          let c = ld4(row + 2 * stride + x), d = ld4(row + 3 * stride + x)
+          st4(Quad(a[0], b[0], c[0], d[0]), out + 4 * x)
+          st4(Quad(a[1], b[1], c[1], d[1]), out + 4 * x + 4)
+          st4(Quad(a[2], b[2], c[2], d[2]), out + 4 * x + 8)
+          st4(Quad(a[3], b[3], c[3], d[3]), out + 4 * x + 12)
+          x += 4
+        }
+      }
+      while x < x1 {
+        for l in 0..<lanes { out[4 * x + l] = row[l * stride + x] }
+        x += 1
+      }
+    }
+  }
+
+  /// Bᵀ x for F(4×4): (4x₀ − 5x₂ + x₄, a + b, a − b, q + r, q − r, 4x₁ − 5x₃ + x₅) with
+  /// a = x₄ − 4x₂, b = x₃ − 4x₁, q = x₄ − x₂, r = 2(x₃ − x₁).
+  @inline(__always)
+  static func bt4(
+    _ x0: Quad, _ x1: Quad, _ x2: Quad, _ x3: Quad, _ x4: Quad, _ x5: Quad
+  ) -> (Quad, Quad, Quad, Quad, Quad, Quad) {
+    let four: Float = 4, five: Float = 5, two: Float = 2
+    let a = x4 - four * x2, b = x3 - four * x1
+    let q = x4 - x2, r = two * (x3 - x1)
+    return (four * x0 - five * x2 + x4, a + b, a - b, q + r, q - r, four * x1 - five * x3 + x5)
+  }
+
+  /// Aᵀ m for F(4×4): (m₀ + s₁ + s₂, d₁ + 2d₂, s₁ + 4s₂, d₁ + 8d₂ + m₅) with s₁ = m₁ + m₂,
+  /// d₁ = m₁ − m₂, s₂ = m₃ + m₄, d₂ = m₃ − m₄.
+  @inline(__always)
+  static func at4(
+    _ m0: Quad, _ m1: Quad, _ m2: Quad, _ m3: Quad, _ m4: Quad, _ m5: Quad
+  ) -> (Quad, Quad, Quad, Quad) {
+    let two: Float = 2, four: Float = 4, eight: Float = 8
+    let s1 = m1 + m2, d1 = m1 - m2, s2 = m3 + m4, d2 = m3 - m4
+    return (m0 + s1 + s2, d1 + two * d2, s1 + four * s2, d1 + eight * d2 + m5)
+  }
+
+  /// A y for F(4×4) (the transpose of `at4`): (y₀, e + o, e − o, e₂ + o₂, e₂ − o₂, y₃) with
+  /// e = y₀ + y₂, o = y₁ + y₃, e₂ = y₀ + 4y₂, o₂ = 2y₁ + 8y₃.
+  @inline(__always)
+  static func a4(_ y0: Quad, _ y1: Quad, _ y2: Quad, _ y3: Quad) -> (Quad, Quad, Quad, Quad, Quad, Quad) {
+    let two: Float = 2, four: Float = 4, eight: Float = 8
+    let e = y0 + y2, o = y1 + y3, e2 = y0 + four * y2, o2 = two * y1 + eight * y3
+    return (y0, e + o, e - o, e2 + o2, e2 - o2, y3)
+  }
+
+  /// `transformInput` for m = 4, four examples per vector: per channel and group of examples the
+  /// images are interleaved into a zero-padded (4·tilesH + 2) × (4·tilesW + 2) grid once; per tile,
+  /// Bᵀ along its six rows, then down its six columns, 36 vector stores.
+  @inline(never)
+  func transformInput4(
+    _ src: UnsafePointer<Float>, channels: Int, n: Int, n0: Int, count: Int, h: Int, w: Int, padding p: Int,
+    oh: Int, ow: Int, into v: UnsafeMutablePointer<Float>, rows: Int, ld: Int, rowOffset: Int
+  ) {
+    let th = tiles(oh), tw = tiles(ow), perTile = th * tw
+    let ph = 4 * th + 2, pw = 4 * tw + 2
+    let plane = Winograd.planeStride(rows: rows, ld: ld)
+    let groups = (count + 3) / 4
+    withUnsafeTemporaryAllocation(of: Float.self, capacity: 4 * ph * pw + 4 * 36) { tmp in
+      let grid = tmp.baseAddress!, t = grid + 4 * ph * pw  // t: [6 (row), 6 (point)] quads
+      // The padding is never written below, so it stays zero.
+      grid.update(repeating: 0, count: 4 * ph * pw)
+      for c in 0..<channels {
+        for g in 0..<groups {
+          let e0 = 4 * g, lanes = min(4, count - e0)
+          if lanes < 4 { grid.update(repeating: 0, count: 4 * ph * pw) }
+          Winograd.interleave(
+            src + ((c * n + n0 + e0) * h) * w, lanes: lanes, h: h, w: w, top: p, left: p, ph: ph, pw: pw, into: grid)
+          let out = v + (rowOffset + c) * ld + g * 4 * perTile
+          for ti in 0..<th {
+            for tj in 0..<tw {
+              let d = UnsafePointer(grid + 4 * (4 * ti * pw + 4 * tj))
+              for r in 0..<6 {
+                let row = d + 4 * r * pw
+                let y = Winograd.bt4(
+                  Winograd.ld4(row), Winograd.ld4(row + 4), Winograd.ld4(row + 8), Winograd.ld4(row + 12),
+                  Winograd.ld4(row + 16), Winograd.ld4(row + 20))
+                let tr = t + 24 * r
+                Winograd.st4(y.0, tr)
+                Winograd.st4(y.1, tr + 4)
+                Winograd.st4(y.2, tr + 8)
+                Winograd.st4(y.3, tr + 12)
+                Winograd.st4(y.4, tr + 16)
+                Winograd.st4(y.5, tr + 20)
+              }
+              let o = out + 4 * (ti * tw + tj)
+              for k in 0..<6 {
+                let col = t + 4 * k
+                let y = Winograd.bt4(
+                  Winograd.ld4(col), Winograd.ld4(col + 24), Winograd.ld4(col + 48), Winograd.ld4(col + 72),
+                  Winograd.ld4(col + 96), Winograd.ld4(col + 120))
+                Winograd.st4(y.0, o + k * plane)
+                Winograd.st4(y.1, o + (6 + k) * plane)
+                Winograd.st4(y.2, o + (12 + k) * plane)
+                Winograd.st4(y.3, o + (18 + k) * plane)
+                Winograd.st4(y.4, o + (24 + k) * plane)
+                Winograd.st4(y.5, o + (30 + k) * plane)
+              }
+            }
+          }
+        }
+      }
+    }
+  }
+
+  /// `transformOutputGradient` for m = 4, four examples per vector: dY interleaved per group into a
+  /// 4·tilesH × 4·tilesW grid (zero past the edge), then per tile A along its four rows and down
+  /// the six columns.
+  @inline(never)
+  func transformOutputGradient4(
+    _ src: UnsafePointer<Float>, channels: Int, n: Int, n0: Int, count: Int, oh: Int, ow: Int,
+    into d: UnsafeMutablePointer<Float>, ld: Int
+  ) {
+    let th = tiles(oh), tw = tiles(ow), perTile = th * tw
+    let ph = 4 * th, pw = 4 * tw
+    let plane = Winograd.planeStride(rows: channels, ld: ld)
+    let groups = (count + 3) / 4
+    withUnsafeTemporaryAllocation(of: Float.self, capacity: 4 * ph * pw + 4 * 24) { tmp in
+      let grid = tmp.baseAddress!, t = grid + 4 * ph * pw  // t: [4 (row), 6 (point)] quads
+      grid.update(repeating: 0, count: 4 * ph * pw)
+      for c in 0..<channels {
+        for g in 0..<groups {
+          let e0 = 4 * g, lanes = min(4, count - e0)
+          if lanes < 4 { grid.update(repeating: 0, count: 4 * ph * pw) }
+          Winograd.interleave(
+            src + ((c * n + n0 + e0) * oh) * ow, lanes: lanes, h: oh, w: ow, top: 0, left: 0, ph: ph, pw: pw,
+            into: grid)
+          let out = d + c * ld + g * 4 * perTile
+          for ti in 0..<th {
+            for tj in 0..<tw {
+              let dy = UnsafePointer(grid + 4 * (4 * ti * pw + 4 * tj))
+              for r in 0..<4 {
+                let row = dy + 4 * r * pw
+                let y = Winograd.a4(Winograd.ld4(row), Winograd.ld4(row + 4), Winograd.ld4(row + 8), Winograd.ld4(row + 12))
+                let tr = t + 24 * r
+                Winograd.st4(y.0, tr)
+                Winograd.st4(y.1, tr + 4)
+                Winograd.st4(y.2, tr + 8)
+                Winograd.st4(y.3, tr + 12)
+                Winograd.st4(y.4, tr + 16)
+                Winograd.st4(y.5, tr + 20)
+              }
+              let o = out + 4 * (ti * tw + tj)
+              for k in 0..<6 {
+                let col = t + 4 * k
+                let y = Winograd.a4(Winograd.ld4(col), Winograd.ld4(col + 24), Winograd.ld4(col + 48), Winograd.ld4(col + 72))
+                Winograd.st4(y.0, o + k * plane)
+                Winograd.st4(y.1, o + (6 + k) * plane)
+                Winograd.st4(y.2, o + (12 + k) * plane)
+                Winograd.st4(y.3, o + (18 + k) * plane)
+                Winograd.st4(y.4, o + (24 + k) * plane)
+                Winograd.st4(y.5, o + (30 + k) * plane)
+              }
+            }
+          }
+        }
+      }
+    }
+  }
+
+  /// `transformOutput` for m = 4, four examples per vector: per tile Aᵀ down its six columns, then
+  /// along its four rows (plus the bias), each row's four examples then transposed out to their
+  /// images.
+  @inline(never)
+  func transformOutput4(
+    _ mt: UnsafePointer<Float>, channels: Int, ld: Int, bias: UnsafePointer<Float>?,
+    into y: UnsafeMutablePointer<Float>, n: Int, n0: Int, count: Int, oh: Int, ow: Int
+  ) {
+    let th = tiles(oh), tw = tiles(ow), perTile = th * tw
+    let plane = Winograd.planeStride(rows: channels, ld: ld)
+    let groups = (count + 3) / 4
+    let image = oh * ow
+    withUnsafeTemporaryAllocation(of: Float.self, capacity: 4 * 24) { tmp in
+      let t = tmp.baseAddress!  // [4 (row), 6 (column)] quads
+      for c in 0..<channels {
+        let bias0: Float = bias.map { $0[c] } ?? 0
+        let b = Quad(repeating: bias0)
+        for g in 0..<groups {
+          let e0 = 4 * g, lanes = min(4, count - e0)
+          let src = mt + c * ld + g * 4 * perTile
+          let img = y + ((c * n + n0 + e0) * oh) * ow  // lane l's image at img + l·image
+          for ti in 0..<th {
+            for tj in 0..<tw {
+              let s = src + 4 * (ti * tw + tj)
+              for k in 0..<6 {
+                let z = Winograd.at4(
+                  Winograd.ld4(s + k * plane), Winograd.ld4(s + (6 + k) * plane), Winograd.ld4(s + (12 + k) * plane),
+                  Winograd.ld4(s + (18 + k) * plane), Winograd.ld4(s + (24 + k) * plane),
+                  Winograd.ld4(s + (30 + k) * plane))
+                Winograd.st4(z.0, t + 4 * k)
+                Winograd.st4(z.1, t + 24 + 4 * k)
+                Winograd.st4(z.2, t + 48 + 4 * k)
+                Winograd.st4(z.3, t + 72 + 4 * k)
+              }
+              let x0 = 4 * tj, cols = min(4, ow - x0)
+              for r in 0..<4 {
+                let i = 4 * ti + r
+                if i >= oh { break }
+                let tr = UnsafePointer(t + 24 * r)
+                let q = Winograd.at4(
+                  Winograd.ld4(tr), Winograd.ld4(tr + 4), Winograd.ld4(tr + 8), Winograd.ld4(tr + 12),
+                  Winograd.ld4(tr + 16), Winograd.ld4(tr + 20))
+                let (y0, y1, y2, y3) = (q.0 + b, q.1 + b, q.2 + b, q.3 + b)
+                // Lane l's row: (y₀[l], y₁[l], y₂[l], y₃[l]), to example e0 + l's image.
+                let dst = img + i * ow + x0
+                if cols == 4 && lanes == 4 {
+                  Winograd.st4(Quad(y0[0], y1[0], y2[0], y3[0]), dst)
+                  Winograd.st4(Quad(y0[1], y1[1], y2[1], y3[1]), dst + image)
+                  Winograd.st4(Quad(y0[2], y1[2], y2[2], y3[2]), dst + 2 * image)
+                  Winograd.st4(Quad(y0[3], y1[3], y2[3], y3[3]), dst + 3 * image)
+                } else {
+                  for l in 0..<lanes {
+                    let o = dst + l * image
+                    o[0] = y0[l]
+                    if cols > 1 { o[1] = y1[l] }
+                    if cols > 2 { o[2] = y2[l] }
+                    if cols > 3 { o[3] = y3[l] }
+                  }
+                }
+              }
             }
           }
         }
