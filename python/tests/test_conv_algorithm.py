@@ -69,14 +69,22 @@ def test_algorithms_agree_and_checkpoints_load_across_them(tmp_path) -> None:  #
     assert gemm.signature == wino.signature
     np.testing.assert_array_equal(gemm.get_flat(), wino.get_flat())
     x, y = _x(), np.arange(4) % 10
+    # Same parameters: the logits agree to float32 rounding (F(4x4)'s error is ~2e-6 of sum |w||x|
+    # per layer; see WinogradTests).
+    f0 = gemm.get_flat()
     tg = mw.Trainer(gemm, mw.SGD(lr=0.05, momentum=0.9), seed=0)
     tw = mw.Trainer(wino, mw.SGD(lr=0.05, momentum=0.9), seed=0)
+    lg0, lw0 = tg.logits(x), tw.logits(x)
+    assert np.max(np.abs(lg0 - lw0)) <= 1e-4 * np.max(np.abs(lg0))
     for _ in range(2):
         lg = tg.step(x, y).loss
         lw = tw.step(x, y).loss
         assert abs(lg - lw) <= 1e-3 * abs(lg)
-    pg, pw = tg.logits(x), tw.logits(x)
-    assert np.max(np.abs(pg - pw)) <= 1e-3 * np.max(np.abs(pg))
+    # After training steps the two runs drift apart by more than rounding where a ReLU input near
+    # zero got opposite signs (a batch of 4 at 4x4 pixels has such kinks): one flipped element
+    # moved a step's update by ~1e-3 of its norm here, so the check is on that scale.
+    fg, fw = gemm.get_flat(), wino.get_flat()
+    assert np.linalg.norm(fg - fw) <= 1e-2 * np.linalg.norm(fg - f0)
     # A checkpoint saved with one algorithm loads into a trainer preferring the other.
     path = tmp_path / "gemm.ckpt"
     tg.save(path)
