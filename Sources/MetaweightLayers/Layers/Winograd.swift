@@ -703,7 +703,8 @@ extension Winograd {
               let dy = UnsafePointer(grid + 4 * (4 * ti * pw + 4 * tj))
               for r in 0..<4 {
                 let row = dy + 4 * r * pw
-                let y = Winograd.a4(Winograd.ld4(row), Winograd.ld4(row + 4), Winograd.ld4(row + 8), Winograd.ld4(row + 12))
+                let y = Winograd.a4(
+                  Winograd.ld4(row), Winograd.ld4(row + 4), Winograd.ld4(row + 8), Winograd.ld4(row + 12))
                 let tr = t + 24 * r
                 Winograd.st4(y.0, tr)
                 Winograd.st4(y.1, tr + 4)
@@ -715,7 +716,8 @@ extension Winograd {
               let o = out + 4 * (ti * tw + tj)
               for k in 0..<6 {
                 let col = t + 4 * k
-                let y = Winograd.a4(Winograd.ld4(col), Winograd.ld4(col + 24), Winograd.ld4(col + 48), Winograd.ld4(col + 72))
+                let y = Winograd.a4(
+                  Winograd.ld4(col), Winograd.ld4(col + 24), Winograd.ld4(col + 48), Winograd.ld4(col + 72))
                 Winograd.st4(y.0, o + k * plane)
                 Winograd.st4(y.1, o + (6 + k) * plane)
                 Winograd.st4(y.2, o + (12 + k) * plane)
