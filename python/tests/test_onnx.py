@@ -6,12 +6,16 @@ their initial (0, 1) and its weights are not the initialisation: a graph that us
 kept dropout on, or got a layer's padding, stride, pooling rounding, flatten order or shortcut wrong
 would be off by orders of magnitude more than the tolerance.
 
-Tolerance: ``max |onnx - core| / max |core| <= 1e-5`` for every network and batch size. Both sides
-compute in float32 but sum in different orders (the core's GEMM/im2col blocking and its
-batch-norm ``x * a + b`` folding vs. onnxruntime's kernels), so they agree to a few float32 ulps of the
-largest logit per layer; measured (x86-64, onnxruntime 1.32) 0 to 2e-7 for the MLPs and 1e-7 to
-6e-7 for LeNet-5, ResNet-32, the WRNs and the composed networks (see the README), so 1e-5 leaves a
-factor of 15 or more for other CPUs and onnxruntime versions, and ResNet-32 needs no looser bound.
+Tolerance: ``max |onnx - core| / max |core| <= 1e-5`` for every network and batch size against the
+core's GEMM convolutions. Both sides compute in float32 but sum in different orders (the core's
+GEMM/im2col blocking and its batch-norm ``x * a + b`` folding vs. onnxruntime's kernels), so they
+agree to a few float32 ulps of the largest logit per layer; measured (x86-64, onnxruntime 1.32) 0 to
+2e-7 for the MLPs and 1e-7 to 1e-6 for LeNet-5, ResNet-32, the WRNs and the composed networks (see
+the README), so 1e-5 leaves a factor of 10 or more for other CPUs and onnxruntime versions.
+
+Against the core's default algorithms (Winograd F(4x4,3x3) on 3x3 stride-1 layers from 16
+channels, whose transforms' rounding is ~2e-6 of sum |w||x| per layer, 25x GEMM's) the logits
+agree to 2e-7 .. 4e-6 (measured, under the Haswell and Cooperlake kernels), checked at 1e-4.
 The check does discriminate: exporting batch norm with epsilon 1e-3 instead of the core's 1e-5
 already moves these figures to 2e-4 to 6e-3.
 
@@ -34,6 +38,7 @@ ort = pytest.importorskip("onnxruntime")
 from metaweight.onnx import OnnxExportError, OnnxNotInstalledError  # noqa: E402
 
 RTOL = 1e-5
+RTOL_WINOGRAD = 1e-4
 BATCH_SIZES = (1, 37)
 
 
@@ -133,14 +138,18 @@ def test_onnx_matches_core_logits(name: str, tmp_path: Path) -> None:
         for n in BATCH_SIZES:
             x = rng.standard_normal((n, *net.input_shape)).astype(np.float32)
             got = session.run(["logits"], {"input": x})[0]
+            default = trainer.logits(x)
+            assert _rel(got, default) <= RTOL_WINOGRAD, (name, n, _rel(got, default))
+            net.set_conv_algorithm("gemm")
             want = trainer.logits(x)
+            net.set_conv_algorithm("auto")
             assert got.shape == want.shape == (n, net.num_classes)
             assert _rel(got, want) <= RTOL, (name, n, _rel(got, want))
             # Softmax moves each probability by at most the largest logit change, so the
-            # probabilities agree to RTOL * max |logit| absolutely.
+            # probabilities (the default algorithms') agree to RTOL_WINOGRAD * max |logit| absolutely.
             e = np.exp(got - got.max(axis=1, keepdims=True))
             dp = np.abs(e / e.sum(axis=1, keepdims=True) - trainer.predict_proba(x)).max()
-            assert dp <= RTOL * max(1.0, float(np.abs(want).max())), (name, n, dp)
+            assert dp <= RTOL_WINOGRAD * max(1.0, float(np.abs(default).max())), (name, n, dp)
 
 
 @pytest.mark.parametrize("opset", [11, 13, 17])
