@@ -616,114 +616,76 @@ extension Winograd {
     return (y0, e + o, e - o, e2 + o2, e2 - o2, y3)
   }
 
-  /// `transformInput` for m = 4, four examples per vector: per channel and group of examples the
-  /// images are interleaved into a zero-padded (4·tilesH + 2) × (4·tilesW + 2) grid once; per tile,
-  /// Bᵀ along its six rows, then down its six columns, 36 vector stores.
-  @inline(never)
+  /// Six quads, one F(4×4) transform's output along an axis of a tile.
+  typealias Six = (Quad, Quad, Quad, Quad, Quad, Quad)
+
+  /// Stores `y`'s six quads at p, p + stride, …, p + 5·stride.
+  @inline(__always)
+  static func store6(_ y: Six, _ p: UnsafeMutablePointer<Float>, _ stride: Int) {
+    st4(y.0, p)
+    st4(y.1, p + stride)
+    st4(y.2, p + 2 * stride)
+    st4(y.3, p + 3 * stride)
+    st4(y.4, p + 4 * stride)
+    st4(y.5, p + 5 * stride)
+  }
+
+  /// `transformInput` for m = 4: Bᵀ d B over the (4·tilesH + 2) × (4·tilesW + 2) zero-padded grid.
   func transformInput4(
     _ src: UnsafePointer<Float>, channels: Int, n: Int, n0: Int, count: Int, h: Int, w: Int, padding p: Int,
     oh: Int, ow: Int, into v: UnsafeMutablePointer<Float>, rows: Int, ld: Int, rowOffset: Int
   ) {
-    let th = tiles(oh), tw = tiles(ow), perTile = th * tw
-    let ph = 4 * th + 2, pw = 4 * tw + 2
-    let plane = Winograd.planeStride(rows: rows, ld: ld)
-    let groups = (count + 3) / 4
-    withUnsafeTemporaryAllocation(of: Float.self, capacity: 4 * ph * pw + 4 * 36) { tmp in
-      let grid = tmp.baseAddress!, t = grid + 4 * ph * pw  // t: [6 (row), 6 (point)] quads
-      // The padding is never written below, so it stays zero.
-      grid.update(repeating: 0, count: 4 * ph * pw)
-      for c in 0..<channels {
-        for g in 0..<groups {
-          let e0 = 4 * g, lanes = min(4, count - e0)
-          if lanes < 4 { grid.update(repeating: 0, count: 4 * ph * pw) }
-          Winograd.interleave(
-            src + ((c * n + n0 + e0) * h) * w, lanes: lanes, h: h, w: w, top: p, left: p, ph: ph, pw: pw, into: grid)
-          let out = v + (rowOffset + c) * ld + g * 4 * perTile
-          for ti in 0..<th {
-            for tj in 0..<tw {
-              let d = UnsafePointer(grid + 4 * (4 * ti * pw + 4 * tj))
-              for r in 0..<6 {
-                let row = d + 4 * r * pw
-                let y = Winograd.bt4(
-                  Winograd.ld4(row), Winograd.ld4(row + 4), Winograd.ld4(row + 8), Winograd.ld4(row + 12),
-                  Winograd.ld4(row + 16), Winograd.ld4(row + 20))
-                let tr = t + 24 * r
-                Winograd.st4(y.0, tr)
-                Winograd.st4(y.1, tr + 4)
-                Winograd.st4(y.2, tr + 8)
-                Winograd.st4(y.3, tr + 12)
-                Winograd.st4(y.4, tr + 16)
-                Winograd.st4(y.5, tr + 20)
-              }
-              let o = out + 4 * (ti * tw + tj)
-              for k in 0..<6 {
-                let col = t + 4 * k
-                let y = Winograd.bt4(
-                  Winograd.ld4(col), Winograd.ld4(col + 24), Winograd.ld4(col + 48), Winograd.ld4(col + 72),
-                  Winograd.ld4(col + 96), Winograd.ld4(col + 120))
-                Winograd.st4(y.0, o + k * plane)
-                Winograd.st4(y.1, o + (6 + k) * plane)
-                Winograd.st4(y.2, o + (12 + k) * plane)
-                Winograd.st4(y.3, o + (18 + k) * plane)
-                Winograd.st4(y.4, o + (24 + k) * plane)
-                Winograd.st4(y.5, o + (30 + k) * plane)
-              }
-            }
-          }
-        }
-      }
-    }
+    let th = tiles(oh), tw = tiles(ow)
+    transformGroups4(
+      InputAxis.self, src, channels: channels, n: n, n0: n0, count: count, h: h, w: w, padding: p,
+      gridHeight: 4 * th + 2, gridWidth: 4 * tw + 2, th: th, tw: tw, into: v + rowOffset * ld, ld: ld,
+      plane: Winograd.planeStride(rows: rows, ld: ld))
   }
 
-  /// `transformOutputGradient` for m = 4, four examples per vector: dY interleaved per group into a
-  /// 4·tilesH × 4·tilesW grid (zero past the edge), then per tile A along its four rows and down
-  /// the six columns.
-  @inline(never)
+  /// `transformOutputGradient` for m = 4: A dY Aᵀ over the 4·tilesH × 4·tilesW grid of dY (zero past
+  /// the edge).
   func transformOutputGradient4(
     _ src: UnsafePointer<Float>, channels: Int, n: Int, n0: Int, count: Int, oh: Int, ow: Int,
     into d: UnsafeMutablePointer<Float>, ld: Int
   ) {
-    let th = tiles(oh), tw = tiles(ow), perTile = th * tw
-    let ph = 4 * th, pw = 4 * tw
-    let plane = Winograd.planeStride(rows: channels, ld: ld)
-    let groups = (count + 3) / 4
-    withUnsafeTemporaryAllocation(of: Float.self, capacity: 4 * ph * pw + 4 * 24) { tmp in
-      let grid = tmp.baseAddress!, t = grid + 4 * ph * pw  // t: [4 (row), 6 (point)] quads
-      grid.update(repeating: 0, count: 4 * ph * pw)
+    let th = tiles(oh), tw = tiles(ow)
+    transformGroups4(
+      GradientAxis.self, src, channels: channels, n: n, n0: n0, count: count, h: oh, w: ow, padding: 0,
+      gridHeight: 4 * th, gridWidth: 4 * tw, th: th, tw: tw, into: d, ld: ld,
+      plane: Winograd.planeStride(rows: channels, ld: ld))
+  }
+
+  /// The F(4×4) data transforms into the Winograd domain, four examples per vector: per channel and
+  /// group of examples the images are interleaved once into a zero-padded `gridHeight` ×
+  /// `gridWidth` grid (image pixel (i, j) at (i + p, j + p)); per tile, `Axis` along the tile's
+  /// `Axis.inputs` rows, then down its six columns, 36 vector stores to `out` [36 points
+  /// `plane` apart, channels `ld` apart].
+  @inline(never)
+  func transformGroups4<Axis: WinogradAxis4>(
+    _ axis: Axis.Type, _ src: UnsafePointer<Float>, channels: Int, n: Int, n0: Int, count: Int, h: Int, w: Int,
+    padding p: Int, gridHeight ph: Int, gridWidth pw: Int, th: Int, tw: Int, into out: UnsafeMutablePointer<Float>,
+    ld: Int, plane: Int
+  ) {
+    let perTile = th * tw, groups = (count + 3) / 4
+    let gridSize = 4 * ph * pw, k = Axis.inputs
+    withUnsafeTemporaryAllocation(of: Float.self, capacity: gridSize + 24 * k) { tmp in
+      let grid = tmp.baseAddress!, t = grid + gridSize  // t: [k (row), 6 (point)] quads
+      // The padding is never written below, so it stays zero.
+      grid.update(repeating: 0, count: gridSize)
       for c in 0..<channels {
         for g in 0..<groups {
           let e0 = 4 * g, lanes = min(4, count - e0)
-          if lanes < 4 { grid.update(repeating: 0, count: 4 * ph * pw) }
+          if lanes < 4 { grid.update(repeating: 0, count: gridSize) }
           Winograd.interleave(
-            src + ((c * n + n0 + e0) * oh) * ow, lanes: lanes, h: oh, w: ow, top: 0, left: 0, ph: ph, pw: pw,
-            into: grid)
-          let out = d + c * ld + g * 4 * perTile
+            src + ((c * n + n0 + e0) * h) * w, lanes: lanes, h: h, w: w, top: p, left: p, ph: ph, pw: pw, into: grid)
+          let base = out + c * ld + g * 4 * perTile
           for ti in 0..<th {
             for tj in 0..<tw {
-              let dy = UnsafePointer(grid + 4 * (4 * ti * pw + 4 * tj))
-              for r in 0..<4 {
-                let row = dy + 4 * r * pw
-                let y = Winograd.a4(
-                  Winograd.ld4(row), Winograd.ld4(row + 4), Winograd.ld4(row + 8), Winograd.ld4(row + 12))
-                let tr = t + 24 * r
-                Winograd.st4(y.0, tr)
-                Winograd.st4(y.1, tr + 4)
-                Winograd.st4(y.2, tr + 8)
-                Winograd.st4(y.3, tr + 12)
-                Winograd.st4(y.4, tr + 16)
-                Winograd.st4(y.5, tr + 20)
-              }
-              let o = out + 4 * (ti * tw + tj)
-              for k in 0..<6 {
-                let col = t + 4 * k
-                let y = Winograd.a4(
-                  Winograd.ld4(col), Winograd.ld4(col + 24), Winograd.ld4(col + 48), Winograd.ld4(col + 72))
-                Winograd.st4(y.0, o + k * plane)
-                Winograd.st4(y.1, o + (6 + k) * plane)
-                Winograd.st4(y.2, o + (12 + k) * plane)
-                Winograd.st4(y.3, o + (18 + k) * plane)
-                Winograd.st4(y.4, o + (24 + k) * plane)
-                Winograd.st4(y.5, o + (30 + k) * plane)
+              let tile = UnsafePointer(grid + 4 * (4 * ti * pw + 4 * tj))
+              for r in 0..<k { Winograd.store6(Axis.apply(tile + 4 * r * pw, stride: 4), t + 24 * r, 4) }
+              let o = base + 4 * (ti * tw + tj)
+              for j in 0..<6 {
+                Winograd.store6(Axis.apply(UnsafePointer(t + 4 * j), stride: 24), o + j * plane, 6 * plane)
               }
             }
           }
@@ -797,5 +759,34 @@ extension Winograd {
         }
       }
     }
+  }
+}
+
+/// One F(4×4) data transform along an axis of a tile: `inputs` quads `stride` floats apart in, six
+/// out (`Winograd.transformGroups4`).
+protocol WinogradAxis4 {
+  /// Points read along the axis: 6 for an input tile, 4 for an output-gradient tile.
+  static var inputs: Int { get }
+  /// The transform of the `inputs` quads at p, p + stride, ….
+  static func apply(_ p: UnsafePointer<Float>, stride: Int) -> Winograd.Six
+}
+
+/// Bᵀ (`Winograd.bt4`): the input transform.
+enum InputAxis: WinogradAxis4 {
+  static var inputs: Int { 6 }
+  @inline(__always)
+  static func apply(_ p: UnsafePointer<Float>, stride s: Int) -> Winograd.Six {
+    Winograd.bt4(
+      Winograd.ld4(p), Winograd.ld4(p + s), Winograd.ld4(p + 2 * s), Winograd.ld4(p + 3 * s), Winograd.ld4(p + 4 * s),
+      Winograd.ld4(p + 5 * s))
+  }
+}
+
+/// A (`Winograd.a4`): the output gradient's transform.
+enum GradientAxis: WinogradAxis4 {
+  static var inputs: Int { 4 }
+  @inline(__always)
+  static func apply(_ p: UnsafePointer<Float>, stride s: Int) -> Winograd.Six {
+    Winograd.a4(Winograd.ld4(p), Winograd.ld4(p + s), Winograd.ld4(p + 2 * s), Winograd.ld4(p + 3 * s))
   }
 }
