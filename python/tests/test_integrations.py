@@ -285,6 +285,39 @@ def test_mlflow_store_holds_the_history(tmp_path, noisy_digits):
         assert np.array_equal(np.add(h["counts_clean"], h["counts_corrupted"]), h["counts"])
 
 
+def test_mlflow_callback_opens_a_fresh_file_store_another_process_is_creating(tmp_path, noisy_digits, monkeypatch):
+    # Two Ray workers logging to one fresh folder: both find it missing, both create it and its
+    # default experiment, and MLflow's FileStore raises "... meta.yaml exists" in the slower one.
+    # Here the "other process" wins inside this one's creation: the callback must reopen the store.
+    from mlflow.store.tracking.file_store import FileStore
+
+    original = FileStore._create_default_experiment
+    calls: list[str] = []
+
+    def racing(self):
+        calls.append(self.root_directory)
+        if len(calls) == 1:
+            original(self)  # the other process, first
+        original(self)  # then this one, which finds the files written
+
+    monkeypatch.setattr(FileStore, "_create_default_experiment", racing)
+    monkeypatch.setenv("MLFLOW_ALLOW_FILE_STORE", "true")
+    store = tmp_path / "mlruns"
+    with pytest.raises(Exception, match="meta.yaml. exists"):  # the race, reproduced (a plain Exception)
+        mlflow.tracking.MlflowClient(tracking_uri=store.as_uri())
+    calls.clear()
+    import shutil
+
+    shutil.rmtree(store)
+    history, _ = fit_logged(noisy_digits, "erm", [cb := MLflowCallback(store, experiment="raced")])
+    assert len(calls) == 1  # the store was created once, by the "other process"
+    client = mlflow.tracking.MlflowClient(tracking_uri=store.as_uri())
+    run = client.get_run(cb.run_id)
+    assert run.info.status == "FINISHED"
+    assert run.info.experiment_id == client.get_experiment_by_name("raced").experiment_id
+    assert len(client.get_metric_history(cb.run_id, "train/loss")) == len(history)
+
+
 def test_mlflow_erm_and_a_failed_fit(tmp_path, noisy_digits):
     x, y, _, _, _, _ = noisy_digits
     uri = (tmp_path / "mlruns").as_uri()
@@ -409,6 +442,28 @@ def test_runner_logging_table_attaches_both_callbacks(tmp_path):
     again = run_experiment(load_config(config, logging={"tensorboard": str(tmp_path / "tb2")}),
                            results=tmp_path / "results", progress=False, log=None)
     assert again.skipped == 2 and not (tmp_path / "tb2").exists()
+
+
+def test_runner_opens_the_mlflow_store_before_any_run_starts(tmp_path, monkeypatch):
+    from metaweight.experiments import run_experiment, runner
+
+    monkeypatch.setenv("MLFLOW_ALLOW_FILE_STORE", "true")
+    store = tmp_path / "mlruns"
+    seen: list[bool] = []
+    execute = runner.execute_run
+
+    def recording(spec, path, **kw):
+        client = mlflow.tracking.MlflowClient(tracking_uri=store.as_uri()) if store.exists() else None
+        seen.append(client is not None and client.get_experiment_by_name("early") is not None)
+        return execute(spec, path, **kw)
+
+    monkeypatch.setattr(runner, "execute_run", recording)
+    config = {"name": "early", "seeds": [0, 1],
+              "defaults": {"dataset": "digits", "model": {"name": "mlp", "hidden": [8]}, "epochs": 1},
+              "grid": {"method": ["erm"]}, "logging": {"mlflow": str(store)}}
+    report = run_experiment(config, results=tmp_path / "results", jobs=2, progress=False, log=None)
+    assert (report.ran, report.failed) == (2, 0)
+    assert seen == [True, True]
 
 
 def test_runner_refuses_unknown_logging_keys():

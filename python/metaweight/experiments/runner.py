@@ -838,6 +838,26 @@ def write_summary(experiment: Experiment, folder: Path) -> tuple[list[SummaryRow
     return rows, md
 
 
+def _prepare_mlflow(todo: Sequence[RunSpec]) -> None:
+    """Opens each MLflow store and experiment the runs log to, once, before they start.
+
+    Parallel runs would otherwise each open a fresh local file store at the same moment (the
+    callback copes with that too, by retrying). A store that cannot be opened here is left to the
+    runs, each of which then fails with the error in its ``error.txt``.
+    """
+    targets = {(s.logging["mlflow"], s.logging.get("mlflow_experiment") or "metaweight")
+               for s in todo if s.logging.get("mlflow")}
+    if not targets:
+        return
+    try:
+        from ..integrations.mlflow import prepare_experiment
+
+        for uri, experiment in sorted(targets):
+            prepare_experiment(uri, experiment)
+    except Exception:  # noqa: BLE001 - each run reports its own logging error
+        return
+
+
 def run_experiment(
     config: str | os.PathLike[str] | Mapping[str, Any] | Experiment,
     *,
@@ -936,6 +956,7 @@ def run_experiment(
         + (f" on the Ray cluster, {threads or 1} CPU(s) per run" if session is not None else "")
     )
     folder.mkdir(parents=True, exist_ok=True)
+    _prepare_mlflow(todo)
     jobs = max(1, int(jobs))
     bar = _outer_bar(len(todo), progress)
     write = bar.write if bar is not None else say

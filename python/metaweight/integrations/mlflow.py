@@ -39,7 +39,7 @@ from ._common import EpochLogger, curve_label, require
 if TYPE_CHECKING:
     from ..trainer import EpochRecord, History, Trainer
 
-__all__ = ["MLflowCallback", "local_store_uri"]
+__all__ = ["MLflowCallback", "local_store_uri", "prepare_experiment"]
 
 PathLike = Union[str, "os.PathLike[str]"]
 
@@ -66,6 +66,62 @@ def local_store_uri(tracking_uri: PathLike | None) -> tuple[str, bool]:
     if "://" in text or (":" in text.split("/", 1)[0] and len(text.split(":", 1)[0]) > 1):
         return text, False  # another scheme (sqlite:///, http://, databricks, ...)
     return Path(text).absolute().as_uri(), True
+
+
+def prepare_experiment(tracking_uri: PathLike | None, experiment: str) -> str:
+    """Opens the tracking store once and creates ``experiment`` in it if missing.
+
+    The experiment runner calls this in the driver before it starts a grid's runs, so that
+    parallel runs (``--jobs``, Ray workers) find a store that already exists instead of all
+    creating a fresh file store's folder and default experiment at once.
+
+    Args:
+        tracking_uri: as :class:`MLflowCallback`'s.
+        experiment: the experiment's name.
+
+    Returns:
+        The experiment's id.
+
+    Raises:
+        ImportError: mlflow is not installed.
+        InvalidArgumentError: an empty or malformed path, an empty experiment name.
+        mlflow.exceptions.MlflowException: the store cannot be opened or written.
+    """
+    if not isinstance(experiment, str) or not experiment.strip():
+        raise InvalidArgumentError(f"experiment: expected a non-empty name, got {experiment!r}")
+    uri, file_store = local_store_uri(tracking_uri)
+    mlflow = require("mlflow", "prepare_experiment", "mlflow-skinny", "mlflow")
+    if file_store:
+        os.environ.setdefault("MLFLOW_ALLOW_FILE_STORE", "true")
+    with _EXPERIMENT_LOCK:
+        return _experiment_id(mlflow, uri, experiment)
+
+
+def _experiment_id(mlflow: Any, uri: str, experiment: str) -> str:
+    """The experiment's id in the store at ``uri``, created if missing (under the caller's lock).
+
+    Another process may be doing the same at once (a grid's runs on Ray workers sharing a folder):
+    a fresh local file store creates its folder and default experiment on first use, and the
+    process that loses that race gets "... meta.yaml exists" (a plain Exception); so may one creating the experiment
+    itself. Either way the store is there afterwards, and a second attempt with a new client reads
+    it (at most ``_OPEN_ATTEMPTS`` attempts).
+    """
+    for attempt in range(_OPEN_ATTEMPTS):
+        try:
+            client = mlflow.tracking.MlflowClient(tracking_uri=uri)
+            exp = client.get_experiment_by_name(experiment)
+            if exp is None:
+                return str(client.create_experiment(experiment))
+            return str(exp.experiment_id)
+        except Exception:  # MlflowException, or the file store's plain Exception("... exists")
+            if attempt + 1 == _OPEN_ATTEMPTS:
+                raise
+            time.sleep(0.05 * (attempt + 1))  # let the other process finish writing
+    raise AssertionError("unreachable")  # pragma: no cover
+
+
+#: How many times :func:`_experiment_id` opens the store before giving up.
+_OPEN_ATTEMPTS = 4
 
 
 class MLflowCallback(EpochLogger):
@@ -150,14 +206,12 @@ class MLflowCallback(EpochLogger):
     def on_fit_start(self, trainer: Trainer, config: FitConfig) -> None:
         """Checks the corrupted mask; creates the run (first ``fit``) or marks it running again."""
         super().on_fit_start(trainer, config)
-        client = self._client
-        if client is None:
-            client = self._client = self._mlflow.tracking.MlflowClient(tracking_uri=self.tracking_uri)
-        if self.run_id is not None:
-            client.update_run(self.run_id, status="RUNNING")
+        if self._client is not None and self.run_id is not None:
+            self._client.update_run(self.run_id, status="RUNNING")
             return
-        with _EXPERIMENT_LOCK:
-            experiment_id = self._experiment_id(client)
+        with _EXPERIMENT_LOCK:  # opens the store first: a fresh one may be being created elsewhere
+            experiment_id = _experiment_id(self._mlflow, self.tracking_uri, self.experiment)
+        client = self._client = self._mlflow.tracking.MlflowClient(tracking_uri=self.tracking_uri)
         run = client.create_run(experiment_id, run_name=self.run_name, tags=dict(self.tags))
         self.run_id = str(run.info.run_id)
         params = {
@@ -178,19 +232,6 @@ class MLflowCallback(EpochLogger):
         items = [Param(k, v[:6000]) for k, v in params.items()]
         for i in range(0, len(items), 100):  # MLflow takes at most 100 parameters per batch
             client.log_batch(self.run_id, params=items[i : i + 100])
-
-    def _experiment_id(self, client: Any) -> str:
-        """The experiment's id, created if missing (another process creating it first is fine)."""
-        exp = client.get_experiment_by_name(self.experiment)
-        if exp is not None:
-            return str(exp.experiment_id)
-        try:
-            return str(client.create_experiment(self.experiment))
-        except self._mlflow.exceptions.MlflowException:
-            exp = client.get_experiment_by_name(self.experiment)  # created meanwhile (a Ray worker)
-            if exp is None:
-                raise
-            return str(exp.experiment_id)
 
     def on_epoch_end(self, trainer: Trainer, record: EpochRecord) -> None:
         """Logs the epoch's metrics (one batch) and its histogram and curve artifacts."""
