@@ -1,3 +1,5 @@
+import _CBLAS
+
 /// Errors the core reports instead of trapping; the C ABI turns them into status codes.
 public enum MetaweightError: Error, CustomStringConvertible, Sendable {
   /// An argument has the wrong value, shape or range.
@@ -160,6 +162,11 @@ public enum Elementwise {
 
 /// Small single-threaded building blocks for the layers' loops (16 floats at a time).
 public enum Kernels {
+  /// Asks the CPU to bring the cache line holding `p` in, for a read soon: a hint, with no effect
+  /// on any result, that never faults whatever `p` is.
+  @inlinable @inline(__always)
+  public static func prefetch(_ p: UnsafeRawPointer) { metaweight_prefetch(p) }
+
   /// The 16 floats at `p` (unaligned load).
   @inlinable @inline(__always)
   public static func load(_ p: UnsafePointer<Float>) -> SIMD16<Float> {

@@ -1,4 +1,4 @@
-// The subset of OpenBLAS's CBLAS interface metaweight uses.
+// The subset of OpenBLAS's CBLAS interface metaweight uses, and a cache prefetch hint.
 // Declared here rather than including <cblas.h>, whose location differs between distributions.
 #ifndef METAWEIGHT_CBLAS_SHIM_H
 #define METAWEIGHT_CBLAS_SHIM_H
@@ -21,6 +21,10 @@ void openblas_set_num_threads(int num_threads);
 int openblas_get_num_threads(void);
 char *openblas_get_corename(void);
 char *openblas_get_config(void);
+
+/// A hint that the cache line at `p` will be read soon: no effect on any result, and it never
+/// faults, whatever `p` is. (Swift has no prefetch of its own; the compiler inlines this.)
+static inline void metaweight_prefetch(const void *p) { __builtin_prefetch(p, 0, 3); }
 
 #ifdef __cplusplus
 }
