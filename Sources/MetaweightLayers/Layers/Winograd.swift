@@ -695,9 +695,11 @@ extension Winograd {
 
   /// The F(4×4) data transforms into the Winograd domain, four examples per vector: per channel and
   /// group of examples the images are interleaved once into a zero-padded `gridHeight` ×
-  /// `gridWidth` grid (image pixel (i, j) at (i + p, j + p)); per tile, `Axis` along the tile's
-  /// `Axis.inputs` rows, then down its six columns, 36 vector stores to `out` [36 points
-  /// `plane` apart, channels `ld` apart].
+  /// `gridWidth` grid (image pixel (i, j) at (i + p, j + p)); `Axis` then runs along every grid
+  /// row's window of each tile column, once per row (an input tile's six rows overlap the next
+  /// tile's by two, so per tile it would run 6·tilesH times instead of 4·tilesH + 2), and down each
+  /// tile's six columns of those results: 36 vector stores per tile to `out` [36 points `plane`
+  /// apart, channels `ld` apart].
   @inline(never)
   func transformGroups4<Axis: WinogradAxis4>(
     _ axis: Axis.Type, _ src: UnsafePointer<Float>, channels: Int, n: Int, n0: Int, count: Int, h: Int, w: Int,
@@ -705,9 +707,9 @@ extension Winograd {
     ld: Int, plane: Int
   ) {
     let perTile = th * tw, groups = (count + 3) / 4
-    let gridSize = 4 * ph * pw, k = Axis.inputs
-    withUnsafeTemporaryAllocation(of: Float.self, capacity: gridSize + 24 * k) { tmp in
-      let grid = tmp.baseAddress!, t = grid + gridSize  // t: [k (row), 6 (point)] quads
+    let gridSize = 4 * ph * pw, rowSize = 24 * tw  // a grid row along the rows: [tw windows, 6 points] quads
+    withUnsafeTemporaryAllocation(of: Float.self, capacity: gridSize + ph * rowSize) { tmp in
+      let grid = tmp.baseAddress!, rows = grid + gridSize  // rows: [ph, tw, 6] quads
       // The padding is never written below, so it stays zero.
       grid.update(repeating: 0, count: gridSize)
       @inline(__always) func images(_ c: Int, _ g: Int) -> UnsafePointer<Float> { src + ((c * n + n0 + 4 * g) * h) * w }
@@ -721,18 +723,21 @@ extension Winograd {
           Winograd.interleave(
             images(c, g), lanes: lanes, h: h, w: w, top: p, left: p, ph: ph, pw: pw, into: grid, next: next,
             nextLanes: nextLanes)
-          // Index arithmetic wraps (&): every offset lies inside `grid`, `t` or `out`, whose sizes
-          // the caller allocated, so it cannot overflow, and the hot loop carries no overflow checks.
+          // Index arithmetic wraps (&): every offset lies inside `grid`, `rows` or `out`, whose
+          // sizes are allocated above or by the caller, so it cannot overflow, and the hot loops
+          // carry no overflow checks.
+          for y in 0..<ph {  // along each grid row: the window of tile column tj starts at 4tj
+            let line = UnsafePointer(grid + 4 &* y &* pw), r = rows + y &* rowSize
+            for tj in 0..<tw { Winograd.store6(Axis.apply(line + 16 &* tj, stride: 4), r + 24 &* tj, 4) }
+          }
           let base = out + c * ld + g * 4 * perTile
-          let row4 = 4 &* pw, plane6 = 6 &* plane
-          for ti in 0..<th {
-            let tileRow = UnsafePointer(grid + 4 &* ti &* row4), outRow = base + 4 &* ti &* tw
+          let plane6 = 6 &* plane
+          for ti in 0..<th {  // down the columns: tile (ti, tj)'s rows are grid rows 4ti, 4ti + 1, …
+            let band = UnsafePointer(rows + 4 &* ti &* rowSize), outRow = base + 4 &* ti &* tw
             for tj in 0..<tw {
-              let tile = tileRow + 16 &* tj
-              for r in 0..<k { Winograd.store6(Axis.apply(tile + r &* row4, stride: 4), t + 24 &* r, 4) }
-              let o = outRow + 4 &* tj
+              let window = band + 24 &* tj, o = outRow + 4 &* tj
               for j in 0..<6 {
-                Winograd.store6(Axis.apply(UnsafePointer(t + 4 &* j), stride: 24), o + j &* plane, plane6)
+                Winograd.store6(Axis.apply(window + 4 &* j, stride: rowSize), o + j &* plane, plane6)
               }
             }
           }
