@@ -1,7 +1,9 @@
 // Batch norm fused with the ReLU after it: `Sequential` runs a `BatchNorm` → `ReLU` pair as one
 // step (one sweep after the statistics writes max(0, γ x̂ + β) into the ReLU's output; the
 // backward and tangent sweeps apply the ReLU's mask on the fly) and stores no batch-norm output.
-// Checked here against the two layers run apart (`Sequential.fusesBatchNormReLU = false` when the
+// A `Residual` → `ReLU` pair likewise (its sum writes max(0, body + shortcut); its backward pass
+// runs on dz·[z > 0], its tangent is masked in place) and stores no pre-ReLU sum.
+// Checked here against the two layers run apart (`Sequential.fusesReLU = false` when the
 // tape is made), against finite differences and the adjoint identity, and for memory.
 //
 // Tolerance of the fused-vs-separate comparisons: zero (bit-for-bit). The fused sweep performs the
@@ -40,9 +42,9 @@ private struct Round: Equatable {
 final class BatchNormReLUFusionTests: XCTestCase {
   private static let modes: [Mode] = [.train, .virtualTrain, .eval]
 
-  /// Sets `fusesBatchNormReLU` on every `Sequential` in `layer`.
+  /// Sets `fusesReLU` on every `Sequential` in `layer`.
   private func setFusion(_ layer: Layer, _ on: Bool) {
-    if let s = layer as? Sequential { s.fusesBatchNormReLU = on }
+    if let s = layer as? Sequential { s.fusesReLU = on }
     for c in layer.children { setFusion(c, on) }
   }
 
@@ -144,6 +146,20 @@ final class BatchNormReLUFusionTests: XCTestCase {
     }
   }
 
+  /// A ResNet basic block [Residual(conv → bn → relu → conv → bn, shortcut), ReLU] on 2×4×4 images,
+  /// with an identity shortcut or a 1×1 projection to three channels (which is not fused).
+  private func residualPair(projection: Bool) throws -> Sequential {
+    let l: Layout = .image(c: 2, h: 4, w: 4)
+    let channels = projection ? 3 : 2
+    let c1 = try Conv2D(input: l, outChannels: channels, kernel: 3, padding: 1)
+    let o = c1.outputLayout
+    let body = try Sequential([
+      c1, BatchNorm(o), ReLU(o), try Conv2D(input: o, outChannels: channels, kernel: 3, padding: 1), BatchNorm(o),
+    ])
+    let shortcut: Layer? = projection ? try Conv2D(input: l, outChannels: channels, kernel: 1) : nil
+    return try Sequential([try Residual(body: body, shortcut: shortcut), ReLU(o)])
+  }
+
   /// A [BatchNorm, ReLU] pair alone (first and last step of its sequence), its ReLU's mask checked
   /// to be non-trivial.
   private func pair(_ layout: Layout) throws -> Sequential {
@@ -193,6 +209,24 @@ final class BatchNormReLUFusionTests: XCTestCase {
     for layout in [Layout.image(c: 2, h: 4, w: 4), .flat(6)] {
       checkFusedEqualsSeparate(try pair(layout), batch: 4, sync: true)
       checkFusedEqualsSeparate(try pair(layout), batch: 4, inputGradient: false, sync: true)
+    }
+  }
+
+  /// An identity residual block followed by a ReLU runs as one step (the block's sum is not
+  /// stored), and its fused forward, backward (with and without the input gradient) and tangents
+  /// equal the two layers run apart bit for bit in every mode; the fused tangent and backward pass
+  /// are adjoint. A block with a projection shortcut keeps two steps (its inner batch norm still
+  /// fuses), with the same results.
+  func testFusedResidualBlockEqualsSeparateLayersInEveryMode() throws {
+    for projection in [false, true] {
+      let s = try residualPair(projection: projection)
+      let tape = s.makeTape(batch: 4) as! Sequential.Tape
+      XCTAssertEqual(tape.steps.count, projection ? 2 : 1, "projection \(projection): steps")
+      XCTAssertEqual(tape.steps.first?.fused is Residual, !projection, "projection \(projection): residual fused")
+      XCTAssertEqual(tape.stores(0), projection, "projection \(projection): the pre-ReLU sum stored")
+      checkFusedEqualsSeparate(s, batch: 4)
+      checkFusedEqualsSeparate(s, batch: 4, inputGradient: false)
+      for mode in Self.modes { LayerHarness(s, batch: 3, mode: mode).checkAdjoint() }
     }
   }
 
@@ -314,10 +348,10 @@ final class BatchNormReLUFusionTests: XCTestCase {
 
   // MARK: - Memory
 
-  /// A fused tape stores no batch-norm output: on ResNet, WRN and a batch-norm MLP its activation
-  /// bytes are those of the separate tape less exactly one batch-norm output per fused pair, and
-  /// the gradient/tangent pool its passes need (`poolSlotSizes`) is no larger, and equal to what
-  /// the passes actually hold.
+  /// A fused tape stores no batch-norm output and no identity block's sum that a ReLU follows: on
+  /// ResNet, WRN and a batch-norm MLP its activation bytes are those of the separate tape less
+  /// exactly one output per fused pair, and the gradient/tangent pool its passes need
+  /// (`poolSlotSizes`) is no larger, and equal to what the passes actually hold.
   func testFusedTapeHoldsLessActivationMemory() throws {
     let cases: [(String, Layout)] = [
       ("resnet(classes=3,n=2)", .image(c: 3, h: 8, w: 8)),
@@ -357,6 +391,8 @@ final class BatchNormReLUFusionTests: XCTestCase {
       for (slot, size) in poolSizes[1] {
         XCTAssertLessThanOrEqual(size, poolSizes[0][slot] ?? 0, "\(spec): pool slot \(slot) grew")
       }
+      XCTAssertLessThan(
+        tf.bytes + held[1].reduce(0, +), tu.bytes + held[0].reduce(0, +), "\(spec): tape and pool together")
     }
   }
 

@@ -124,10 +124,10 @@ final class MetaMemoryTests: XCTestCase {
   /// L2RW keeps one activation tape; MW-Net/GDW's meta tape shares the train tape's scratch
   /// areas, and with `memory = .low` borrows only the train tape's dead activation buffers (never
   /// one a later pass reads, never its input copy), each at most once, keeps its own dead
-  /// activations in the shared gradient/tangent pool, and on a small ResNet allocates under two
-  /// fifths of the activation bytes a tape of its own would (36%: the batch norms fused with their
-  /// ReLUs store no output, in either tape, so the train tape lends two buffers per block, not
-  /// three; the two tapes together hold what they held unfused: `BatchNormReLUFusionTests`).
+  /// activations in the shared gradient/tangent pool, and on a small ResNet allocates under half
+  /// the activation bytes a tape of its own would (47%: the batch norms, and the identity blocks'
+  /// sums, fused with their ReLUs store no output, in either tape, so the train tape lends fewer
+  /// dead buffers; the two tapes together hold no more than unfused: `BatchNormReLUFusionTests`).
   func testLowMemoryMetaTapeBorrowsOnlyDeadTrainActivations() throws {
     let (spec, input) = Self.cases[1]
     let b = batches(input, classes: 3, n: 5, m: 5, count: 1)[0]
@@ -160,7 +160,7 @@ final class MetaMemoryTests: XCTestCase {
       XCTAssertFalse(laneIDs.isEmpty, "\(label): no lanes in the pool")
       XCTAssertEqual(Set(laneIDs).count, laneIDs.count, "\(label): a pool buffer used for two lanes")
       XCTAssertTrue(Set(laneIDs).isDisjoint(with: Set(borrowedIDs)), "\(label): a lane is also a borrowed buffer")
-      XCTAssertLessThan(Double(mt.ownedActivationBytes), Double(own) * 2 / 5, "\(label): owns \(mt.ownedActivationBytes) of \(own)")
+      XCTAssertLessThan(Double(mt.ownedActivationBytes), Double(own) / 2, "\(label): owns \(mt.ownedActivationBytes) of \(own)")
     }
   }
 

@@ -182,7 +182,7 @@ public final class BatchNorm: LeafLayer, Layer {
   // MARK: - Passes
   //
   // Each pass also runs fused with a ReLU that follows batch norm (`Sequential` does this for a
-  // `BatchNorm` → `ReLU` pair; see its `fusesBatchNormReLU`): the forward pass then writes
+  // `BatchNorm` → `ReLU` pair; see its `fusesReLU`): the forward pass then writes
   // z = max(0, γ x̂ + β) straight into the ReLU's output, and the backward and tangent passes apply
   // the ReLU's mask [z > 0] on the fly (to dz before the projections and dx, to the tangent before
   // it is stored), so neither batch norm's output nor its output gradient or tangent is ever

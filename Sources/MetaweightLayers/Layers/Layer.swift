@@ -143,7 +143,8 @@ public struct PassContext {
 /// between their children during backward and tangent passes.
 ///
 /// A composite layer at nesting depth d uses only the slots `slot(d, 0...2)`: a `Sequential`
-/// ping-pongs between roles 0 and 1 and a `Residual` keeps its shortcut's result in role 2. What
+/// ping-pongs between roles 0 and 1 and a `Residual` keeps its shortcut's result in role 2 (or,
+/// with an identity shortcut and fused with the ReLU after it, its masked output gradient). What
 /// flows into and out of a composite layer lives in its parent's slots (depth d − 1) or in the
 /// caller's memory, so the blocks of one depth can share slots: passes run one at a time and
 /// a block's slots are dead when it returns. The buffers therefore scale with the largest

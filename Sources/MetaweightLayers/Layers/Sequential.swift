@@ -6,12 +6,13 @@ import MetaweightTensor
 /// gradients and tangents flowing between its layers ping-pong between two `ScratchPool` slots of
 /// its nesting depth, shared with every other block of that depth and between the two passes.
 ///
-/// A `BatchNorm` immediately followed by a `ReLU` runs as one step (`Step`): one sweep writes the
-/// ReLU's output straight from batch norm's input, and the backward and tangent sweeps apply the
-/// ReLU's mask on the fly (`BatchNorm.forward(_:_:_:_:rectify:)`). Batch norm's output is then
-/// never stored, so the tape does not allocate it. This is an execution detail, like a
-/// convolution's algorithm: the layers, parameters, names and signature stay those of the two
-/// layers, and the results are the same bits.
+/// A `BatchNorm` or an identity-shortcut `Residual` block immediately followed by a `ReLU` runs as
+/// one step (`Step`, `ReLUFusible`): batch norm's sweep writes the ReLU's output straight from its
+/// input, a residual block's sum writes max(0, body + x), and the backward and tangent passes
+/// apply the ReLU's mask [z > 0] themselves. The fused layer's own output is then never stored, so the tape
+/// does not allocate it (for a ResNet, one activation per block). This is an execution detail,
+/// like a convolution's algorithm: the layers, parameters, names and signature stay those of the
+/// two layers, and the results are the same bits.
 public final class Sequential: LeafLayer, Layer {
   /// The layers in order.
   public let layers: [Layer]
@@ -47,42 +48,46 @@ public final class Sequential: LeafLayer, Layer {
     inputLayout = first.inputLayout
     outputLayout = last.outputLayout
     fusible = layers.indices.map { i in
-      i + 1 < layers.count && layers[i + 1] is ReLU ? layers[i] as? BatchNorm : nil
+      guard i + 1 < layers.count, layers[i + 1] is ReLU, let f = layers[i] as? ReLUFusible, f.fusesWithReLU else {
+        return nil
+      }
+      return f
     }
     steps = Sequential.plan(fusible, fuse: true)
   }
 
   /// One step of a pass: the layers `first...last` run as one sweep, a single layer or (`fused`
-  /// non-nil) a batch norm at `first` with the ReLU after it at `last = first + 1`.
+  /// non-nil) a batch norm or residual block at `first` with the ReLU after it at `last = first + 1`.
   struct Step {
     /// Index of the step's first layer.
     let first: Int
     /// Index of the step's last layer (its output is the step's output).
     let last: Int
-    /// The batch norm run fused with the ReLU at `last`, or nil for a single layer.
-    let fused: BatchNorm?
+    /// The layer run fused with the ReLU at `last`, or nil for a single layer.
+    let fused: ReLUFusible?
   }
 
-  /// At each index, the batch norm there when a ReLU immediately follows it (else nil).
-  private let fusible: [BatchNorm?]
+  /// At each index, the batch norm or residual block there when a ReLU immediately follows it
+  /// (else nil).
+  private let fusible: [ReLUFusible?]
 
-  /// Whether tapes made from now on run each batch norm that a ReLU follows fused with it (true);
-  /// false runs the two layers apart, with batch norm's output stored (tests compare the two
-  /// routes). A tape keeps the steps it was made with (`Tape.steps`).
-  var fusesBatchNormReLU = true {
-    didSet { steps = Sequential.plan(fusible, fuse: fusesBatchNormReLU) }
+  /// Whether tapes made from now on run each batch norm or residual block that a ReLU follows
+  /// fused with it (true); false runs the two layers apart, with the first one's output stored
+  /// (tests compare the two routes). A tape keeps the steps it was made with (`Tape.steps`).
+  var fusesReLU = true {
+    didSet { steps = Sequential.plan(fusible, fuse: fusesReLU) }
   }
 
   /// The steps of the passes over a tape made now (one array, shared by every tape).
   private(set) var steps: [Step]
 
-  /// The steps over layers whose fusible batch norms are `fusible` (`fuse`: run them fused).
-  private static func plan(_ fusible: [BatchNorm?], fuse: Bool) -> [Step] {
+  /// The steps over layers whose fusible layers are `fusible` (`fuse`: run them fused).
+  private static func plan(_ fusible: [ReLUFusible?], fuse: Bool) -> [Step] {
     var out: [Step] = []
     var i = 0
     while i < fusible.count {
-      if fuse, let bn = fusible[i] {
-        out.append(Step(first: i, last: i + 1, fused: bn))
+      if fuse, let layer = fusible[i] {
+        out.append(Step(first: i, last: i + 1, fused: layer))
         i += 2
       } else {
         out.append(Step(first: i, last: i, fused: nil))
@@ -92,15 +97,15 @@ public final class Sequential: LeafLayer, Layer {
     return out
   }
 
-  /// The empty buffer a tape keeps in place of a fused batch norm's output (one for all tapes).
+  /// The empty buffer a tape keeps in place of a fused layer's output (one for all tapes).
   static let unstored = FloatBuffer(count: 0)
 
   /// Whether a tape whose passes run `steps` stores layer `i`'s output: every layer's but that of
-  /// a batch norm fused with its ReLU, which no pass writes or reads.
+  /// a layer fused with its ReLU, which no pass writes or reads.
   static func stores(_ i: Int, steps: [Step]) -> Bool { !steps.contains { $0.fused != nil && $0.first == i } }
 
   final class Tape: LayerTape {
-    /// Output of layer i (i < last): `Sequential.unstored` for a batch norm fused with its ReLU.
+    /// Output of layer i (i < last): `Sequential.unstored` for a layer fused with its ReLU.
     var acts: [FloatBuffer]
     var tapes: [LayerTape]
     /// The steps its passes run (`Sequential.steps` when it was made).
@@ -110,12 +115,12 @@ public final class Sequential: LeafLayer, Layer {
       self.tapes = tapes
       self.steps = steps
     }
-    /// Whether layer `i`'s output is stored (false for a batch norm fused with its ReLU).
+    /// Whether layer `i`'s output is stored (false for a layer fused with its ReLU).
     func stores(_ i: Int) -> Bool { Sequential.stores(i, steps: steps) }
     override var bytes: Int { acts.reduce(0) { $0 + $1.count * 4 } + tapes.reduce(0) { $0 + $1.bytes } }
   }
 
-  /// Allocates activations for `batch` examples (none for a batch norm fused with its ReLU).
+  /// Allocates activations for `batch` examples (none for a layer fused with its ReLU).
   public func makeTape(batch: Int) -> LayerTape {
     var acts: [FloatBuffer] = []
     for i in 0..<(layers.count - 1) {
@@ -141,8 +146,8 @@ public final class Sequential: LeafLayer, Layer {
     defer { ctx.depth -= 1 }
     for step in t.steps {
       let out = output(step.last, t, y)
-      if let bn = step.fused {
-        bn.forward(input, out, &ctx, t.tapes[step.first], rectify: true)
+      if let fused = step.fused {
+        fused.forward(input, out, &ctx, t.tapes[step.first], rectify: true)
       } else {
         layers[step.first].forward(input, out, &ctx, t.tapes[step.first])
       }
@@ -173,8 +178,8 @@ public final class Sequential: LeafLayer, Layer {
       } else {
         down = dx
       }
-      if let bn = step.fused {
-        bn.backward(lx, upstream, down, &ctx, t.tapes[i], gate: ly)
+      if let fused = step.fused {
+        fused.backward(lx, upstream, down, &ctx, t.tapes[i], gate: ly)
       } else {
         layers[i].backward(lx, ly, upstream, down, &ctx, t.tapes[i])
       }
@@ -206,14 +211,48 @@ public final class Sequential: LeafLayer, Layer {
         role = 1 - role
       }
       // A layer without parameters and a zero input tangent has a zero output tangent.
-      if let bn = step.fused {
-        bn.tangent(lx, tin, out, &ctx, t.tapes[i], gate: ly)
+      if let fused = step.fused {
+        fused.tangent(lx, tin, out, &ctx, t.tapes[i], gate: ly)
       } else {
         layers[i].tangent(lx, ly, tin, out, &ctx, t.tapes[i])
       }
       tin = UnsafePointer(out)
     }
   }
+}
+
+/// A layer a `Sequential` can run fused with the `ReLU` right after it: the forward pass writes
+/// the ReLU's output z directly (`rectify`), and the backward and tangent passes apply the ReLU's
+/// mask [z > 0] themselves (`gate`: z, or nil for the layer alone), reading neither the layer's
+/// own output nor a separate output gradient or tangent. The results are the same bits as the two
+/// layers run apart.
+protocol ReLUFusible: Layer {
+  /// Whether this layer runs fused when a ReLU follows it.
+  var fusesWithReLU: Bool { get }
+  /// The forward pass, rectified with `rectify`.
+  func forward(
+    _ x: UnsafePointer<Float>, _ y: UnsafeMutablePointer<Float>, _ ctx: inout PassContext, _ tape: LayerTape,
+    rectify: Bool)
+  /// The backward pass of dy (the ReLU's output gradient when `gate` is its output z).
+  func backward(
+    _ x: UnsafePointer<Float>, _ dy: UnsafePointer<Float>, _ dx: UnsafeMutablePointer<Float>?,
+    _ ctx: inout PassContext, _ tape: LayerTape, gate z: UnsafePointer<Float>?)
+  /// The tangent, masked by [z > 0] when `gate` is the ReLU's output z.
+  func tangent(
+    _ x: UnsafePointer<Float>, _ tx: UnsafePointer<Float>?, _ ty: UnsafeMutablePointer<Float>,
+    _ ctx: inout PassContext, _ tape: LayerTape, gate z: UnsafePointer<Float>?)
+}
+
+extension BatchNorm: ReLUFusible {
+  /// Always.
+  var fusesWithReLU: Bool { true }
+}
+
+extension Residual: ReLUFusible {
+  /// With an identity shortcut, whose block leaves pool role 2 free for the masked output gradient
+  /// (a block with a shortcut keeps its result there, and a fourth role would make the pool, and
+  /// so `memory="low"`'s total, larger).
+  var fusesWithReLU: Bool { shortcut == nil }
 }
 
 /// y = body(x) + shortcut(x), with an identity shortcut when none is given.
@@ -286,15 +325,74 @@ public final class Residual: LeafLayer, Layer {
     _ x: UnsafePointer<Float>, _ y: UnsafeMutablePointer<Float>, _ ctx: inout PassContext,
     _ tape: LayerTape
   ) {
+    forward(x, y, &ctx, tape, rectify: false)
+  }
+
+  /// y = body(x) + shortcut(x), or with `rectify` max(0, body(x) + shortcut(x)) (the block fused
+  /// with the ReLU after it: one sweep instead of the sum's and the ReLU's).
+  func forward(
+    _ x: UnsafePointer<Float>, _ y: UnsafeMutablePointer<Float>, _ ctx: inout PassContext,
+    _ tape: LayerTape, rectify: Bool
+  ) {
     let t = tape as! Tape
     let count = ctx.batch * outputLayout.size
     body.forward(x, t.bodyOut.pointer, &ctx, t.body)
+    var other = x
     if let s = shortcut, let st = t.short, let so = t.shortOut {
       s.forward(x, so.pointer, &ctx, st)
-      Elementwise.sum(UnsafePointer(t.bodyOut.pointer), UnsafePointer(so.pointer), into: y, count: count)
-    } else {
-      Elementwise.sum(UnsafePointer(t.bodyOut.pointer), x, into: y, count: count)
+      other = UnsafePointer(so.pointer)
     }
+    if rectify {
+      Residual.sumRectified(UnsafePointer(t.bodyOut.pointer), other, into: y, count: count)
+    } else {
+      Elementwise.sum(UnsafePointer(t.bodyOut.pointer), other, into: y, count: count)
+    }
+  }
+
+  /// out = max(0, a + b): `Elementwise.sum` then `ReLU.rectify` in one sweep, with the same
+  /// operations on every element (the same pieces, so the same lanes run vector or scalar).
+  static func sumRectified(
+    _ a: UnsafePointer<Float>, _ b: UnsafePointer<Float>, into out: UnsafeMutablePointer<Float>, count: Int
+  ) {
+    Parallel.forRange(count) { s, e in
+      var i = s
+      while i + 16 <= e {
+        Kernels.store(ReLU.rectify(Kernels.load(a + i) + Kernels.load(b + i)), out + i)
+        i += 16
+      }
+      while i < e {
+        out[i] = ReLU.rectify(a[i] + b[i])
+        i += 1
+      }
+    }
+  }
+
+  /// The backward pass of the block fused with the ReLU after it, whose output is `z`: the block's
+  /// backward pass of dy·[z > 0] (formed once, in pool role 2 of its depth, which a block without
+  /// a shortcut does not use otherwise), or of dy itself without `z`.
+  func backward(
+    _ x: UnsafePointer<Float>, _ dy: UnsafePointer<Float>, _ dx: UnsafeMutablePointer<Float>?,
+    _ ctx: inout PassContext, _ tape: LayerTape, gate z: UnsafePointer<Float>?
+  ) {
+    guard let z else { return backward(x, x, dy, dx, &ctx, tape) }  // y is not read
+    let count = ctx.batch * outputLayout.size
+    // (A block with a shortcut is never fused, `fusesWithReLU`; were one, its shortcut's result
+    // would need role 2, so its gradient gets a buffer of its own.)
+    let own = shortcut == nil ? nil : FloatBuffer(count: count)
+    let g = own?.pointer ?? ctx.buffers.pointer(ScratchPool.slot(depth: ctx.depth, role: 2), count: count)
+    ReLU.mask(z, dy, g, count: count)
+    backward(x, x, UnsafePointer(g), dx, &ctx, tape)
+    withExtendedLifetime(own) {}
+  }
+
+  /// The tangent of the block fused with the ReLU after it, whose output is `z`: the block's
+  /// tangent, then [z > 0] applied to it in place.
+  func tangent(
+    _ x: UnsafePointer<Float>, _ tx: UnsafePointer<Float>?, _ ty: UnsafeMutablePointer<Float>,
+    _ ctx: inout PassContext, _ tape: LayerTape, gate z: UnsafePointer<Float>?
+  ) {
+    tangent(x, x, tx, ty, &ctx, tape)  // y is not read
+    if let z { ReLU.mask(z, UnsafePointer(ty), ty, count: ctx.batch * outputLayout.size) }
   }
 
   /// dx = body'ᵀdy + shortcut'ᵀdy.

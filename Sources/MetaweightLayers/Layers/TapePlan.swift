@@ -50,10 +50,11 @@ func deadActivations(of layer: Layer, _ tape: LayerTape, into out: inout [FloatB
 
 /// The floats each `ScratchPool` slot holds once the backward and tangent passes of `layer` (run at
 /// nesting depth `depth` on up to `batch` examples) have run: a `Sequential` ping-pongs between
-/// roles 0 and 1 of its depth, one role per step (`Sequential.steps`: a layer, or a batch norm
-/// fused with its ReLU; backward: step k's input gradient in role (last − k) mod 2; tangent: step
-/// k's output tangent in role k mod 2), a `Residual` keeps its shortcut's result in role 2 of its
-/// own depth and runs its body at that depth.
+/// roles 0 and 1 of its depth, one role per step (`Sequential.steps`: a layer, or a batch norm or
+/// residual block fused with its ReLU; backward: step k's input gradient in role (last − k) mod 2;
+/// tangent: step k's output tangent in role k mod 2), a `Residual` keeps its shortcut's result in
+/// role 2 of its own depth (an identity block fused with its ReLU, its masked output gradient)
+/// and runs its body at that depth.
 func poolSlotSizes(of layer: Layer, depth: Int, batch: Int, into sizes: inout [Int: Int]) {
   func need(_ role: Int, _ count: Int) {
     let slot = ScratchPool.slot(depth: depth, role: role)
@@ -65,6 +66,10 @@ func poolSlotSizes(of layer: Layer, depth: Int, batch: Int, into sizes: inout [I
     for (k, step) in steps.enumerated() {
       if k > 0 { need((last - k) % 2, batch * s.layers[step.first].inputLayout.size) }
       if k < last { need(k % 2, batch * s.layers[step.last].outputLayout.size) }
+      if step.fused is Residual {  // its masked output gradient, at the block's own depth
+        let slot = ScratchPool.slot(depth: depth + 1, role: 2)
+        sizes[slot] = max(sizes[slot] ?? 0, batch * s.layers[step.first].outputLayout.size)
+      }
     }
     for child in s.layers { poolSlotSizes(of: child, depth: depth + 1, batch: batch, into: &sizes) }
   } else if let r = layer as? Residual {
